@@ -1,0 +1,249 @@
+"""General helpers: box conversions and IoUs (the one home for box ops), paths, seeds, logging.
+
+Box formats: ``xyxy`` = (x1, y1, x2, y2) corners, ``xywh`` = (cx, cy, w, h) centre form;
+``n`` suffix = normalised to [0, 1] by the image width/height. Functions accept torch
+tensors or numpy arrays and return the same kind.
+"""
+from __future__ import annotations
+
+import glob
+import logging
+import math
+import os
+import random
+import re
+from pathlib import Path
+from typing import Sequence, Union
+
+import numpy as np
+import torch
+import torchvision
+
+LOGGER = logging.getLogger("moyolo")
+Array = Union[torch.Tensor, np.ndarray]
+
+
+# --------------------------------------------------------------------------- logging / misc
+def set_logging(rank: int = -1, verbose: bool = True) -> None:
+    """Configure the project logger for CLIs (rank 0 / single process logs INFO)."""
+    level = logging.INFO if (verbose and rank in (-1, 0)) else logging.WARNING
+    if not LOGGER.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        LOGGER.addHandler(handler)
+    LOGGER.setLevel(level)
+    LOGGER.propagate = False
+
+
+def colorstr(*args: str) -> str:
+    """Wrap the last argument in ANSI colour codes, e.g. ``colorstr('blue', 'bold', 'text')``."""
+    *styles, text = args if len(args) > 1 else ("blue", "bold", args[0])
+    codes = {
+        "black": "\033[30m", "red": "\033[31m", "green": "\033[32m", "yellow": "\033[33m",
+        "blue": "\033[34m", "magenta": "\033[35m", "cyan": "\033[36m", "white": "\033[37m",
+        "bold": "\033[1m", "underline": "\033[4m", "end": "\033[0m",
+    }
+    return "".join(codes[s] for s in styles) + f"{text}" + codes["end"]
+
+
+def init_seeds(seed: int = 0, deterministic: bool = False) -> None:
+    """Seed python, numpy and torch RNGs."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+    if deterministic:
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+
+
+def make_divisible(x: float, divisor: int) -> int:
+    """Smallest multiple of ``divisor`` that is >= x."""
+    return int(math.ceil(x / divisor) * divisor)
+
+
+def check_img_size(img_size: int, s: int = 32) -> int:
+    """Round an image size up to a multiple of the model stride, warning when it changes."""
+    new_size = make_divisible(img_size, int(s))
+    if new_size != img_size:
+        LOGGER.warning(f"WARNING: --img-size {img_size} must be a multiple of max stride {s}, "
+                       f"updating to {new_size}")
+    return new_size
+
+
+def increment_path(path: Union[str, Path], exist_ok: bool = False, sep: str = "") -> Path:
+    """runs/exp -> runs/exp, runs/exp2, runs/exp3, ... (first one that does not exist)."""
+    path = Path(path)
+    if (path.exists() and exist_ok) or not path.exists():
+        return path
+    dirs = glob.glob(f"{path}{sep}*")
+    matches = [re.search(rf"^{re.escape(path.stem)}{re.escape(sep)}(\d+)$", Path(d).stem) for d in dirs]
+    idx = [int(m.group(1)) for m in matches if m]
+    n = max(idx) + 1 if idx else 2
+    return Path(f"{path}{sep}{n}")
+
+
+def one_cycle(y1: float = 0.0, y2: float = 1.0, steps: int = 100):
+    """Cosine ramp from y1 to y2 over ``steps`` (https://arxiv.org/pdf/1812.01187.pdf)."""
+    return lambda x: ((1 - math.cos(x * math.pi / steps)) / 2) * (y2 - y1) + y1
+
+
+def labels_to_class_weights(labels: Sequence[np.ndarray], nc: int = 80) -> torch.Tensor:
+    """Inverse-frequency class weights from a list of (n, 5) label arrays [cls, x, y, w, h]."""
+    if not len(labels) or labels[0] is None:
+        return torch.Tensor()
+    classes = np.concatenate(labels, 0)[:, 0].astype(int)
+    weights = np.bincount(classes, minlength=nc).astype(np.float64)
+    weights[weights == 0] = 1
+    weights = 1 / weights
+    weights /= weights.sum()
+    return torch.from_numpy(weights).float()
+
+
+def coco80_to_coco91_class() -> list[int]:
+    """Map contiguous COCO class index (0..79) to the official COCO category id (1..90)."""
+    return [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25,
+            27, 28, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49, 50, 51,
+            52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 67, 70, 72, 73, 74, 75, 76, 77,
+            78, 79, 80, 81, 82, 84, 85, 86, 87, 88, 89, 90]
+
+
+# --------------------------------------------------------------------------- box conversions
+def _clone(x: Array) -> Array:
+    return x.clone() if isinstance(x, torch.Tensor) else np.copy(x)
+
+
+def xyxy2xywh(x: Array) -> Array:
+    """(x1, y1, x2, y2) -> (cx, cy, w, h)."""
+    y = _clone(x)
+    y[..., 0] = (x[..., 0] + x[..., 2]) / 2
+    y[..., 1] = (x[..., 1] + x[..., 3]) / 2
+    y[..., 2] = x[..., 2] - x[..., 0]
+    y[..., 3] = x[..., 3] - x[..., 1]
+    return y
+
+
+def xywh2xyxy(x: Array) -> Array:
+    """(cx, cy, w, h) -> (x1, y1, x2, y2)."""
+    y = _clone(x)
+    y[..., 0] = x[..., 0] - x[..., 2] / 2
+    y[..., 1] = x[..., 1] - x[..., 3] / 2
+    y[..., 2] = x[..., 0] + x[..., 2] / 2
+    y[..., 3] = x[..., 1] + x[..., 3] / 2
+    return y
+
+
+def xywhn2xyxy(x: Array, w: float = 640, h: float = 640, padw: float = 0, padh: float = 0) -> Array:
+    """Normalised (cx, cy, w, h) -> pixel (x1, y1, x2, y2), with an optional offset."""
+    y = _clone(x)
+    y[..., 0] = w * (x[..., 0] - x[..., 2] / 2) + padw
+    y[..., 1] = h * (x[..., 1] - x[..., 3] / 2) + padh
+    y[..., 2] = w * (x[..., 0] + x[..., 2] / 2) + padw
+    y[..., 3] = h * (x[..., 1] + x[..., 3] / 2) + padh
+    return y
+
+
+def xyxy2xywhn(x: Array, w: float = 640, h: float = 640, clip: bool = False) -> Array:
+    """Pixel (x1, y1, x2, y2) -> normalised (cx, cy, w, h)."""
+    if clip:
+        x = clip_coords(_clone(x), (h, w))
+    y = _clone(x)
+    y[..., 0] = ((x[..., 0] + x[..., 2]) / 2) / w
+    y[..., 1] = ((x[..., 1] + x[..., 3]) / 2) / h
+    y[..., 2] = (x[..., 2] - x[..., 0]) / w
+    y[..., 3] = (x[..., 3] - x[..., 1]) / h
+    return y
+
+
+def xyxy2ltwh(x: Array) -> Array:
+    """(x1, y1, x2, y2) -> COCO (left, top, w, h)."""
+    y = _clone(x)
+    y[..., 2] = x[..., 2] - x[..., 0]
+    y[..., 3] = x[..., 3] - x[..., 1]
+    return y
+
+
+def clip_coords(boxes: Array, shape: Sequence[int]) -> Array:
+    """Clip xyxy boxes in place to an image of shape (h, w); returns boxes."""
+    h, w = shape[0], shape[1]
+    if isinstance(boxes, torch.Tensor):
+        boxes[..., 0].clamp_(0, w)
+        boxes[..., 1].clamp_(0, h)
+        boxes[..., 2].clamp_(0, w)
+        boxes[..., 3].clamp_(0, h)
+    else:
+        boxes[..., [0, 2]] = boxes[..., [0, 2]].clip(0, w)
+        boxes[..., [1, 3]] = boxes[..., [1, 3]].clip(0, h)
+    return boxes
+
+
+def scale_coords(img1_shape: Sequence[int], coords: Array, img0_shape: Sequence[int],
+                 ratio_pad=None) -> Array:
+    """Map xyxy boxes from a letterboxed image (img1_shape h, w) back to the original (img0_shape).
+
+    ``ratio_pad`` = ((ratio_h, ratio_w), (pad_w, pad_h)) as returned by the dataset; when
+    None it is recomputed as the letterbox would.
+    """
+    if ratio_pad is None:
+        gain = min(img1_shape[0] / img0_shape[0], img1_shape[1] / img0_shape[1])
+        pad = ((img1_shape[1] - img0_shape[1] * gain) / 2, (img1_shape[0] - img0_shape[0] * gain) / 2)
+    else:
+        gain = ratio_pad[0][0]
+        pad = ratio_pad[1]
+    coords[..., [0, 2]] -= pad[0]
+    coords[..., [1, 3]] -= pad[1]
+    coords[..., :4] /= gain
+    clip_coords(coords, img0_shape)
+    return coords
+
+
+# --------------------------------------------------------------------------- IoU
+def box_iou(box1: torch.Tensor, box2: torch.Tensor) -> torch.Tensor:
+    """Pairwise IoU of xyxy boxes: (N, 4) x (M, 4) -> (N, M)."""
+    return torchvision.ops.box_iou(box1, box2)
+
+
+def bbox_iou(box1: torch.Tensor, box2: torch.Tensor, x1y1x2y2: bool = True, GIoU: bool = False,
+             DIoU: bool = False, CIoU: bool = False, eps: float = 1e-7) -> torch.Tensor:
+    """Element-wise IoU (or GIoU/DIoU/CIoU) of box1 (..., 4) and box2 (..., 4), broadcasting.
+
+    Returns a tensor of shape broadcast(box1, box2)[..., 0]. Used by the losses, where
+    predicted and target boxes are paired one to one.
+    """
+    if x1y1x2y2:
+        b1_x1, b1_y1, b1_x2, b1_y2 = box1.unbind(-1)
+        b2_x1, b2_y1, b2_x2, b2_y2 = box2.unbind(-1)
+    else:
+        (x1, y1, w1, h1), (x2, y2, w2, h2) = box1.unbind(-1), box2.unbind(-1)
+        b1_x1, b1_x2, b1_y1, b1_y2 = x1 - w1 / 2, x1 + w1 / 2, y1 - h1 / 2, y1 + h1 / 2
+        b2_x1, b2_x2, b2_y1, b2_y2 = x2 - w2 / 2, x2 + w2 / 2, y2 - h2 / 2, y2 + h2 / 2
+
+    inter = (torch.min(b1_x2, b2_x2) - torch.max(b1_x1, b2_x1)).clamp(0) * \
+            (torch.min(b1_y2, b2_y2) - torch.max(b1_y1, b2_y1)).clamp(0)
+    w1, h1 = b1_x2 - b1_x1, b1_y2 - b1_y1 + eps
+    w2, h2 = b2_x2 - b2_x1, b2_y2 - b2_y1 + eps
+    union = w1 * h1 + w2 * h2 - inter + eps
+    iou = inter / union
+    if not (GIoU or DIoU or CIoU):
+        return iou
+    cw = torch.max(b1_x2, b2_x2) - torch.min(b1_x1, b2_x1)  # enclosing box width
+    ch = torch.max(b1_y2, b2_y2) - torch.min(b1_y1, b2_y1)  # enclosing box height
+    if CIoU or DIoU:
+        c2 = cw ** 2 + ch ** 2 + eps  # enclosing diagonal squared
+        rho2 = ((b2_x1 + b2_x2 - b1_x1 - b1_x2) ** 2 + (b2_y1 + b2_y2 - b1_y1 - b1_y2) ** 2) / 4
+        if DIoU:
+            return iou - rho2 / c2
+        v = (4 / math.pi ** 2) * torch.pow(torch.atan(w2 / h2) - torch.atan(w1 / h1), 2)
+        with torch.no_grad():
+            alpha = v / (v - iou + (1 + eps))
+        return iou - (rho2 / c2 + v * alpha)
+    c_area = cw * ch + eps
+    return iou - (c_area - union) / c_area
+
+
+def wh_iou(wh1: torch.Tensor, wh2: torch.Tensor) -> torch.Tensor:
+    """IoU of boxes given only widths/heights, both centred: (N, 2) x (M, 2) -> (N, M)."""
+    wh1 = wh1[:, None]
+    wh2 = wh2[None]
+    inter = torch.min(wh1, wh2).prod(2)
+    return inter / (wh1.prod(2) + wh2.prod(2) - inter)
