@@ -12,6 +12,7 @@ import math
 import os
 import random
 import re
+import time
 from pathlib import Path
 from typing import Sequence, Union
 
@@ -247,3 +248,90 @@ def wh_iou(wh1: torch.Tensor, wh2: torch.Tensor) -> torch.Tensor:
     wh2 = wh2[None]
     inter = torch.min(wh1, wh2).prod(2)
     return inter / (wh1.prod(2) + wh2.prod(2) - inter)
+
+
+# --------------------------------------------------------------------------- NMS
+def non_max_suppression(prediction: torch.Tensor, conf_thres: float = 0.25, iou_thres: float = 0.45,
+                        classes: Sequence[int] | None = None, agnostic: bool = False,
+                        multi_label: bool = False, labels: Sequence[torch.Tensor] = (),
+                        max_det: int = 300, max_nms: int = 30000,
+                        time_limit: float | None = None) -> list[torch.Tensor]:
+    """Confidence filtering + per-class NMS (torchvision ``batched_nms``) on decoded predictions.
+
+    ``prediction``: (B, N, 5 + nc) = pixel (cx, cy, w, h), objectness, class scores, as the
+    model returns in eval mode (or the first element of that tuple). Score = obj * cls
+    (obj alone for one-class models, whose class score is not trained).
+    ``multi_label`` keeps every class above ``conf_thres`` per box (used for mAP);
+    ``agnostic`` suppresses across classes; ``classes`` keeps only those class indices;
+    ``labels`` (per image, (n, 5) [cls, cx, cy, w, h] pixels) are added as score-1.0
+    boxes (autolabelling / --save-hybrid).
+    At most ``max_nms`` candidates per image (highest scores) enter NMS so it stays fast,
+    and at most ``max_det`` boxes per image are returned. Nothing is ever dropped for
+    time: when ``time_limit`` (seconds, default 0.5 + 0.05 per image) is exceeded a
+    warning is logged and NMS carries on.
+
+    Returns a list over images of (n, 6) tensors [x1, y1, x2, y2, conf, cls], sorted by
+    decreasing conf.
+    """
+    if isinstance(prediction, (list, tuple)):  # eval-mode model output (decoded, raw)
+        prediction = prediction[0]
+    if not 0 <= conf_thres <= 1:
+        raise ValueError(f"non_max_suppression: conf_thres={conf_thres} must be in [0, 1]")
+    if not 0 <= iou_thres <= 1:
+        raise ValueError(f"non_max_suppression: iou_thres={iou_thres} must be in [0, 1]")
+    if prediction.dim() != 3 or prediction.shape[2] < 6:
+        raise ValueError(f"non_max_suppression: expected (B, N, 5 + nc) predictions, "
+                         f"got shape {tuple(prediction.shape)}")
+    bs, nc = prediction.shape[0], prediction.shape[2] - 5
+    multi_label &= nc > 1
+    if time_limit is None:
+        time_limit = 0.5 + 0.05 * bs
+    t0 = time.time()
+    device = prediction.device
+    cls_filter = torch.tensor(list(classes), device=device) if classes is not None else None
+    output = [torch.zeros((0, 6), device=device)] * bs
+
+    for xi, x in enumerate(prediction):
+        x = x[x[:, 4] > conf_thres]  # objectness pre-filter (score = obj * cls <= obj)
+        if labels and len(labels[xi]):
+            lb = labels[xi].to(device=device, dtype=x.dtype)
+            v = torch.zeros((len(lb), nc + 5), device=device, dtype=x.dtype)
+            v[:, :4] = lb[:, 1:5]
+            v[:, 4] = 1.0
+            v[torch.arange(len(lb), device=device), lb[:, 0].long() + 5] = 1.0
+            x = torch.cat((x, v), 0)
+        if not x.shape[0]:
+            continue
+
+        if nc == 1:
+            scores = x[:, 4:5]
+        else:
+            scores = x[:, 5:] * x[:, 4:5]
+        box = xywh2xyxy(x[:, :4])
+        if multi_label:
+            i, j = (scores > conf_thres).nonzero(as_tuple=True)
+            conf, j = scores[i, j], j
+        else:
+            conf, j = scores.max(1)
+            i = (conf > conf_thres).nonzero(as_tuple=True)[0]
+            conf, j = conf[i], j[i]
+        if cls_filter is not None:
+            keep = (j[:, None] == cls_filter[None]).any(1)
+            i, j, conf = i[keep], j[keep], conf[keep]
+        n = conf.shape[0]
+        if not n:
+            continue
+        if n > max_nms:  # cap the candidates by score so NMS cost stays bounded
+            top = conf.topk(max_nms).indices
+            i, j, conf = i[top], j[top], conf[top]
+        boxes = box[i]
+        keep = torchvision.ops.batched_nms(boxes.float(), conf.float(),
+                                           torch.zeros_like(j) if agnostic else j, iou_thres)
+        keep = keep[:max_det]
+        output[xi] = torch.cat((boxes[keep], conf[keep, None], j[keep, None].to(boxes.dtype)), 1)
+
+    elapsed = time.time() - t0
+    if elapsed > time_limit:
+        LOGGER.warning(f"WARNING: NMS took {elapsed:.3f}s for {bs} images (time limit {time_limit:.3f}s "
+                       f"exceeded; no detections were dropped)")
+    return output
