@@ -1,0 +1,341 @@
+"""Tests for utils/loss.py: values, hand-checked OTA assignment, batched OTA vs a per-image reference."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from utils.general import box_iou
+from utils.loss import ComputeLoss, ComputeLossOTA, FocalLoss, smooth_BCE
+
+HYP = {"box": 0.05, "obj": 1.0, "cls": 0.5, "cls_pw": 1.0, "obj_pw": 1.0, "anchor_t": 4.0,
+       "fl_gamma": 0.0, "label_smoothing": 0.0}
+# YOLOv7's default anchors (pixels) divided by the strides 8, 16, 32
+ANCHORS_PX = [[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119], [116, 90, 156, 198, 373, 326]]
+STRIDES = (8.0, 16.0, 32.0)
+
+
+class FakeDetect(nn.Module):
+    """Just the Detect attributes the losses read (docs/DESIGN.md), plus per-level 1x1 heads."""
+
+    def __init__(self, nc: int, anchors_px, strides=STRIDES, ch: int = 8):
+        super().__init__()
+        self.nc, self.no, self.nl, self.na = nc, nc + 5, len(anchors_px), len(anchors_px[0]) // 2
+        self.register_buffer("stride", torch.tensor(strides))
+        a = torch.tensor(anchors_px, dtype=torch.float32).view(self.nl, self.na, 2)
+        self.register_buffer("anchors", a / self.stride.view(-1, 1, 1))
+        self.register_buffer("anchor_grid", a.clone().view(self.nl, 1, self.na, 1, 1, 2))
+        self.m = nn.ModuleList(nn.Conv2d(ch, self.no * self.na, 1) for _ in range(self.nl))
+
+    def forward(self, feats):
+        out = []
+        for i, x in enumerate(feats):
+            y = self.m[i](x)
+            b, _, ny, nx = y.shape
+            out.append(y.view(b, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous())
+        return out
+
+
+class FakeModel(nn.Module):
+    """Tiny trainable detector with the Model interface the losses use (model[-1], hyp, gr)."""
+
+    def __init__(self, nc: int = 3, anchors_px=ANCHORS_PX, ch: int = 8):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, ch, 3, 1, 1), nn.SiLU())
+        self.model = nn.Sequential(self.stem, FakeDetect(nc, anchors_px, ch=ch))
+        self.hyp = dict(HYP)
+        self.gr = 1.0
+
+    def forward(self, x):
+        f = self.stem(x)
+        det = self.model[-1]
+        return det([F.avg_pool2d(f, int(s)) for s in det.stride])
+
+
+def random_preds(bs, nc, shape_hw, na=3, scale=1.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(bs, na, shape_hw[0] // int(s), shape_hw[1] // int(s), nc + 5, generator=g) * scale
+            for s in STRIDES]
+
+
+def random_targets(counts, nc, seed=0, wh_range=(0.05, 0.6)):
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for b, n in enumerate(counts):
+        for _ in range(n):
+            wh = torch.rand(2, generator=g) * (wh_range[1] - wh_range[0]) + wh_range[0]
+            xy = wh / 2 + torch.rand(2, generator=g) * (1 - wh)
+            c = torch.randint(0, nc, (1,), generator=g).float()
+            rows.append(torch.cat((torch.tensor([float(b)]), c, xy, wh)))
+    return torch.stack(rows) if rows else torch.zeros(0, 6)
+
+
+# ----------------------------------------------------------------------------- reference
+def reference_ota(p, targets, anchors, strides, anchor_t, img_hw, nc):
+    """Straightforward per-image, per-ground-truth OTA (YOLOv7 semantics, unique candidates).
+
+    Returns a set of (level, image, anchor, gj, gi, target_row).
+    """
+    nl, na = len(p), anchors.shape[1]
+    img_h, img_w = img_hw
+    result = set()
+    for b in range(p[0].shape[0]):
+        gts = [n for n in range(targets.shape[0]) if int(targets[n, 0]) == b]
+        if not gts:
+            continue
+        cand = set()
+        for n in gts:
+            for i in range(nl):
+                ny, nx = p[i].shape[2], p[i].shape[3]
+                gx, gy = float(targets[n, 2]) * nx, float(targets[n, 3]) * ny
+                gw, gh = float(targets[n, 4]) * nx, float(targets[n, 5]) * ny
+                for a in range(na):
+                    rw, rh = gw / float(anchors[i, a, 0]), gh / float(anchors[i, a, 1])
+                    if max(rw, 1 / rw, rh, 1 / rh) >= anchor_t:
+                        continue
+                    offs = [(0.0, 0.0)]
+                    if gx % 1 < 0.5 and gx > 1:
+                        offs.append((0.5, 0.0))
+                    if gy % 1 < 0.5 and gy > 1:
+                        offs.append((0.0, 0.5))
+                    if (nx - gx) % 1 < 0.5 and nx - gx > 1:
+                        offs.append((-0.5, 0.0))
+                    if (ny - gy) % 1 < 0.5 and ny - gy > 1:
+                        offs.append((0.0, -0.5))
+                    for ox, oy in offs:
+                        gi = min(max(int(gx - ox), 0), nx - 1)
+                        gj = min(max(int(gy - oy), 0), ny - 1)
+                        cand.add((i, a, gj, gi))
+        cols = sorted(cand)
+        boxes, cls_logits, obj_logits = [], [], []
+        for i, a, gj, gi in cols:
+            v = p[i][b, a, gj, gi].float()
+            cx = (torch.sigmoid(v[0]) * 2 - 0.5 + gi) * strides[i]
+            cy = (torch.sigmoid(v[1]) * 2 - 0.5 + gj) * strides[i]
+            w = (torch.sigmoid(v[2]) * 2) ** 2 * anchors[i, a, 0] * strides[i]
+            h = (torch.sigmoid(v[3]) * 2) ** 2 * anchors[i, a, 1] * strides[i]
+            boxes.append(torch.stack((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)))
+            cls_logits.append(v[5:])
+            obj_logits.append(v[4:5])
+        boxes = torch.stack(boxes)
+        t = targets[gts]
+        tx, ty = t[:, 2] * img_w, t[:, 3] * img_h
+        tw, th = t[:, 4] * img_w, t[:, 5] * img_h
+        tbox = torch.stack((tx - tw / 2, ty - th / 2, tx + tw / 2, ty + th / 2), 1)
+        iou = box_iou(tbox, boxes)
+        y = (torch.sigmoid(torch.stack(cls_logits)) * torch.sigmoid(torch.stack(obj_logits))).sqrt()
+        costs = []
+        for r, n in enumerate(gts):
+            onehot = F.one_hot(targets[n, 1].long(), nc).float().expand(len(cols), nc)
+            cls_cost = F.binary_cross_entropy_with_logits(torch.log(y / (1 - y)), onehot,
+                                                          reduction="none").sum(1)
+            costs.append(cls_cost + 3.0 * -torch.log(iou[r] + 1e-8))
+        cost = torch.stack(costs)
+        claims = {}  # column -> list of (cost, row)
+        for r in range(len(gts)):
+            k = max(int(torch.topk(iou[r], min(10, len(cols))).values.sum()), 1)
+            for c in torch.argsort(cost[r])[:k].tolist():
+                claims.setdefault(c, []).append((float(cost[r, c]), r))
+        for c, lst in claims.items():
+            _, r = min(lst)  # lowest cost, ties -> first ground truth
+            i, a, gj, gi = cols[c]
+            result.add((i, b, a, gj, gi, gts[r]))
+    return result
+
+
+def as_set(levels):
+    return {(i, int(b), int(a), int(gj), int(gi), int(t))
+            for i, lv in enumerate(levels) for b, a, gj, gi, t in zip(*lv)}
+
+
+# ----------------------------------------------------------------------------- tests
+def test_smooth_bce_and_focal():
+    assert smooth_BCE(0.0) == (1.0, 0.0)
+    assert smooth_BCE(0.1) == pytest.approx((0.95, 0.05))
+    pred = torch.tensor([3.0, -3.0, 0.0])
+    true = torch.tensor([1.0, 0.0, 1.0])
+    bce = nn.BCEWithLogitsLoss(reduction="none")(pred, true)
+    fl = FocalLoss(nn.BCEWithLogitsLoss(), gamma=2.0, alpha=0.25)
+    p = torch.sigmoid(pred)
+    p_t = true * p + (1 - true) * (1 - p)
+    expect = (bce * (true * 0.25 + (1 - true) * 0.75) * (1 - p_t) ** 2).mean()
+    assert torch.allclose(fl(pred, true), expect)
+    assert fl(pred, true) < bce.mean()  # easy examples are down-weighted
+
+
+def hand_case():
+    """Two 32x32 px ground truths in one 64x64 image that compete for cell (3, 3) of level 0.
+
+    Only level 0, anchor 0 (32x32 px) fits them: every other anchor is >= 4x off.
+    Every prediction has logits 0 (so its box is the 32x32 anchor centred on its cell, at
+    ((gi + 0.5) * 8, (gj + 0.5) * 8)), except that cell (3, 3) says class 0 with logit 2.
+    """
+    anchors_px = [[32, 32, 200, 200, 200, 200], [300, 300, 300, 300, 300, 300],
+                  [400, 400, 400, 400, 400, 400]]
+    model = FakeModel(nc=2, anchors_px=anchors_px)
+    p = [torch.zeros(1, 3, 64 // int(s), 64 // int(s), 7) for s in STRIDES]
+    p[0][0, 0, 3, 3, 5] = 2.0
+    # A: class 0 at (26, 29) px -> grid (3.25, 3.625): centre (3,3), left (2,3), down (3,4)
+    # B: class 1 at (30, 27) px -> grid (3.75, 3.375): centre (3,3), right (4,3), up (3,2)
+    targets = torch.tensor([[0, 0, 26 / 64, 29 / 64, 0.5, 0.5],
+                            [0, 1, 30 / 64, 27 / 64, 0.5, 0.5]])
+    return model, p, targets
+
+
+def shifted_iou(dx, dy, size=32.0):
+    """IoU of two size x size squares whose centres differ by (dx, dy)."""
+    inter = (size - abs(dx)) * (size - abs(dy))
+    return inter / (2 * size * size - inter)
+
+
+def test_yolov5_matching_hand_case():
+    model, p, targets = hand_case()
+    got = as_set(ComputeLoss(model).find_positives(p, targets))
+    assert got == {(0, 0, 0, 3, 3, 0), (0, 0, 0, 3, 2, 0), (0, 0, 0, 4, 3, 0),
+                   (0, 0, 0, 3, 3, 1), (0, 0, 0, 3, 4, 1), (0, 0, 0, 2, 3, 1)}
+
+
+def test_ota_hand_case():
+    model, p, targets = hand_case()
+    # candidate cells (gi, gj) -> predicted box centre in pixels
+    cells = {(3, 3): (28, 28), (2, 3): (20, 28), (3, 4): (28, 36), (4, 3): (36, 28), (3, 2): (28, 20)}
+    centres = {"A": (26, 29), "B": (30, 27)}
+    ious = {g: {c: shifted_iou(cx - px, cy - py) for c, (px, py) in cells.items()}
+            for g, (cx, cy) in centres.items()}
+    # dynamic k = int(sum of the (at most 10) largest IoUs) = 3 for both
+    assert int(sum(ious["A"].values())) == 3 and int(sum(ious["B"].values())) == 3
+    # class costs are equal everywhere except cell (3, 3), where class 0 is likely: cheaper
+    # for A (class 0), dearer for B (class 1); both still rank (3, 3) first, so both claim it
+    # and it goes to A. A keeps its 3 best-IoU cells, B its 2nd and 3rd.
+    rank_a = sorted(cells, key=lambda c: -ious["A"][c])[:3]
+    rank_b = sorted(cells, key=lambda c: -ious["B"][c])[:3]
+    assert rank_a == [(3, 3), (2, 3), (3, 4)] and rank_b == [(3, 3), (4, 3), (3, 2)]
+    expect = {(0, 0, 0, gj, gi, 0) for gi, gj in rank_a} | {(0, 0, 0, gj, gi, 1) for gi, gj in rank_b[1:]}
+    got = as_set(ComputeLossOTA(model).build_targets(p, targets, torch.zeros(1, 3, 64, 64)))
+    assert got == expect
+    # B keeps (3, 3) when A's class is made unlikely there and B's likely
+    p[0][0, 0, 3, 3, 5] = -2.0
+    p[0][0, 0, 3, 3, 6] = 2.0
+    got = as_set(ComputeLossOTA(model).build_targets(p, targets, torch.zeros(1, 3, 64, 64)))
+    assert got == {(0, 0, 0, gj, gi, 0) for gi, gj in rank_a[1:]} | {(0, 0, 0, gj, gi, 1) for gi, gj in rank_b}
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_ota_batched_equals_reference(seed):
+    nc = 4
+    counts = [[5, 0, 3], [1, 12, 2], [0, 0, 7], [20, 1, 0], [3, 3, 3], [8, 2, 6]][seed]
+    img_hw = (64, 96) if seed % 2 else (96, 96)
+    model = FakeModel(nc=nc)
+    p = random_preds(len(counts), nc, img_hw, seed=seed)
+    targets = random_targets(counts, nc, seed=100 + seed)
+    if seed == 4:  # duplicated ground truth: ties resolve to the first row
+        targets = torch.cat((targets, targets[:1]))
+    loss_fn = ComputeLossOTA(model)
+    got = as_set(loss_fn.build_targets(p, targets, torch.zeros(len(counts), 3, *img_hw)))
+    ref = reference_ota(p, targets, loss_fn.det.anchors, STRIDES, HYP["anchor_t"], img_hw, nc)
+    assert got == ref
+    assert len(got) > 0
+    # at most one ground truth per prediction
+    keys = [g[:5] for g in got]
+    assert len(keys) == len(set(keys))
+
+
+@pytest.mark.parametrize("cls", [ComputeLoss, ComputeLossOTA])
+def test_empty_batch(cls):
+    torch.manual_seed(0)
+    model = FakeModel(nc=3)
+    imgs = torch.rand(2, 3, 64, 64)
+    p = model(imgs)
+    args = (imgs,) if cls is ComputeLossOTA else ()
+    loss, items = cls(model)(p, torch.zeros(0, 6), *args)
+    assert loss.shape == (1,) and torch.isfinite(loss).all()
+    assert items.shape == (3,)
+    assert items[0] == 0 and items[2] == 0 and items[1] > 0
+    loss.backward()
+    # only objectness gets a gradient, pushing every objectness logit down
+    w = model.model[-1].m[0]
+    assert w.bias.grad is not None and torch.isfinite(w.bias.grad).all()
+    # obj loss tends to 0 as objectness logits go to -inf
+    p_low = [x.detach().clone() for x in p]
+    for x in p_low:
+        x[..., 4] = -20.0
+    _, items_low = cls(model)(p_low, torch.zeros(0, 6), *args)
+    assert items_low[1] < 1e-6
+
+
+@pytest.mark.parametrize("cls", [ComputeLoss, ComputeLossOTA])
+def test_loss_finite_and_decreasing(cls):
+    torch.manual_seed(0)
+    model = FakeModel(nc=3)
+    imgs = torch.rand(4, 3, 64, 64)
+    targets = random_targets([2, 1, 0, 3], 3, seed=1)
+    loss_fn = cls(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
+    losses = []
+    for _ in range(8):
+        p = model(imgs)
+        loss, items = loss_fn(p, targets, imgs) if cls is ComputeLossOTA else loss_fn(p, targets)
+        assert torch.isfinite(loss).all() and torch.isfinite(items).all()
+        assert items.shape == (3,) and (items > 0).all()
+        assert torch.allclose(loss / imgs.shape[0], items.sum())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_hyp_scaling_label_smoothing_and_focal():
+    torch.manual_seed(0)
+    model = FakeModel(nc=3)
+    p = random_preds(2, 3, (64, 64))
+    targets = random_targets([3, 2], 3, seed=3)
+    base = ComputeLoss(model)(p, targets)[1]
+    model.hyp = dict(HYP, box=0.1, obj=2.0, cls=1.0)
+    assert torch.allclose(ComputeLoss(model)(p, targets)[1], base * 2)
+    model.hyp = dict(HYP, label_smoothing=0.2)
+    smoothed = ComputeLoss(model)(p, targets)[1]
+    assert torch.allclose(smoothed[:2], base[:2]) and not torch.isclose(smoothed[2], base[2])
+    model.hyp = dict(HYP, fl_gamma=1.5)
+    focal = ComputeLoss(model)(p, targets)[1]
+    assert focal[1] < base[1] and focal[2] < base[2]
+
+
+def test_single_class_has_no_class_loss_and_gr():
+    model = FakeModel(nc=1)
+    p = random_preds(1, 1, (64, 64))
+    targets = random_targets([3], 1, seed=5)
+    for cls in (ComputeLoss, ComputeLossOTA):
+        assert cls(model)(p, targets)[1][2] == 0
+    # gr = 0: objectness target is 1 at positives regardless of IoU -> different obj loss
+    a = ComputeLoss(model)(p, targets)[1][1]
+    model.gr = 0.0
+    b = ComputeLoss(model)(p, targets)[1][1]
+    assert not torch.isclose(a, b)
+
+
+def test_wrapped_model_and_targets_check():
+    model = FakeModel(nc=3)
+
+    p = random_preds(1, 3, (64, 64))
+    targets = random_targets([2], 3)
+    a = ComputeLossOTA(nn.DataParallel(model))(p, targets)[0]
+    b = ComputeLossOTA(model)(p, targets)[0]
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="targets"):
+        ComputeLoss(model)(p, torch.zeros(3, 5))
+
+
+def test_anchor_edits_are_seen():
+    """AutoAnchor rewrites det.anchors in place after the loss exists; the loss must use them."""
+    model = FakeModel(nc=3)
+    p = random_preds(1, 3, (64, 64))
+    targets = random_targets([3], 3, seed=2)
+    loss_fn = ComputeLoss(model)
+    before = as_set(loss_fn.find_positives(p, targets))
+    model.model[-1].anchors[:] = 1000.0  # nothing fits any more
+    assert before and not as_set(loss_fn.find_positives(p, targets))
+    assert math.isfinite(float(loss_fn(p, targets)[0]))
