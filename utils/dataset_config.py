@@ -1,0 +1,171 @@
+"""Dataset yaml parsing and path resolution (the one home of ``check_dataset``).
+
+A dataset yaml (YOLOv7 format) names ``train``, ``val`` and optionally ``test`` splits (a
+folder of images, a ``.txt`` list of image paths, or a list of either), ``nc`` and ``names``
+(a list, or an ``{id: name}`` mapping). Optional keys:
+
+- ``path``: a root the split paths are relative to. A relative ``path`` is taken relative to
+  the yaml's own folder (so a yaml keeps working wherever it is run from), falling back to
+  the working directory when that does not exist.
+- ``builtin: shapes``: a dataset the project generates itself (``utils.shapes.ensure_shapes``)
+  under ``path`` before the paths are checked.
+- ``coco: true`` (COCO category ids / pycocotools evaluation), ``coco_json`` (a ground-truth
+  json, resolved like the splits), ``category_ids`` (class index -> dataset category id).
+
+Without ``path``, each relative split path is tried relative to the yaml's folder first and
+then the working directory (YOLOv7's own yamls use cwd-relative paths such as
+``../coco/images/train2017``); the first that exists wins. The yaml never runs code: any
+``download`` key is shown to the user, not executed.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Union
+
+import yaml
+
+from utils.general import LOGGER
+
+SPLITS = ("train", "val", "test")
+DataArg = Union[str, Path, dict]
+
+
+class DatasetConfigError(ValueError):
+    """A dataset yaml that cannot be used (the message names the yaml and the key)."""
+
+
+def load_yaml(file: Union[str, Path]) -> dict:
+    """Read a yaml file with the safe loader (no code execution) into a dict."""
+    file = Path(file)
+    if not file.is_file():
+        raise FileNotFoundError(f"dataset yaml not found: {file}")
+    with open(file, errors="ignore") as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise DatasetConfigError(f"{file}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def parse_names(names: Any, nc: Any, where: str) -> tuple[int, list[str]]:
+    """Normalise ``names`` (list or {id: name}) and ``nc`` and check that they agree."""
+    if nc is not None:
+        if isinstance(nc, bool) or not isinstance(nc, int) or nc < 1:
+            raise DatasetConfigError(f"{where}: 'nc' must be a positive integer, got {nc!r}")
+    if names is None:
+        if nc is None:
+            raise DatasetConfigError(f"{where}: needs 'names' (list or {{id: name}}) and/or 'nc'")
+        LOGGER.warning(f"WARNING: {where}: no 'names' given, using class0..class{nc - 1}")
+        return nc, [f"class{i}" for i in range(nc)]
+    if isinstance(names, dict):
+        try:
+            keys = sorted(int(k) for k in names)
+        except (TypeError, ValueError):
+            raise DatasetConfigError(f"{where}: 'names' mapping keys must be integer class ids") from None
+        if keys != list(range(len(keys))):
+            raise DatasetConfigError(f"{where}: 'names' mapping ids must be contiguous 0..{len(keys) - 1}, "
+                                     f"got {keys}")
+        names = [names[k] if k in names else names[str(k)] for k in keys]
+    elif isinstance(names, (list, tuple)):
+        names = list(names)
+    else:
+        raise DatasetConfigError(f"{where}: 'names' must be a list or an {{id: name}} mapping")
+    names = [str(n) for n in names]
+    if nc is None:
+        nc = len(names)
+    if len(names) != nc:
+        raise DatasetConfigError(f"{where}: 'nc' is {nc} but 'names' has {len(names)} entries")
+    return nc, names
+
+
+def _resolve_one(p: Any, bases: list[Path], where: str, key: str) -> str:
+    """Resolve one split entry against candidate base folders: the first that exists wins."""
+    if not isinstance(p, (str, Path)):
+        raise DatasetConfigError(f"{where}: '{key}' entries must be paths, got {p!r}")
+    p = Path(str(p)).expanduser()
+    if p.is_absolute():
+        return str(p)
+    candidates = [(b / p).resolve() for b in bases]
+    for c in candidates:
+        if c.exists():
+            return str(c)
+    return str(candidates[0])
+
+
+def check_dataset(data: DataArg, require: Iterable[str] = SPLITS) -> dict:
+    """Load and validate a dataset yaml (path or dict); return it with absolute split paths.
+
+    Returns the yaml's dict plus: ``train``/``val``/``test`` as absolute path strings (or lists
+    of them; ``test`` may be None), ``nc`` (int), ``names`` (list[str]), ``yaml_file`` (str or
+    None), ``path`` (absolute root, or None). Splits named in ``require`` that are given must
+    exist; ``train`` and ``val`` must be given. Errors name the yaml and the key.
+    """
+    if isinstance(data, dict):
+        d, yaml_file = dict(data), data.get("yaml_file")
+    else:
+        yaml_file = str(Path(data).resolve())
+        d = load_yaml(data)
+    where = str(yaml_file) if yaml_file else "dataset dict"
+    yaml_dir = Path(yaml_file).parent if yaml_file else None
+    cwd = Path.cwd()
+
+    nc, names = parse_names(d.get("names"), d.get("nc"), where)
+    d["nc"], d["names"], d["yaml_file"] = nc, names, yaml_file
+
+    # root folder
+    root = None
+    if d.get("path"):
+        r = Path(str(d["path"])).expanduser()
+        if r.is_absolute():
+            root = r
+        else:
+            cands = ([yaml_dir / r] if yaml_dir else []) + [cwd / r]
+            root = next((c for c in cands if c.exists()), cands[0])
+        root = root.resolve()
+        d["path"] = str(root)
+    else:
+        d["path"] = None
+
+    builtin = d.get("builtin")
+    if builtin:
+        if builtin != "shapes":
+            raise DatasetConfigError(f"{where}: unknown 'builtin' dataset {builtin!r} (known: shapes)")
+        if root is None:
+            raise DatasetConfigError(f"{where}: 'builtin: shapes' needs a 'path' to generate it under")
+        from utils.shapes import ensure_shapes  # imported lazily: only built-in datasets need it
+        ensure_shapes(root)
+
+    bases = [root] if root is not None else [b for b in (yaml_dir, cwd) if b is not None]
+    for key in ("train", "val"):
+        if not d.get(key):
+            raise DatasetConfigError(f"{where}: missing '{key}' split")
+    require = set(require)
+    for key in SPLITS:
+        v = d.get(key)
+        if not v:
+            d[key] = None
+            continue
+        if isinstance(v, (list, tuple)):
+            d[key] = [_resolve_one(x, bases, where, key) for x in v]
+            paths = d[key]
+        else:
+            d[key] = _resolve_one(v, bases, where, key)
+            paths = [d[key]]
+        if key in require:
+            missing = [p for p in paths if not Path(p).exists()]
+            if missing:
+                hint = ""
+                if d.get("download"):
+                    hint = " (this yaml has download instructions: read its 'download' entry / comments)"
+                raise DatasetConfigError(f"{where}: '{key}' split not found: {', '.join(missing)}{hint}")
+
+    if d.get("coco_json"):
+        d["coco_json"] = _resolve_one(d["coco_json"], bases, where, "coco_json")
+    if d.get("category_ids") is not None:
+        cids = d["category_ids"]
+        if isinstance(cids, dict):
+            cids = [cids[k] for k in sorted(cids, key=int)]
+        if len(cids) != nc:
+            raise DatasetConfigError(f"{where}: 'category_ids' has {len(cids)} entries, nc is {nc}")
+        d["category_ids"] = [int(c) for c in cids]
+    d["coco"] = bool(d.get("coco", False))
+    return d

@@ -1,0 +1,919 @@
+"""YOLO-format datasets: verification, label cache, augmenting loader, inference sources.
+
+- ``scan_dataset`` lists the images of a split, finds their labels by the YOLOv7 rule
+  (``/images/`` -> ``/labels/``, extension -> ``.txt``), verifies every image and label line in
+  parallel and returns a ``DatasetReport`` (counts plus one ``path[:line]: reason`` message per
+  corrupt, fixed or missing-label file). Results are cached in a ``.cache`` file keyed by a
+  hash of the image and label paths, sizes and mtimes (beside the labels when that folder is
+  writable, else under ``$MOYOLO_CACHE_DIR`` or ``~/.cache/moyolo``).
+- ``LoadImagesAndLabels`` / ``create_dataloader``: training and evaluation batches
+  ``(imgs uint8 (B,3,H,W) RGB, targets (N,6) [img_idx, cls, cx, cy, w, h], paths, shapes)``.
+- ``LoadImages`` / ``LoadStreams``: images, folders, globs, videos, webcams and stream URLs.
+- ``python -m utils.datasets --data my.yaml [--img-size 640]``: check a dataset without
+  training; exit 0 when every split has usable images, else 1.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import hashlib
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from itertools import repeat
+from multiprocessing.pool import ThreadPool
+from pathlib import Path
+from threading import Thread
+from typing import Any, Optional, Sequence, Union
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset, distributed
+
+from utils.augmentations import augment_hsv, check_hyp, flip_labels, letterbox, mixup, random_perspective
+from utils.general import LOGGER, xywhn2xyxy, xyxy2xywhn
+from utils.torch_utils import torch_distributed_zero_first
+
+IMG_FORMATS = ("bmp", "jpg", "jpeg", "png", "tif", "tiff", "dng", "webp", "mpo")
+VID_FORMATS = ("mov", "avi", "mp4", "mpg", "mpeg", "m4v", "wmv", "mkv")
+PIL_FORMATS = {"bmp", "jpeg", "png", "tiff", "dng", "webp", "mpo"}  # PIL's Image.format, lower case
+NUM_THREADS = min(8, max(1, (os.cpu_count() or 1)))
+CACHE_VERSION = 1
+BOX_TOLERANCE = 0.02  # box corners up to 2 % outside [0, 1] are clipped; further out is rejected
+FLOAT_NOISE = 1e-6  # overshoot below this is float rounding: clipped without a message
+MIN_IMAGE_SIZE = 10  # px
+PathArg = Union[str, Path, Sequence[Union[str, Path]]]
+
+__all__ = ["IMG_FORMATS", "VID_FORMATS", "img2label_paths", "letterbox", "scan_dataset", "DatasetReport",
+           "LoadImagesAndLabels", "create_dataloader", "collate_fn", "LoadImages", "LoadStreams",
+           "NoUsableImagesError", "exif_size", "user_cache_dir", "is_writable_dir"]
+
+
+# --------------------------------------------------------------------------- paths
+def img2label_paths(img_paths: Sequence[str]) -> list[str]:
+    """YOLOv7 rule: the last ``/images/`` becomes ``/labels/`` and the extension ``.txt``."""
+    sa, sb = f"{os.sep}images{os.sep}", f"{os.sep}labels{os.sep}"
+    return [sb.join(x.rsplit(sa, 1)).rsplit(".", 1)[0] + ".txt" for x in img_paths]
+
+
+def user_cache_dir() -> Path:
+    """Per-user cache folder for label caches and .npy images of read-only datasets."""
+    env = os.environ.get("MOYOLO_CACHE_DIR")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "moyolo"
+
+
+def is_writable_dir(d: Union[str, Path]) -> bool:
+    """True when we may write into folder ``d``.
+
+    Root passes ``os.access`` everywhere, so the permission bits are honoured as well: a
+    folder with no write bit (e.g. a shared, read-only dataset) is treated as read-only.
+    """
+    d = Path(d)
+    try:
+        if not d.is_dir() or not os.access(d, os.W_OK):
+            return False
+        return bool(d.stat().st_mode & 0o222)
+    except OSError:
+        return False
+
+
+def _fallback_path(path: Path) -> Path:
+    """Where a file meant for ``path`` goes when its folder is read-only (unique per source path)."""
+    key = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16]
+    return user_cache_dir() / f"{path.stem}-{key}{path.suffix}"
+
+
+def list_image_files(path: PathArg, prefix: str = "") -> tuple[list[str], list[str]]:
+    """Image files of a split: a folder (recursive), a .txt list of paths, or a list of either.
+
+    Returns ``(images, problems)``; ``problems`` are messages for entries that cannot be used
+    (unsupported extension, listed file missing), so that nothing disappears silently.
+    """
+    images, problems = [], []
+    for p in (path if isinstance(path, (list, tuple)) else [path]):
+        p = Path(p).expanduser()
+        if p.is_dir():
+            for f in sorted(glob.glob(str(p / "**" / "*.*"), recursive=True)):
+                fp = Path(f)
+                if not fp.is_file() or fp.name.startswith("."):
+                    continue
+                ext = fp.suffix[1:].lower()
+                if ext in IMG_FORMATS:
+                    images.append(str(fp.resolve()))
+                elif ext not in ("txt", "cache", "npy", "json", "yaml", "md"):
+                    problems.append(f"{fp}: unsupported image format '.{ext}' (supported: {', '.join(IMG_FORMATS)})")
+        elif p.is_file():
+            parent = p.resolve().parent
+            with open(p, errors="replace") as fh:
+                for ln, line in enumerate(fh.read().splitlines(), 1):
+                    s = line.strip()
+                    if not s or s.startswith("#"):
+                        continue
+                    fp = Path(s).expanduser()
+                    fp = fp if fp.is_absolute() else parent / fp
+                    ext = fp.suffix[1:].lower()
+                    if ext not in IMG_FORMATS:
+                        problems.append(f"{p}:{ln}: unsupported image format '.{ext}' ({s})")
+                    elif not fp.is_file():
+                        problems.append(f"{p}:{ln}: listed image does not exist ({s})")
+                    else:
+                        images.append(str(fp.resolve()))
+        else:
+            raise FileNotFoundError(f"{prefix}{p} does not exist")
+    return images, problems
+
+
+# --------------------------------------------------------------------------- verification
+def exif_size(img: Image.Image) -> tuple[int, int]:
+    """(w, h) of a PIL image after its EXIF orientation is applied (90/270-degree turns swap)."""
+    w, h = img.size
+    try:
+        orientation = img.getexif().get(0x0112, 1)
+    except Exception:  # malformed EXIF: use the stored size
+        orientation = 1
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def _check_image(im_file: str) -> tuple[Optional[tuple[int, int]], list[str], Optional[str]]:
+    """Return ((w, h) or None, notes, error or None) for one image file."""
+    notes: list[str] = []
+    ext = Path(im_file).suffix[1:].lower()
+    if ext not in IMG_FORMATS:
+        return None, notes, f"{im_file}: unsupported image format '.{ext}'"
+    try:
+        with Image.open(im_file) as im:
+            im.verify()
+        with Image.open(im_file) as im:
+            fmt = (im.format or "").lower()
+            shape = exif_size(im)
+    except UnidentifiedImageError:
+        return None, notes, f"{im_file}: not an image (cannot identify the format)"
+    except Exception as e:  # truncated / corrupt files raise OSError, SyntaxError, ValueError ...
+        return None, notes, f"{im_file}: unreadable or corrupt image ({type(e).__name__}: {e})"
+    if fmt not in PIL_FORMATS:
+        return None, notes, f"{im_file}: unsupported image format '{fmt}'"
+    if shape[0] < MIN_IMAGE_SIZE or shape[1] < MIN_IMAGE_SIZE:
+        return None, notes, f"{im_file}: image size {shape[0]}x{shape[1]} is below {MIN_IMAGE_SIZE} px"
+    if fmt in ("jpeg", "mpo"):
+        with open(im_file, "rb") as f:
+            f.seek(-2, 2)
+            tail = f.read()
+        if tail != b"\xff\xd9":  # no end-of-image marker: decode fully to tell padding from truncation
+            try:
+                with Image.open(im_file) as im:
+                    im.load()
+            except Exception as e:
+                return None, notes, f"{im_file}: truncated JPEG ({type(e).__name__}: {e})"
+            notes.append(f"{im_file}: JPEG has data after its end-of-image marker; decodes fully, kept")
+    return shape, notes, None
+
+
+def _check_labels(lb_file: str, nc: Optional[int]) -> tuple[str, np.ndarray, list[str], list[str]]:
+    """Parse and check one label file.
+
+    Returns ``(status, labels (n, 5) float32, errors, fixes)``; status is one of
+    'missing', 'empty', 'found', 'corrupt'. Any error makes the file corrupt (its image is
+    excluded: training on an image with an unusable label would teach it background).
+    """
+    empty = np.zeros((0, 5), dtype=np.float32)
+    if not os.path.isfile(lb_file):
+        return "missing", empty, [], []
+    try:
+        with open(lb_file, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        return "corrupt", empty, [f"{lb_file}: unreadable label file ({type(e).__name__}: {e})"], []
+    rows, line_nos, errors, fixes = [], [], [], []
+    for ln, line in enumerate(lines, 1):
+        parts = line.split()
+        if not parts:
+            continue
+        where = f"{lb_file}:{ln}"
+        if len(parts) != 5:
+            errors.append(f"{where}: expected 5 columns (class cx cy w h), got {len(parts)}")
+            continue
+        try:
+            vals = [float(x) for x in parts]
+        except ValueError:
+            errors.append(f"{where}: non-numeric value in '{line.strip()}'")
+            continue
+        if not all(math.isfinite(v) for v in vals):
+            errors.append(f"{where}: non-finite value (NaN or inf) in '{line.strip()}'")
+            continue
+        c, cx, cy, w, h = vals
+        if c < 0 or not c.is_integer():
+            errors.append(f"{where}: class {parts[0]} is not a non-negative integer")
+            continue
+        if nc is not None and c >= nc:
+            errors.append(f"{where}: class {int(c)} out of range [0, {nc})")
+            continue
+        if w <= 0 or h <= 0:
+            errors.append(f"{where}: width and height must be positive, got w={w:g} h={h:g}")
+            continue
+        x1, y1, x2, y2 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
+        over = max(-x1, -y1, x2 - 1, y2 - 1, 0.0)
+        if over > BOX_TOLERANCE:
+            errors.append(f"{where}: box outside the image (x {x1:.4g}..{x2:.4g}, y {y1:.4g}..{y2:.4g}; "
+                          f"more than {BOX_TOLERANCE:g} beyond [0, 1])")
+            continue
+        if over > 0:
+            x1, y1, x2, y2 = max(x1, 0.0), max(y1, 0.0), min(x2, 1.0), min(y2, 1.0)
+            if x2 <= x1 or y2 <= y1:
+                errors.append(f"{where}: box has no area inside the image")
+                continue
+            cx, cy, w, h = (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1
+            if over > FLOAT_NOISE:
+                fixes.append(f"{where}: box overshoots the image by {over:.3g}: clipped to [0, 1]")
+        rows.append((c, cx, cy, w, h))
+        line_nos.append(ln)
+    if errors:
+        return "corrupt", empty, errors, fixes
+    if not rows:
+        return "empty", empty, [], fixes
+    seen: dict[tuple, int] = {}
+    keep = []
+    for row, ln in zip(rows, line_nos):
+        if row in seen:
+            fixes.append(f"{lb_file}:{ln}: duplicate of line {seen[row]}: removed")
+        else:
+            seen[row] = ln
+            keep.append(row)
+    return "found", np.array(keep, dtype=np.float32).reshape(-1, 5), [], fixes
+
+
+def verify_image_label(args: tuple[str, str, Optional[int]]) -> dict:
+    """Check one (image, label) pair; a dict with status, shape (w, h), labels and messages."""
+    im_file, lb_file, nc = args
+    shape, notes, err = _check_image(im_file)
+    if err:
+        return {"status": "corrupt", "shape": (0, 0), "labels": np.zeros((0, 5), np.float32),
+                "errors": [err], "fixes": []}
+    status, labels, errors, fixes = _check_labels(lb_file, nc)
+    return {"status": status, "shape": shape, "labels": labels, "errors": errors, "fixes": notes + fixes}
+
+
+@dataclass
+class DatasetReport:
+    """What a scan found: counts and one message per corrupt, fixed or missing-label file."""
+    prefix: str = ""
+    total: int = 0  # images listed
+    found: int = 0  # label file with boxes
+    missing: int = 0  # no label file (kept as background)
+    empty: int = 0  # empty label file (kept as background)
+    corrupt: int = 0  # image or label unusable: excluded
+    fixed: int = 0  # kept after clipping boxes / removing duplicate rows
+    corrupt_msgs: list[str] = field(default_factory=list)
+    fixed_msgs: list[str] = field(default_factory=list)
+    missing_msgs: list[str] = field(default_factory=list)
+    cache_file: Optional[str] = None
+    from_cache: bool = False
+
+    @property
+    def usable(self) -> int:
+        """Images kept for training/evaluation."""
+        return self.found + self.missing + self.empty
+
+    def summary(self) -> str:
+        src = f" (cache {self.cache_file})" if self.from_cache else ""
+        return (f"{self.prefix}{self.total} images: {self.found} found, {self.missing} missing, "
+                f"{self.empty} empty, {self.corrupt} corrupt, {self.fixed} fixed{src}")
+
+    def lines(self) -> list[str]:
+        """Every per-file message: corrupt first, then fixed, then missing labels."""
+        return ([f"corrupt: {m}" for m in self.corrupt_msgs] + [f"fixed: {m}" for m in self.fixed_msgs]
+                + [f"missing label: {m}" for m in self.missing_msgs])
+
+
+class NoUsableImagesError(RuntimeError):
+    """A split whose images are all corrupt (or that has none); carries the report."""
+
+    def __init__(self, msg: str, report: DatasetReport):
+        super().__init__(msg)
+        self.report = report
+
+
+@dataclass
+class ScanResult:
+    img_files: list[str]
+    label_files: list[str]
+    labels: list[np.ndarray]
+    shapes: np.ndarray  # (n, 2) w, h
+    report: DatasetReport
+
+
+def _files_hash(files: Sequence[str], nc: Optional[int]) -> str:
+    """Hash of paths, sizes and mtimes (missing files hash as missing) plus nc and cache version."""
+    h = hashlib.sha256(f"v{CACHE_VERSION} nc={nc}".encode())
+    for f in files:
+        try:
+            st = os.stat(f)
+            h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{f}\0missing\n".encode())
+    return h.hexdigest()
+
+
+def _cache_candidates(path: PathArg, label_files: Sequence[str]) -> tuple[Path, Path]:
+    """(beside the labels, per-user fallback) cache file paths for a split."""
+    p = Path(path[0] if isinstance(path, (list, tuple)) else path)
+    base = p if p.is_file() else Path(label_files[0]).parent
+    primary = base.with_suffix(".cache")
+    if isinstance(path, (list, tuple)) and len(path) > 1:  # several sources: name by all of them
+        key = hashlib.sha1("\n".join(map(str, path)).encode()).hexdigest()[:8]
+        primary = base.with_name(f"{base.name}-{key}.cache")
+    return primary, _fallback_path(primary)
+
+
+def _load_cache(files: Sequence[Path], key: str) -> Optional[dict]:
+    for f in files:
+        if f.is_file():
+            try:
+                c = torch.load(f, map_location="cpu", weights_only=True)
+            except Exception as e:  # unreadable / foreign cache: rebuild
+                LOGGER.debug(f"ignoring unreadable cache {f}: {e}")
+                continue
+            if isinstance(c, dict) and c.get("version") == CACHE_VERSION and c.get("hash") == key:
+                c["_file"] = str(f)
+                return c
+    return None
+
+
+def _save_cache(files: Sequence[Path], data: dict, prefix: str) -> Optional[str]:
+    """Atomically write the cache to the first location that accepts it; return its path."""
+    for f in files:
+        folder = f.parent
+        if f is files[-1]:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError:
+                continue
+        if not is_writable_dir(folder):
+            continue
+        tmp = f.with_name(f".{f.name}.{os.getpid()}.tmp")
+        try:
+            torch.save(data, tmp)
+            os.replace(tmp, f)
+            return str(f)
+        except OSError as e:
+            LOGGER.debug(f"{prefix}cannot write cache {f}: {e}")
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+    LOGGER.warning(f"{prefix}WARNING: could not write a label cache anywhere (tried {', '.join(map(str, files))})")
+    return None
+
+
+def scan_dataset(path: PathArg, nc: Optional[int] = None, prefix: str = "", use_cache: bool = True) -> ScanResult:
+    """List, verify (in parallel, cached) and report one split; see the module docstring."""
+    img_files, list_problems = list_image_files(path, prefix)
+    if not img_files and not list_problems:
+        raise NoUsableImagesError(f"{prefix}no images found in {path} (supported: {', '.join(IMG_FORMATS)})",
+                                  DatasetReport(prefix=prefix))
+    label_files = img2label_paths(img_files)
+    key = _files_hash(img_files + label_files, nc)
+    cache_files = _cache_candidates(path, label_files or [str(path)]) if img_files else ()
+    cache = _load_cache(cache_files, key) if (use_cache and img_files) else None
+    report = DatasetReport(prefix=prefix, total=len(img_files) + len(list_problems))
+    report.corrupt_msgs += list_problems
+    report.corrupt += len(list_problems)
+
+    if cache is not None:
+        statuses, shapes = cache["status"], cache["shapes"].numpy()
+        counts = cache["counts"].numpy()
+        all_labels = np.split(cache["labels"].numpy().astype(np.float32), np.cumsum(counts)[:-1]) if len(counts) else []
+        errors, fixes = cache["errors"], cache["fixes"]
+        report.cache_file, report.from_cache = cache["_file"], True
+    else:
+        statuses, shapes_l, all_labels, errors, fixes = [], [], [], [], []
+        args = zip(img_files, label_files, repeat(nc))
+        with ThreadPool(NUM_THREADS) as pool:
+            for r in pool.imap(verify_image_label, args, chunksize=16):
+                statuses.append(r["status"])
+                shapes_l.append(r["shape"])
+                all_labels.append(r["labels"])
+                errors.append(r["errors"])
+                fixes.append(r["fixes"])
+        shapes = np.array(shapes_l, dtype=np.int64).reshape(-1, 2)
+        counts = np.array([len(x) for x in all_labels], dtype=np.int64)
+        cat = np.concatenate(all_labels, 0) if all_labels else np.zeros((0, 5), np.float32)
+        data = {"version": CACHE_VERSION, "hash": key, "nc": nc, "img_files": list(img_files),
+                "status": statuses, "shapes": torch.from_numpy(shapes), "counts": torch.from_numpy(counts),
+                "labels": torch.from_numpy(cat.astype(np.float32)), "errors": errors, "fixes": fixes}
+        if use_cache and img_files:
+            report.cache_file = _save_cache(cache_files, data, prefix)
+
+    keep_img, keep_lb, keep_labels, keep_shapes = [], [], [], []
+    for i, st in enumerate(statuses):
+        if st == "corrupt":
+            report.corrupt += 1
+            report.corrupt_msgs += errors[i]
+            report.fixed_msgs += fixes[i]
+            continue
+        setattr(report, st, getattr(report, st) + 1)
+        if st == "missing":
+            report.missing_msgs.append(f"{img_files[i]}: no label file {label_files[i]} (used as background)")
+        if fixes[i]:
+            report.fixed += 1
+            report.fixed_msgs += fixes[i]
+        keep_img.append(img_files[i])
+        keep_lb.append(label_files[i])
+        keep_labels.append(all_labels[i])
+        keep_shapes.append(shapes[i])
+    result = ScanResult(keep_img, keep_lb, keep_labels, np.array(keep_shapes, dtype=np.int64).reshape(-1, 2), report)
+    if not keep_img:
+        raise NoUsableImagesError(f"{prefix}no usable images in {path}: {report.summary()}; "
+                                  f"first problems: {'; '.join(report.corrupt_msgs[:3])}", report)
+    return result
+
+
+def log_report(report: DatasetReport, max_missing: int = 5) -> None:
+    """Log the summary, every corrupt and fixed file, and the first missing-label files."""
+    LOGGER.info(report.summary())
+    for m in report.corrupt_msgs:
+        LOGGER.warning(f"{report.prefix}WARNING: excluded: {m}")
+    for m in report.fixed_msgs:
+        LOGGER.warning(f"{report.prefix}WARNING: fixed: {m}")
+    for m in report.missing_msgs[:max_missing]:
+        LOGGER.info(f"{report.prefix}{m}")
+    if len(report.missing_msgs) > max_missing:
+        LOGGER.info(f"{report.prefix}... and {len(report.missing_msgs) - max_missing} more images without "
+                    f"labels (python -m utils.datasets --data <yaml> lists them all)")
+
+
+# --------------------------------------------------------------------------- dataset
+class LoadImagesAndLabels(Dataset):
+    """A YOLO-format split for training (mosaic/mixup/perspective/HSV/flips) or evaluation (rect).
+
+    Items: ``(img uint8 (3, H, W) RGB, labels (n, 6) [0, cls, cx, cy, w, h] normalised, path,
+    shapes)`` where ``shapes = ((h0, w0), ((h / h0, w / w0), (padw, padh)))``, or None for mosaic.
+    """
+
+    def __init__(self, path: PathArg, img_size: int = 640, batch_size: int = 16, augment: bool = False,
+                 hyp: Optional[dict] = None, rect: bool = False, cache_images: Union[bool, str] = False,
+                 single_cls: bool = False, stride: int = 32, pad: float = 0.0, prefix: str = "",
+                 nc: Optional[int] = None, verbose: bool = True):
+        self.img_size = img_size
+        self.augment = augment
+        self.hyp = check_hyp(hyp, prefix) if augment else (dict(hyp) if hyp else {})
+        self.rect = rect
+        self.mosaic = augment and not rect and self.hyp.get("mosaic", 0) > 0
+        self.mosaic_border = [-img_size // 2, -img_size // 2]
+        self.stride = stride
+        self.path = path
+        self.prefix = prefix
+
+        scan = scan_dataset(path, nc=nc, prefix=prefix)
+        self.report = scan.report
+        if verbose:
+            log_report(self.report)
+        self.img_files = scan.img_files
+        self.label_files = scan.label_files
+        self.labels = scan.labels
+        self.shapes = scan.shapes
+        if single_cls:
+            for x in self.labels:
+                x[:, 0] = 0
+
+        n = len(self.shapes)
+        bi = np.floor(np.arange(n) / batch_size).astype(int)
+        self.batch = bi
+        self.n = n
+        self.indices = list(range(n))
+
+        if rect:  # sort by aspect ratio; each batch gets the smallest stride-multiple shape
+            s = self.shapes
+            ar = s[:, 1] / s[:, 0]
+            irect = ar.argsort(kind="stable")
+            self.img_files = [self.img_files[i] for i in irect]
+            self.label_files = [self.label_files[i] for i in irect]
+            self.labels = [self.labels[i] for i in irect]
+            self.shapes = s[irect]
+            ar = ar[irect]
+            nb = bi[-1] + 1
+            shapes = [[1, 1]] * nb
+            for i in range(nb):
+                ari = ar[bi == i]
+                mini, maxi = ari.min(), ari.max()
+                if maxi < 1:
+                    shapes[i] = [maxi, 1]
+                elif mini > 1:
+                    shapes[i] = [1, 1 / mini]
+            self.batch_shapes = np.ceil(np.array(shapes) * img_size / stride + pad).astype(int) * stride
+
+        self.imgs: list[Optional[np.ndarray]] = [None] * n
+        self.img_hw0: list[Optional[tuple[int, int]]] = [None] * n
+        self.img_hw: list[Optional[tuple[int, int]]] = [None] * n
+        self.npy_files: list[Optional[Path]] = [None] * n
+        if cache_images is True:
+            cache_images = "ram"
+        if cache_images:
+            self._cache_images(str(cache_images))
+
+    # ------------------------------------------------------------------ image loading / caching
+    def _npy_path(self, f: str) -> Path:
+        p = Path(f).with_suffix(".npy")
+        return p if is_writable_dir(p.parent) else _fallback_path(p)
+
+    def _cache_images(self, mode: str) -> None:
+        if mode not in ("ram", "disk"):
+            raise ValueError(f"cache_images must be False, 'ram' or 'disk', got {mode!r}")
+        if mode == "ram":
+            need = sum(self._scaled_bytes(i) for i in range(self.n))
+            try:
+                avail = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+            except (ValueError, OSError, AttributeError):
+                avail = None
+            if avail is not None and need > 0.8 * avail:
+                LOGGER.warning(f"{self.prefix}WARNING: caching images in RAM needs {need / 1e9:.1f} GB but only "
+                               f"{avail / 1e9:.1f} GB is free: not caching")
+                return
+        else:
+            self.npy_files = [self._npy_path(f) for f in self.img_files]
+            user_cache_dir().mkdir(parents=True, exist_ok=True)
+        t0, nbytes = time.time(), 0
+
+        def work(i: int):
+            if mode == "disk":
+                f = self.npy_files[i]
+                if not f.exists():
+                    im = self._read(i)
+                    tmp = f.with_name(f".{f.stem}.{os.getpid()}.tmp.npy")
+                    np.save(tmp, im)
+                    os.replace(tmp, f)
+                return f.stat().st_size
+            im, hw0, hw = self.load_image(i)
+            self.imgs[i], self.img_hw0[i], self.img_hw[i] = im, hw0, hw
+            return im.nbytes
+
+        with ThreadPool(NUM_THREADS) as pool:
+            for b in pool.imap(work, range(self.n)):
+                nbytes += b
+        LOGGER.info(f"{self.prefix}cached {self.n} images ({nbytes / 1e9:.2f} GB, {mode}) in {time.time() - t0:.1f}s")
+
+    def _scaled_bytes(self, i: int) -> int:
+        w, h = self.shapes[i]
+        r = self.img_size / max(w, h)
+        return int(w * r) * int(h * r) * 3
+
+    def _read(self, i: int) -> np.ndarray:
+        f = self.img_files[i]
+        im = cv2.imread(f)  # BGR; applies EXIF orientation; grey/alpha -> 3 channels
+        if im is None:
+            raise FileNotFoundError(f"{self.prefix}image not readable: {f}")
+        return im
+
+    def load_image(self, i: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
+        """Image i (BGR) resized so its long side is img_size; returns (img, (h0, w0), (h, w))."""
+        im = self.imgs[i]
+        if im is not None:
+            return im, self.img_hw0[i], self.img_hw[i]
+        npy = self.npy_files[i]
+        if npy is not None and npy.exists():
+            im = np.load(npy)
+        else:
+            im = self._read(i)
+        h0, w0 = im.shape[:2]
+        r = self.img_size / max(h0, w0)
+        if r != 1:
+            interp = cv2.INTER_AREA if (r < 1 and not self.augment) else cv2.INTER_LINEAR
+            im = cv2.resize(im, (max(1, int(round(w0 * r))), max(1, int(round(h0 * r)))), interpolation=interp)
+        return im, (h0, w0), im.shape[:2]
+
+    def load_mosaic(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """4 images around a random centre on a 2s x 2s canvas, then random_perspective to s x s."""
+        s = self.img_size
+        yc, xc = (int(random.uniform(-x, 2 * s + x)) for x in self.mosaic_border)
+        indices = [index] + random.choices(self.indices, k=3)
+        img4 = None
+        labels4 = []
+        for k, idx in enumerate(indices):
+            img, _, (h, w) = self.load_image(idx)
+            if k == 0:
+                img4 = np.full((s * 2, s * 2, img.shape[2]), 114, dtype=np.uint8)
+                x1a, y1a, x2a, y2a = max(xc - w, 0), max(yc - h, 0), xc, yc
+                x1b, y1b, x2b, y2b = w - (x2a - x1a), h - (y2a - y1a), w, h
+            elif k == 1:  # top right
+                x1a, y1a, x2a, y2a = xc, max(yc - h, 0), min(xc + w, s * 2), yc
+                x1b, y1b, x2b, y2b = 0, h - (y2a - y1a), min(w, x2a - x1a), h
+            elif k == 2:  # bottom left
+                x1a, y1a, x2a, y2a = max(xc - w, 0), yc, xc, min(s * 2, yc + h)
+                x1b, y1b, x2b, y2b = w - (x2a - x1a), 0, w, min(y2a - y1a, h)
+            else:  # bottom right
+                x1a, y1a, x2a, y2a = xc, yc, min(xc + w, s * 2), min(s * 2, yc + h)
+                x1b, y1b, x2b, y2b = 0, 0, min(w, x2a - x1a), min(y2a - y1a, h)
+            img4[y1a:y2a, x1a:x2a] = img[y1b:y2b, x1b:x2b]
+            padw, padh = x1a - x1b, y1a - y1b
+            labels = self.labels[idx].astype(np.float64)
+            if labels.size:
+                labels[:, 1:] = xywhn2xyxy(labels[:, 1:], w, h, padw, padh)
+            labels4.append(labels)
+        labels4 = np.concatenate(labels4, 0)
+        np.clip(labels4[:, 1:], 0, 2 * s, out=labels4[:, 1:])
+        hyp = self.hyp
+        img4, labels4 = random_perspective(img4, labels4, degrees=hyp["degrees"], translate=hyp["translate"],
+                                           scale=hyp["scale"], shear=hyp["shear"], perspective=hyp["perspective"],
+                                           border=self.mosaic_border)
+        return img4, labels4
+
+    # ------------------------------------------------------------------ items
+    def __len__(self) -> int:
+        return len(self.img_files)
+
+    def __getitem__(self, index: int):
+        index = self.indices[index]
+        hyp = self.hyp
+        mosaic = self.mosaic and random.random() < hyp["mosaic"]
+        if mosaic:
+            img, labels = self.load_mosaic(index)
+            shapes = None
+            if hyp["mixup"] and random.random() < hyp["mixup"]:
+                img2, labels2 = self.load_mosaic(random.randint(0, self.n - 1))
+                img, labels = mixup(img, labels, img2, labels2)
+        else:
+            img, (h0, w0), (h, w) = self.load_image(index)
+            shape = self.batch_shapes[self.batch[index]] if self.rect else self.img_size
+            img, ratio, pad = letterbox(img, shape, auto=False, scaleup=self.augment)
+            shapes = (h0, w0), ((h / h0, w / w0), pad)
+            labels = self.labels[index].astype(np.float64)
+            if labels.size:
+                labels[:, 1:] = xywhn2xyxy(labels[:, 1:], ratio[0] * w, ratio[1] * h, padw=pad[0], padh=pad[1])
+            if self.augment:
+                img, labels = random_perspective(img, labels, degrees=hyp["degrees"], translate=hyp["translate"],
+                                                 scale=hyp["scale"], shear=hyp["shear"],
+                                                 perspective=hyp["perspective"])
+        if self.augment:
+            augment_hsv(img, hgain=hyp["hsv_h"], sgain=hyp["hsv_s"], vgain=hyp["hsv_v"])
+
+        nl = len(labels)
+        if nl:
+            labels[:, 1:5] = xyxy2xywhn(labels[:, 1:5], w=img.shape[1], h=img.shape[0], clip=True)
+        if self.augment:
+            img, labels = flip_labels(labels, img, hyp)
+
+        labels_out = torch.zeros((nl, 6))
+        if nl:
+            labels_out[:, 1:] = torch.from_numpy(labels)
+        img = np.ascontiguousarray(img[:, :, ::-1].transpose(2, 0, 1))  # BGR HWC -> RGB CHW
+        return torch.from_numpy(img), labels_out, self.img_files[index], shapes
+
+    @staticmethod
+    def collate_fn(batch):
+        """Stack images; concatenate targets with their image index in column 0."""
+        img, label, path, shapes = zip(*batch)
+        for i, lb in enumerate(label):
+            lb[:, 0] = i
+        return torch.stack(img, 0), torch.cat(label, 0), path, shapes
+
+
+collate_fn = LoadImagesAndLabels.collate_fn
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed python/numpy in each worker from torch's per-worker seed (set by the loader's generator)."""
+    worker_seed = torch.initial_seed() % 2 ** 32
+    np.random.seed(worker_seed)
+    random.seed(worker_seed)
+
+
+def create_dataloader(path: PathArg, imgsz: int, batch_size: int, stride: int, single_cls: bool = False,
+                      hyp: Optional[dict] = None, augment: bool = False, cache: Union[bool, str] = False,
+                      pad: float = 0.0, rect: bool = False, rank: int = -1, workers: int = 8, prefix: str = "",
+                      shuffle: bool = False, seed: int = 0, nc: Optional[int] = None):
+    """(DataLoader, dataset) with collate_fn, seeded order, persistent workers, DDP sampler when rank != -1.
+
+    Under DDP call ``loader.sampler.set_epoch(epoch)`` each epoch for a fresh shuffle.
+    """
+    if rect and shuffle:
+        LOGGER.warning(f"{prefix}WARNING: --rect is incompatible with shuffle, setting shuffle=False")
+        shuffle = False
+    with torch_distributed_zero_first(rank):  # rank 0 builds the label cache first
+        dataset = LoadImagesAndLabels(path, imgsz, batch_size, augment=augment, hyp=hyp, rect=rect,
+                                      cache_images=cache, single_cls=single_cls, stride=int(stride), pad=pad,
+                                      prefix=prefix, nc=nc)
+    batch_size = min(batch_size, len(dataset))
+    world = torch.distributed.get_world_size() if (rank != -1 and torch.distributed.is_initialized()) else 1
+    nw = min((os.cpu_count() or 1) // max(world, 1), batch_size if batch_size > 1 else 0, workers)
+    sampler = None if rank == -1 else distributed.DistributedSampler(dataset, shuffle=shuffle, seed=seed)
+    generator = torch.Generator()
+    generator.manual_seed(6148914691236517205 + seed + max(rank, 0))
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, num_workers=nw,
+                        sampler=sampler, pin_memory=torch.cuda.is_available(), collate_fn=collate_fn,
+                        worker_init_fn=seed_worker, generator=generator, persistent_workers=nw > 0)
+    return loader, dataset
+
+
+# --------------------------------------------------------------------------- inference sources
+class LoadImages:
+    """Iterate images and video frames from a file, folder, glob or list.
+
+    Yields ``(path, img (3, H, W) RGB letterboxed, img0 BGR original, vid_cap or None, info)``.
+    """
+
+    def __init__(self, path: PathArg, img_size: int = 640, stride: int = 32, auto: bool = True):
+        files: list[str] = []
+        for p in (path if isinstance(path, (list, tuple)) else [path]):
+            p = os.path.expanduser(str(p))
+            if any(ch in p for ch in "*?["):
+                files.extend(sorted(glob.glob(p, recursive=True)))
+            elif os.path.isdir(p):
+                files.extend(sorted(glob.glob(os.path.join(p, "*.*"))))
+            elif os.path.isfile(p):
+                files.append(p)
+            else:
+                raise FileNotFoundError(f"{p} does not exist")
+        images = [x for x in files if x.rsplit(".", 1)[-1].lower() in IMG_FORMATS]
+        videos = [x for x in files if x.rsplit(".", 1)[-1].lower() in VID_FORMATS]
+        skipped = [x for x in files if x not in images and x not in videos and os.path.isfile(x)]
+        if skipped:
+            LOGGER.warning(f"WARNING: skipping {len(skipped)} files that are neither images nor videos: "
+                           f"{', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}")
+        self.img_size, self.stride, self.auto = img_size, stride, auto
+        self.files = images + videos
+        self.nf = len(self.files)
+        self.video_flag = [False] * len(images) + [True] * len(videos)
+        self.mode = "image"
+        self.cap = None
+        self.frame, self.frames = 0, 0
+        if not self.nf:
+            raise FileNotFoundError(f"No images or videos found in {path}. Supported: images {IMG_FORMATS}, "
+                                    f"videos {VID_FORMATS}")
+        if videos:
+            self._new_video(videos[0])
+
+    def _new_video(self, path: str) -> None:
+        self.frame = 0
+        self.cap = cv2.VideoCapture(path)
+        if not self.cap.isOpened():
+            LOGGER.warning(f"WARNING: cannot open video {path}")
+        self.frames = int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT))
+
+    def __iter__(self):
+        self.count = 0
+        return self
+
+    def __next__(self):
+        while True:
+            if self.count >= self.nf:
+                raise StopIteration
+            path = self.files[self.count]
+            if self.video_flag[self.count]:
+                self.mode = "video"
+                if self.cap is None or self._cap_path != path:
+                    self._new_video(path)
+                    self._cap_path = path
+                ok, img0 = self.cap.read()
+                if not ok:
+                    self.cap.release()
+                    self.count += 1
+                    continue
+                self.frame += 1
+                info = f"video {self.count + 1}/{self.nf} ({self.frame}/{self.frames}) {path}: "
+                cap = self.cap
+            else:
+                self.mode = "image"
+                self.count += 1
+                img0 = cv2.imread(path)
+                if img0 is None:
+                    LOGGER.warning(f"WARNING: skipping unreadable image {path}")
+                    continue
+                info = f"image {self.count}/{self.nf} {path}: "
+                cap = None
+            img = letterbox(img0, self.img_size, stride=self.stride, auto=self.auto)[0]
+            img = np.ascontiguousarray(img[:, :, ::-1].transpose(2, 0, 1))
+            return path, img, img0, cap, info
+
+    _cap_path: Optional[str] = None
+
+    def __len__(self) -> int:
+        return self.nf
+
+
+class LoadStreams:
+    """Read webcams (index), stream URLs or video files in background threads, newest frame first.
+
+    ``sources``: one source, a list, or a .txt file with one source per line. Yields
+    ``(sources, img (n, 3, H, W) RGB letterboxed, img0 list of BGR frames, None, '')``.
+    """
+
+    def __init__(self, sources: Union[str, Sequence[str]] = "0", img_size: int = 640, stride: int = 32,
+                 auto: bool = True):
+        if isinstance(sources, (list, tuple)):
+            srcs = [str(s) for s in sources]
+        elif os.path.isfile(str(sources)) and str(sources).endswith(".txt"):
+            srcs = [x.strip() for x in Path(sources).read_text().splitlines() if x.strip()]
+        else:
+            srcs = [str(sources)]
+        self.mode = "stream"
+        self.img_size, self.stride, self.auto = img_size, stride, auto
+        self.sources = srcs
+        n = len(srcs)
+        self.imgs: list[Optional[np.ndarray]] = [None] * n
+        self.fps, self.frames, self.threads = [0.0] * n, [0] * n, [None] * n
+        self._stop = False
+        for i, s in enumerate(srcs):
+            src: Union[int, str] = int(s) if s.isnumeric() else s
+            cap = cv2.VideoCapture(src)
+            if not cap.isOpened():
+                raise ConnectionError(f"{i + 1}/{n}: failed to open stream {s}")
+            w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+            fps = cap.get(cv2.CAP_PROP_FPS)
+            self.fps[i] = fps if (fps and math.isfinite(fps) and fps > 0) else 30.0
+            frames = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+            self.frames[i] = frames if frames > 0 else float("inf")
+            ok, self.imgs[i] = cap.read()
+            if not ok:
+                raise ConnectionError(f"{i + 1}/{n}: no frame from stream {s}")
+            self.threads[i] = Thread(target=self._update, args=(i, cap, s), daemon=True)
+            LOGGER.info(f"{i + 1}/{n}: {s} {w}x{h} at {self.fps[i]:.0f} FPS")
+            self.threads[i].start()
+        shapes = {letterbox(x, img_size, stride=stride, auto=auto)[0].shape for x in self.imgs}
+        self.rect = len(shapes) == 1
+        if not self.rect:
+            LOGGER.warning("WARNING: streams differ in shape; letterboxing all to a square for one batch")
+
+    def _update(self, i: int, cap: "cv2.VideoCapture", stream: str) -> None:
+        n = 1
+        while cap.isOpened() and n < self.frames[i] and not self._stop:
+            n += 1
+            if cap.grab():
+                ok, im = cap.retrieve()
+                if ok:
+                    self.imgs[i] = im
+                else:
+                    LOGGER.warning(f"WARNING: stream {stream} unresponsive; reopening")
+                    cap.open(int(stream) if stream.isnumeric() else stream)
+            else:
+                break
+            time.sleep(1 / self.fps[i])
+        cap.release()
+
+    def __iter__(self):
+        self.count = -1
+        return self
+
+    def __next__(self):
+        self.count += 1
+        if not any(t.is_alive() for t in self.threads) and self.count > 0:
+            raise StopIteration
+        img0 = [x.copy() for x in self.imgs]
+        img = [letterbox(x, self.img_size, stride=self.stride, auto=self.rect and self.auto)[0] for x in img0]
+        img = np.ascontiguousarray(np.stack(img, 0)[..., ::-1].transpose(0, 3, 1, 2))
+        return self.sources, img, img0, None, ""
+
+    def close(self) -> None:
+        """Stop the reader threads."""
+        self._stop = True
+
+    def __len__(self) -> int:
+        return 10 ** 12
+
+
+# --------------------------------------------------------------------------- check CLI
+def check_splits(data: Any, img_size: int = 640) -> tuple[bool, list[str]]:
+    """Verify every split of a dataset yaml; (ok, report lines)."""
+    from utils.dataset_config import check_dataset
+    d = check_dataset(data)
+    ok, out = True, [f"dataset {d.get('yaml_file') or 'dict'}: nc={d['nc']} ({', '.join(d['names'][:10])}"
+                     f"{', ...' if d['nc'] > 10 else ''}), img-size {img_size}"]
+    for split in ("train", "val", "test"):
+        if d.get(split) is None:
+            continue
+        try:
+            rep = scan_dataset(d[split], nc=d["nc"], prefix=f"{split}: ").report
+        except NoUsableImagesError as e:
+            rep, ok = e.report, False
+        out.append(rep.summary())
+        out += [f"  {m}" for m in rep.lines()]
+        if rep.usable == 0:
+            ok = False
+            out.append(f"{split}: ERROR: no usable images")
+    return ok, out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from utils.dataset_config import DatasetConfigError
+    ap = argparse.ArgumentParser(description="Check a YOLO dataset yaml: every image and label of every split")
+    ap.add_argument("--data", required=True, help="dataset yaml")
+    ap.add_argument("--img-size", type=int, default=640, help="image size (reported)")
+    args = ap.parse_args(argv)
+    try:
+        ok, lines = check_splits(args.data, args.img_size)
+    except (DatasetConfigError, FileNotFoundError) as e:
+        print(f"ERROR: {e}")
+        return 1
+    print("\n".join(lines))
+    print("OK" if ok else "FAILED: a split has no usable images")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
