@@ -1,0 +1,407 @@
+"""Building blocks: YOLOv7's Conv / Concat / MP / SP / SPPCSPC / RepConv / Implicit layers and the
+re-parameterizable MobileOne backbone plugin (MobileOneBlock, MobileOne, SEBlock).
+
+Module and attribute names follow YOLOv7 and Apple's MobileOne exactly, so state-dict keys
+(``rbr_conv.0.conv.weight``, ``rbr_scale.bn.running_var``, ``rbr_skip.weight``, ``rbr_dense.0.weight``,
+``reparam_conv.weight`` ...) match checkpoints of the original code.
+
+Every BatchNorm2d is created with YOLOv7's ``eps=1e-3, momentum=0.03``.
+
+Re-parameterization (``Conv.fuse``, ``RepConv.fuse_repvgg_block``, ``MobileOneBlock.reparameterize``)
+is exact up to rounding: kernels and biases are folded in float64 where the device supports it and
+cast back to the parameters' dtype; the results live on the parameters' device.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+BN_EPS = 1e-3
+BN_MOMENTUM = 0.03
+
+
+def batchnorm(c: int) -> nn.BatchNorm2d:
+    """BatchNorm2d with YOLOv7's eps and momentum."""
+    return nn.BatchNorm2d(c, eps=BN_EPS, momentum=BN_MOMENTUM)
+
+
+def autopad(k: Union[int, Sequence[int]], p: Optional[Union[int, Sequence[int]]] = None):
+    """'Same' padding for odd kernels when ``p`` is None (YOLOv7 semantics)."""
+    if p is None:
+        p = k // 2 if isinstance(k, int) else [x // 2 for x in k]
+    return p
+
+
+def _fold_dtype(t: torch.Tensor) -> torch.dtype:
+    """float64 for exact folding where the device has it (CPU, CUDA), else the tensor's dtype."""
+    return torch.float64 if t.device.type in ("cpu", "cuda") else t.dtype
+
+
+def fuse_bn_tensor(kernel: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold an eval-mode BatchNorm into the preceding (bias-free) conv kernel.
+
+    Returns ``(kernel * gamma / std, beta - mean * gamma / std)`` in float64 (see ``_fold_dtype``);
+    callers cast back once after summing all branches.
+    """
+    dt = _fold_dtype(kernel)
+    std = (bn.running_var.to(dt) + bn.eps).sqrt()
+    gamma = bn.weight.to(dt) if bn.weight is not None else torch.ones_like(std)
+    beta = bn.bias.to(dt) if bn.bias is not None else torch.zeros_like(std)
+    t = gamma / std
+    return kernel.to(dt) * t.reshape(-1, 1, 1, 1), beta - bn.running_mean.to(dt) * t
+
+
+def identity_kernel(channels: int, groups: int, kernel_size: int, like: torch.Tensor) -> torch.Tensor:
+    """Kernel of a (grouped) conv that copies its input: a centred 1 per output channel."""
+    input_dim = channels // groups
+    k = torch.zeros((channels, input_dim, kernel_size, kernel_size), dtype=_fold_dtype(like), device=like.device)
+    idx = torch.arange(channels, device=like.device)
+    k[idx, idx % input_dim, kernel_size // 2, kernel_size // 2] = 1
+    return k
+
+
+def _new_conv_like(conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor, dtype: torch.dtype) -> nn.Conv2d:
+    """A biased Conv2d with ``conv``'s geometry holding ``weight``/``bias`` (cast to ``dtype``)."""
+    new = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                    padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True,
+                    padding_mode=conv.padding_mode, device=weight.device, dtype=dtype)
+    with torch.no_grad():
+        new.weight.copy_(weight.to(dtype))
+        new.bias.copy_(bias.to(dtype))
+    return new
+
+
+# ----------------------------------------------------------------------------- YOLOv7 blocks
+class Conv(nn.Module):
+    """Conv2d + BatchNorm2d + activation (SiLU by default; ``act`` may be a module or False).
+
+    ``fuse()`` folds the BatchNorm into the conv (``self.bn`` becomes None, the conv gets a bias).
+    """
+
+    def __init__(self, c1: int, c2: int, k=1, s=1, p=None, g: int = 1, act: Union[bool, nn.Module] = True):
+        super().__init__()
+        self.conv = nn.Conv2d(c1, c2, k, s, autopad(k, p), groups=g, bias=False)
+        self.bn = batchnorm(c2)
+        self.act = nn.SiLU() if act is True else (act if isinstance(act, nn.Module) else nn.Identity())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bn is None:
+            return self.act(self.conv(x))
+        return self.act(self.bn(self.conv(x)))
+
+    def fuseforward(self, x: torch.Tensor) -> torch.Tensor:
+        """YOLOv7 name for the conv + activation path (valid after ``fuse()``)."""
+        return self.act(self.conv(x))
+
+    @torch.no_grad()
+    def fuse(self) -> "Conv":
+        """Fold BatchNorm into the conv; idempotent."""
+        if self.bn is not None:
+            from utils.torch_utils import fuse_conv_and_bn
+            self.conv = fuse_conv_and_bn(self.conv, self.bn)
+            self.bn = None
+        return self
+
+
+class Concat(nn.Module):
+    """Concatenate a list of tensors along ``dimension``."""
+
+    def __init__(self, dimension: int = 1):
+        super().__init__()
+        self.d = dimension
+
+    def forward(self, x: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(x, self.d)
+
+
+class MP(nn.Module):
+    """Max-pool with kernel = stride = k (halves the resolution for k=2)."""
+
+    def __init__(self, k: int = 2):
+        super().__init__()
+        self.m = nn.MaxPool2d(kernel_size=k, stride=k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.m(x)
+
+
+class SP(nn.Module):
+    """'Same' max-pool (stride 1 by default), the SPP building block of yolov7-tiny."""
+
+    def __init__(self, k: int = 3, s: int = 1):
+        super().__init__()
+        self.m = nn.MaxPool2d(kernel_size=k, stride=s, padding=k // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.m(x)
+
+
+class SPPCSPC(nn.Module):
+    """CSP spatial pyramid pooling of YOLOv7 (``n``, ``shortcut``, ``g`` kept for yaml compatibility)."""
+
+    def __init__(self, c1: int, c2: int, n: int = 1, shortcut: bool = False, g: int = 1, e: float = 0.5,
+                 k: Sequence[int] = (5, 9, 13)):
+        super().__init__()
+        c_ = int(2 * c2 * e)
+        self.cv1 = Conv(c1, c_, 1, 1)
+        self.cv2 = Conv(c1, c_, 1, 1)
+        self.cv3 = Conv(c_, c_, 3, 1)
+        self.cv4 = Conv(c_, c_, 1, 1)
+        self.m = nn.ModuleList([nn.MaxPool2d(kernel_size=x, stride=1, padding=x // 2) for x in k])
+        self.cv5 = Conv(4 * c_, c_, 1, 1)
+        self.cv6 = Conv(c_, c_, 3, 1)
+        self.cv7 = Conv(2 * c_, c2, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1 = self.cv4(self.cv3(self.cv1(x)))
+        y1 = self.cv6(self.cv5(torch.cat([x1] + [m(x1) for m in self.m], 1)))
+        y2 = self.cv2(x)
+        return self.cv7(torch.cat((y1, y2), dim=1))
+
+
+class RepConv(nn.Module):
+    """RepVGG block of YOLOv7: 3x3 conv+BN, 1x1 conv+BN and a BN identity (when shapes allow).
+
+    ``fuse_repvgg_block()`` (alias ``fuse()``) merges them into ``rbr_reparam``, one biased conv.
+    """
+
+    def __init__(self, c1: int, c2: int, k: int = 3, s: int = 1, p=None, g: int = 1,
+                 act: Union[bool, nn.Module] = True, deploy: bool = False):
+        super().__init__()
+        if k != 3:
+            raise ValueError(f"RepConv supports kernel_size 3 only, got {k}")
+        self.deploy = deploy
+        self.groups = g
+        self.in_channels = c1
+        self.out_channels = c2
+        self.kernel_size = k
+        padding_11 = autopad(k, p) - k // 2
+        self.act = nn.SiLU() if act is True else (act if isinstance(act, nn.Module) else nn.Identity())
+        if deploy:
+            self.rbr_reparam = nn.Conv2d(c1, c2, k, s, autopad(k, p), groups=g, bias=True)
+        else:
+            self.rbr_identity = batchnorm(c1) if (c2 == c1 and s == 1) else None
+            self.rbr_dense = nn.Sequential(nn.Conv2d(c1, c2, k, s, autopad(k, p), groups=g, bias=False), batchnorm(c2))
+            self.rbr_1x1 = nn.Sequential(nn.Conv2d(c1, c2, 1, s, padding_11, groups=g, bias=False), batchnorm(c2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if hasattr(self, "rbr_reparam"):
+            return self.act(self.rbr_reparam(x))
+        out = self.rbr_dense(x) + self.rbr_1x1(x)
+        if self.rbr_identity is not None:
+            out = out + self.rbr_identity(x)
+        return self.act(out)
+
+    @torch.no_grad()
+    def get_equivalent_kernel_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Kernel and bias (float64 where possible) of the single conv equal to all branches."""
+        k3, b3 = fuse_bn_tensor(self.rbr_dense[0].weight, self.rbr_dense[1])
+        k1, b1 = fuse_bn_tensor(self.rbr_1x1[0].weight, self.rbr_1x1[1])
+        pad = self.kernel_size // 2
+        kernel, bias = k3 + F.pad(k1, [pad, pad, pad, pad]), b3 + b1
+        if self.rbr_identity is not None:
+            kid, bid = fuse_bn_tensor(identity_kernel(self.in_channels, self.groups, self.kernel_size, k3),
+                                      self.rbr_identity)
+            kernel, bias = kernel + kid, bias + bid
+        return kernel, bias
+
+    @torch.no_grad()
+    def fuse_repvgg_block(self) -> "RepConv":
+        """Replace the branches by ``rbr_reparam``; idempotent."""
+        if hasattr(self, "rbr_reparam"):
+            return self
+        kernel, bias = self.get_equivalent_kernel_bias()
+        conv = self.rbr_dense[0]
+        self.rbr_reparam = _new_conv_like(conv, kernel, bias, conv.weight.dtype)
+        for name in ("rbr_dense", "rbr_1x1", "rbr_identity"):
+            delattr(self, name)
+        self.deploy = True
+        return self
+
+    fuse = fuse_repvgg_block
+
+
+class ImplicitA(nn.Module):
+    """Learned additive bias per channel (YOLOR implicit knowledge)."""
+
+    def __init__(self, channel: int, mean: float = 0.0, std: float = 0.02):
+        super().__init__()
+        self.channel = channel
+        self.implicit = nn.Parameter(torch.zeros(1, channel, 1, 1))
+        nn.init.normal_(self.implicit, mean=mean, std=std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.implicit + x
+
+
+class ImplicitM(nn.Module):
+    """Learned multiplicative scale per channel (YOLOR implicit knowledge)."""
+
+    def __init__(self, channel: int, mean: float = 1.0, std: float = 0.02):
+        super().__init__()
+        self.channel = channel
+        self.implicit = nn.Parameter(torch.ones(1, channel, 1, 1))
+        nn.init.normal_(self.implicit, mean=mean, std=std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.implicit * x
+
+
+# ----------------------------------------------------------------------------- MobileOne
+class SEBlock(nn.Module):
+    """Squeeze-and-excite (https://arxiv.org/abs/1709.01507) with a global mean, so any input size
+    and ONNX dynamic shapes work."""
+
+    def __init__(self, in_channels: int, rd_ratio: float = 0.0625):
+        super().__init__()
+        hidden = max(int(in_channels * rd_ratio), 1)
+        self.reduce = nn.Conv2d(in_channels, hidden, kernel_size=1, stride=1, bias=True)
+        self.expand = nn.Conv2d(hidden, in_channels, kernel_size=1, stride=1, bias=True)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        x = inputs.mean(dim=(2, 3), keepdim=True)
+        x = torch.sigmoid(self.expand(F.relu(self.reduce(x))))
+        return inputs * x
+
+
+class MobileOneBlock(nn.Module):
+    """MobileOne block (https://arxiv.org/abs/2206.04040).
+
+    Train time: ``num_conv_branches`` parallel conv+BN branches (``rbr_conv``), a 1x1 conv+BN scale
+    branch (``rbr_scale``, only when kernel_size > 1) and a BN skip (``rbr_skip``, only when
+    in == out and stride == 1), summed, then optional SE and ReLU. ``reparameterize()`` folds all
+    branches into one biased conv ``reparam_conv`` with the same output.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
+                 dilation: int = 1, groups: int = 1, use_se: bool = False, num_conv_branches: int = 1,
+                 inference_mode: bool = False):
+        super().__init__()
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"MobileOneBlock: in_channels {in_channels} and out_channels {out_channels} "
+                             f"must be divisible by groups {groups}")
+        if num_conv_branches < 1:
+            raise ValueError(f"MobileOneBlock: num_conv_branches must be >= 1, got {num_conv_branches}")
+        self.inference_mode = inference_mode
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.padding = padding
+        self.dilation = dilation
+        self.groups = groups
+        self.num_conv_branches = num_conv_branches
+        self.se = SEBlock(out_channels) if use_se else nn.Identity()
+        self.activation = nn.ReLU()
+        if inference_mode:
+            self.reparam_conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
+                                          dilation=dilation, groups=groups, bias=True)
+        else:
+            self.rbr_skip = batchnorm(in_channels) if (out_channels == in_channels and stride == 1) else None
+            self.rbr_conv = nn.ModuleList([self._conv_bn(kernel_size, padding) for _ in range(num_conv_branches)])
+            self.rbr_scale = self._conv_bn(1, 0) if kernel_size > 1 else None
+
+    def _conv_bn(self, kernel_size: int, padding: int) -> nn.Sequential:
+        mod = nn.Sequential()
+        mod.add_module("conv", nn.Conv2d(self.in_channels, self.out_channels, kernel_size, stride=self.stride,
+                                         padding=padding, groups=self.groups, bias=False))
+        mod.add_module("bn", batchnorm(self.out_channels))
+        return mod
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if hasattr(self, "reparam_conv"):
+            return self.activation(self.se(self.reparam_conv(x)))
+        out = self.rbr_conv[0](x)
+        for branch in self.rbr_conv[1:]:
+            out = out + branch(x)
+        if self.rbr_scale is not None:
+            out = out + self.rbr_scale(x)
+        if self.rbr_skip is not None:
+            out = out + self.rbr_skip(x)
+        return self.activation(self.se(out))
+
+    @torch.no_grad()
+    def get_kernel_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Kernel and bias (float64 where possible) of the single conv equal to all branches."""
+        kernel, bias = None, None
+        for branch in self.rbr_conv:
+            k, b = fuse_bn_tensor(branch.conv.weight, branch.bn)
+            kernel, bias = (k, b) if kernel is None else (kernel + k, bias + b)
+        if self.rbr_scale is not None:
+            k, b = fuse_bn_tensor(self.rbr_scale.conv.weight, self.rbr_scale.bn)
+            pad = self.kernel_size // 2
+            kernel, bias = kernel + F.pad(k, [pad, pad, pad, pad]), bias + b
+        if self.rbr_skip is not None:
+            idk = identity_kernel(self.in_channels, self.groups, self.kernel_size, kernel)
+            k, b = fuse_bn_tensor(idk, self.rbr_skip)
+            kernel, bias = kernel + k, bias + b
+        return kernel, bias
+
+    @torch.no_grad()
+    def reparameterize(self) -> "MobileOneBlock":
+        """Replace the train-time branches by ``reparam_conv`` (same device and dtype); idempotent."""
+        if hasattr(self, "reparam_conv"):
+            self.inference_mode = True
+            return self
+        kernel, bias = self.get_kernel_bias()
+        ref = self.rbr_conv[0].conv
+        self.reparam_conv = _new_conv_like(ref, kernel, bias, ref.weight.dtype)
+        for name in ("rbr_conv", "rbr_scale", "rbr_skip"):
+            delattr(self, name)
+        self.inference_mode = True
+        return self
+
+
+class MobileOne(nn.Module):
+    """One MobileOne stage: per block a depthwise 3x3 MobileOneBlock (stride 2 for the first block)
+    then a pointwise 1x1 MobileOneBlock; SE on the last ``num_se`` blocks (when ``use_se``)."""
+
+    def __init__(self, in_channels: int, out_channels: int, num_blocks_per_stage: int = 2,
+                 num_conv_branches: int = 1, use_se: bool = False, num_se: int = 0, inference_mode: bool = False):
+        super().__init__()
+        if num_blocks_per_stage < 1:
+            raise ValueError(f"MobileOne: num_blocks_per_stage must be >= 1, got {num_blocks_per_stage}")
+        num_se_blocks = num_se if use_se else 0
+        if num_se_blocks > num_blocks_per_stage or num_se_blocks < 0:
+            raise ValueError(f"MobileOne: number of SE blocks ({num_se_blocks}) cannot exceed the number of "
+                             f"blocks in the stage ({num_blocks_per_stage}) or be negative")
+        self.inference_mode = inference_mode
+        self.use_se = use_se
+        self.num_conv_branches = num_conv_branches
+        blocks = []
+        c = in_channels
+        for ix in range(num_blocks_per_stage):
+            stride = 2 if ix == 0 else 1
+            se = ix >= num_blocks_per_stage - num_se_blocks
+            blocks.append(MobileOneBlock(c, c, 3, stride=stride, padding=1, groups=c, use_se=se,
+                                         num_conv_branches=num_conv_branches, inference_mode=inference_mode))
+            blocks.append(MobileOneBlock(c, out_channels, 1, stride=1, padding=0, groups=1, use_se=se,
+                                         num_conv_branches=num_conv_branches, inference_mode=inference_mode))
+            c = out_channels
+        self.stage = nn.Sequential(*blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stage(x)
+
+    def reparameterize(self) -> "MobileOne":
+        """Re-parameterize every block of the stage; idempotent."""
+        for block in self.stage:
+            block.reparameterize()
+        self.inference_mode = True
+        return self
+
+
+def reparameterize_model(model: nn.Module) -> nn.Module:
+    """A re-parameterized deep copy of ``model`` (every MobileOneBlock / RepConv folded); the input is
+    left untouched."""
+    model = copy.deepcopy(model)
+    for m in list(model.modules()):
+        if isinstance(m, MobileOneBlock):
+            m.reparameterize()
+        elif isinstance(m, RepConv):
+            m.fuse_repvgg_block()
+    return model
