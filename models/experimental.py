@@ -1,0 +1,97 @@
+"""Loading models from project checkpoints, and building the fused-checkpoint dict.
+
+Checkpoint formats (docs/DESIGN.md):
+- training: ``cfg`` (model yaml dict), ``state_dict``, ``ema``, ``names``, ``nc``, ``fused: False``, ...
+- fused: ``cfg``, ``state_dict`` (of the fused model), ``names``, ``nc``, ``stride``, ``fused: True``.
+Every file is read through :func:`utils.checkpoint.load_checkpoint` (``weights_only=True``).
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Union
+
+import torch
+
+from models.yolo import Model
+from utils.checkpoint import FORMAT, CheckpointError, load_checkpoint
+from utils.general import LOGGER
+from utils.torch_utils import de_parallel
+
+
+def _float_state(sd: dict) -> dict:
+    """Floating-point tensors as float32 (training checkpoints may hold fp16 EMA weights)."""
+    return {k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in sd.items()}
+
+
+def attempt_load(weights: Union[str, Path], map_location: Union[str, torch.device] = "cpu",
+                 fuse: bool = True) -> Model:
+    """Build the :class:`Model` stored in a project checkpoint (training or fused) in eval mode.
+
+    A fused checkpoint builds ``Model(cfg)``, fuses it, then loads ``state_dict``. A training
+    checkpoint loads ``ema`` when present, else ``state_dict``, and is fused when ``fuse`` is True.
+    Sets ``names``, ``nc``, ``stride`` (and ``hyp`` when stored). Errors name the file.
+    """
+    path = Path(weights)
+    ckpt = load_checkpoint(path, map_location="cpu")
+    if not isinstance(ckpt.get("cfg"), dict):
+        raise CheckpointError(f"{path}: not a project checkpoint (no 'cfg' model yaml dict); keys: "
+                              f"{sorted(ckpt)[:10]}")
+    fused = bool(ckpt.get("fused", False))
+    sd = ckpt.get("ema") if (not fused and ckpt.get("ema") is not None) else ckpt.get("state_dict")
+    if not isinstance(sd, dict):
+        raise CheckpointError(f"{path}: no 'state_dict' (or 'ema') tensor dict to load")
+    nc = ckpt.get("nc", ckpt["cfg"].get("nc"))
+    try:
+        model = Model(ckpt["cfg"], nc=nc)
+    except (ValueError, FileNotFoundError) as e:
+        raise CheckpointError(f"{path}: cannot build the model from its 'cfg': {e}") from e
+    if fused:
+        model.fuse()
+    missing, unexpected = [], []
+    try:
+        result = model.load_state_dict(_float_state(sd), strict=False)
+        missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
+    except RuntimeError as e:  # shape mismatches
+        raise CheckpointError(f"{path}: weights do not fit the model built from its 'cfg': {e}") from e
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: weights do not fit the model built from its 'cfg' "
+                              f"({'fused' if fused else 'unfused'}): missing {missing[:5]}"
+                              f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
+                              f"{'...' if len(unexpected) > 5 else ''}")
+    names = ckpt.get("names")
+    if isinstance(names, dict):
+        names = [names[k] for k in sorted(names)]
+    if names is not None:
+        if len(names) != model.nc:
+            raise CheckpointError(f"{path}: {len(names)} class names for nc={model.nc}")
+        model.names = [str(n) for n in names]
+    if isinstance(ckpt.get("hyp"), dict):
+        model.hyp = dict(ckpt["hyp"])
+    if ckpt.get("stride") is not None:
+        stride = torch.as_tensor(ckpt["stride"], dtype=torch.float32).flatten()
+        if not torch.equal(stride, model.stride.float().cpu()):
+            raise CheckpointError(f"{path}: stored stride {stride.tolist()} differs from the model's "
+                                  f"{model.stride.tolist()}")
+    model.eval()
+    if fuse and not fused:
+        model.fuse()
+    LOGGER.info(f"Loaded {path} ({'fused' if fused else 'ema' if ckpt.get('ema') is not None else 'state_dict'}, "
+                f"nc={model.nc})")
+    return model.to(map_location)
+
+
+def fused_checkpoint(model: torch.nn.Module) -> dict[str, Any]:
+    """The fused-checkpoint dict of ``model``: a fused copy's CPU state dict plus cfg, names, nc,
+    stride, ``fused: True`` and ``format``. ``model`` itself is left untouched."""
+    m = copy.deepcopy(de_parallel(model)).float().eval()
+    m.fuse()
+    return {
+        "cfg": copy.deepcopy(m.yaml),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in m.state_dict().items()},
+        "names": list(m.names),
+        "nc": int(m.nc),
+        "stride": m.stride.detach().cpu().float().clone(),
+        "fused": True,
+        "format": FORMAT,
+    }
