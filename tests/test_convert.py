@@ -169,7 +169,22 @@ def test_coco_exact_labels_and_report(coco, tmp_path):
     assert "its 1 annotations" in missing.reason
     cfg = yaml.safe_load((out / "data.yaml").read_text())
     assert cfg["names"] == ["car", "person"] and cfg["nc"] == 2 and cfg["val"] == "images/val"
-    assert "COCO category ids in class order: [2, 5]" in (out / "data.yaml").read_text()
+    assert cfg["category_ids"] == [2, 5]
+
+
+def test_written_yaml_passes_check_dataset(coco, voc, tmp_path):
+    """The data.yaml a converter writes is accepted as-is by the dataset loader's check."""
+    from utils.dataset_config import check_dataset
+    js, idir = coco
+    convert_coco(js, idir, tmp_path / "c")
+    d = check_dataset(tmp_path / "c" / "data.yaml")
+    assert Path(d["train"]) == (tmp_path / "c" / "images" / "train").resolve()
+    assert Path(d["val"]) == (tmp_path / "c" / "images" / "val").resolve()
+    assert d["names"] == ["car", "person"] and d["category_ids"] == [2, 5]
+    xd, vidir = voc
+    convert_voc(xd, vidir, tmp_path / "v", val=0.0)
+    d = check_dataset(tmp_path / "v" / "data.yaml")
+    assert Path(d["val"]) == (tmp_path / "v" / "images" / "train").resolve() and d["nc"] == 3
 
 
 def test_coco_keep_crowd_and_overwrite(coco, tmp_path):

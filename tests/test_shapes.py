@@ -160,3 +160,21 @@ def test_shapes_yaml_and_cli(tmp_path):
     out = tmp_path / "cli"
     assert shapes.main(["--out", str(out), "--n-train", "2", "--n-val", "1", "--img-size", "64", "96"]) == 0
     assert is_complete(out, n_train=2, n_val=1, seed=0, img_size=(64, 96))
+
+
+def test_check_dataset_generates_builtin(tmp_path, monkeypatch):
+    """A 'builtin: shapes' yaml makes the dataset check generate the data under its 'path'."""
+    import functools
+
+    from utils.dataset_config import check_dataset
+    monkeypatch.setattr(shapes, "ensure_shapes", functools.partial(ensure_shapes, **SMALL))  # small and fast
+    y = tmp_path / "cfg" / "shapes.yaml"
+    y.parent.mkdir()
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "data" / "shapes.yaml").read_text())
+    cfg["path"] = "../gen/shapes"
+    y.write_text(yaml.safe_dump(cfg))
+    d = check_dataset(y)
+    root = (tmp_path / "gen" / "shapes").resolve()
+    assert is_complete(root, **SMALL)
+    assert Path(d["train"]) == root / "images" / "train" and Path(d["val"]) == root / "images" / "val"
+    assert d["names"] == NAMES

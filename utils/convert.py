@@ -211,7 +211,7 @@ def _place(src: Path, dst: Path, copy: bool) -> None:
 
 
 def _write(out: Path, images: list[_Image], names: list[str], issues: list[Issue], val: float, seed: int,
-           copy: bool, header: str) -> ConvertResult:
+           copy: bool, header: str, extra: dict | None = None) -> ConvertResult:
     """Write the YOLOv7 layout, data.yaml and report.txt for the collected images."""
     val_set = split_names([im.name for im in images], val, seed)
     res = ConvertResult(out=out, names=list(names), issues=issues)
@@ -235,7 +235,7 @@ def _write(out: Path, images: list[_Image], names: list[str], issues: list[Issue
         val_dir = "images/train"
         LOGGER.warning("convert: the val split is empty (--val %s, %d images); data.yaml's val points at "
                        "images/train", val, len(images))
-    cfg = {"train": "images/train", "val": val_dir, "nc": len(names), "names": list(names)}
+    cfg = {"train": "images/train", "val": val_dir, "nc": len(names), "names": list(names), **(extra or {})}
     (out / "data.yaml").write_text(f"# {header}\n# no 'path': train/val are relative to this file's folder\n"
                                    + yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
     if issues:
@@ -434,8 +434,9 @@ def convert_coco(json_path: Path | str, img_dir: Path | str, out: Path | str, va
         raise RuntimeError(f"no usable image found for {json_path} under {img_dir} (first issues: "
                            f"{'; '.join(map(str, issues[:3]))})")
     header = (f"converted from COCO {json_path.name} by python -m utils.convert coco; "
-              f"COCO category ids in class order: {[c['id'] for c in cats]}")
-    return _write(out, images, names, issues, val, seed, copy, header)
+              f"category_ids = the json's category id of each class (for COCO-json results)")
+    return _write(out, images, names, issues, val, seed, copy, header,
+                  {"category_ids": [int(c["id"]) for c in cats]})
 
 
 # --------------------------------------------------------------------------- CLI
