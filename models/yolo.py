@@ -19,6 +19,7 @@ import yaml
 
 from models.common import (MP, SP, SPPCSPC, Concat, Conv, ImplicitA, ImplicitM, MobileOne, MobileOneBlock, RepConv,
                            SEBlock)
+from utils.autoanchor import check_anchor_order
 from utils.general import LOGGER, make_divisible
 from utils.torch_utils import initialize_weights, model_info, scale_img
 
@@ -384,12 +385,7 @@ class Model(nn.Module):
         finally:
             self.train(was_training)
         det.stride = torch.tensor([s / x.shape[-2] for x in raw])
-        a = det.anchors.prod(-1).mean(-1).view(-1)  # anchor area per level
-        da, ds = a[-1] - a[0], det.stride[-1] - det.stride[0]
-        if da.sign() != ds.sign() and float(da) != 0.0:
-            LOGGER.info("Reversing anchor order to match the stride order")
-            det.anchors[:] = det.anchors.flip(0)
-            det.anchor_grid[:] = det.anchor_grid.flip(0)
+        check_anchor_order(det)
         det.anchors /= det.stride.view(-1, 1, 1)
 
     def forward(self, x: torch.Tensor, augment: bool = False, profile: bool = False):
