@@ -166,7 +166,9 @@ class SPPCSPC(nn.Module):
 class RepConv(nn.Module):
     """RepVGG block of YOLOv7: 3x3 conv+BN, 1x1 conv+BN and a BN identity (when shapes allow).
 
-    ``fuse_repvgg_block()`` (alias ``fuse()``) merges them into ``rbr_reparam``, one biased conv.
+    ``fuse_repvgg_block()`` (alias ``fuse()``) merges them into ``reparam_conv``, one biased conv
+    (named like MobileOne's, so a fused model has no ``rbr_*`` left). State dicts of YOLOv7's deployed
+    RepConv (``rbr_reparam.weight`` / ``.bias``) load too: the keys are renamed on load.
     """
 
     def __init__(self, c1: int, c2: int, k: int = 3, s: int = 1, p=None, g: int = 1,
@@ -182,15 +184,15 @@ class RepConv(nn.Module):
         padding_11 = autopad(k, p) - k // 2
         self.act = nn.SiLU() if act is True else (act if isinstance(act, nn.Module) else nn.Identity())
         if deploy:
-            self.rbr_reparam = nn.Conv2d(c1, c2, k, s, autopad(k, p), groups=g, bias=True)
+            self.reparam_conv = nn.Conv2d(c1, c2, k, s, autopad(k, p), groups=g, bias=True)
         else:
             self.rbr_identity = batchnorm(c1) if (c2 == c1 and s == 1) else None
             self.rbr_dense = nn.Sequential(nn.Conv2d(c1, c2, k, s, autopad(k, p), groups=g, bias=False), batchnorm(c2))
             self.rbr_1x1 = nn.Sequential(nn.Conv2d(c1, c2, 1, s, padding_11, groups=g, bias=False), batchnorm(c2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if hasattr(self, "rbr_reparam"):
-            return self.act(self.rbr_reparam(x))
+        if hasattr(self, "reparam_conv"):
+            return self.act(self.reparam_conv(x))
         out = self.rbr_dense(x) + self.rbr_1x1(x)
         if self.rbr_identity is not None:
             out = out + self.rbr_identity(x)
@@ -211,18 +213,25 @@ class RepConv(nn.Module):
 
     @torch.no_grad()
     def fuse_repvgg_block(self) -> "RepConv":
-        """Replace the branches by ``rbr_reparam``; idempotent."""
-        if hasattr(self, "rbr_reparam"):
+        """Replace the branches by ``reparam_conv``; idempotent."""
+        if hasattr(self, "reparam_conv"):
             return self
         kernel, bias = self.get_equivalent_kernel_bias()
         conv = self.rbr_dense[0]
-        self.rbr_reparam = _new_conv_like(conv, kernel, bias, conv.weight.dtype)
+        self.reparam_conv = _new_conv_like(conv, kernel, bias, conv.weight.dtype)
         for name in ("rbr_dense", "rbr_1x1", "rbr_identity"):
             delattr(self, name)
         self.deploy = True
         return self
 
     fuse = fuse_repvgg_block
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in ("weight", "bias"):  # YOLOv7 deploy-time name -> ours
+            old = f"{prefix}rbr_reparam.{name}"
+            if old in state_dict and f"{prefix}reparam_conv.{name}" not in state_dict:
+                state_dict[f"{prefix}reparam_conv.{name}"] = state_dict.pop(old)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class ImplicitA(nn.Module):

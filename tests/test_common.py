@@ -1,0 +1,259 @@
+"""Building blocks: shapes, BatchNorm settings and exact re-parameterization of MobileOne / RepConv / Conv."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+from models.common import (MP, SP, SPPCSPC, Concat, Conv, ImplicitA, ImplicitM, MobileOne, MobileOneBlock, RepConv,
+                           SEBlock, autopad, reparameterize_model)
+
+TRAIN_BRANCHES = ("rbr_conv", "rbr_scale", "rbr_skip", "rbr_dense", "rbr_1x1", "rbr_identity")
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max|a - b| / max|a| over the whole output."""
+    return float((a - b).abs().max() / a.abs().max())
+
+
+def randomize(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Random BN statistics / affine parameters and random conv biases, so folding is really tested."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                c = m.num_features
+                m.running_mean.copy_(torch.randn(c, generator=g) * 0.5)
+                m.running_var.copy_(torch.rand(c, generator=g) * 1.5 + 0.25)
+                m.weight.copy_(torch.rand(c, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(c, generator=g) * 0.5)
+            elif isinstance(m, nn.Conv2d):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) / (m.weight[0].numel() ** 0.5))
+                if m.bias is not None:
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+            elif isinstance(m, (ImplicitA, ImplicitM)):
+                m.implicit.add_(torch.randn(m.implicit.shape, generator=g) * 0.1)
+    return module
+
+
+# (in, out, kernel, stride, groups, use_se, branches)
+BLOCK_VARIANTS = [
+    (8, 8, 3, 1, 1, False, 1),     # 3x3 with skip, one branch
+    (8, 8, 3, 1, 1, False, 4),     # 3x3 with skip, four branches
+    (8, 16, 3, 1, 1, False, 4),    # 3x3 no skip (in != out)
+    (8, 16, 3, 2, 1, False, 1),    # 3x3 stride 2
+    (16, 16, 3, 1, 16, False, 4),  # depthwise 3x3 with skip
+    (16, 16, 3, 2, 16, False, 4),  # depthwise 3x3 stride 2 (no skip)
+    (8, 8, 3, 1, 2, False, 2),     # grouped
+    (8, 8, 1, 1, 1, False, 4),     # pointwise with skip (no scale branch)
+    (8, 16, 1, 1, 1, False, 1),    # pointwise without skip
+    (8, 8, 1, 2, 1, False, 4),     # pointwise stride 2
+    (16, 16, 3, 1, 1, True, 4),    # SE, skip
+    (16, 32, 1, 1, 1, True, 1),    # SE, pointwise
+    (16, 16, 3, 2, 16, True, 4),   # SE, depthwise stride 2
+]
+
+
+def _block(cin, cout, k, s, g, se, nb, dtype=torch.float32):
+    m = MobileOneBlock(cin, cout, k, stride=s, padding=k // 2, groups=g, use_se=se, num_conv_branches=nb)
+    return randomize(m.to(dtype), seed=cin * 7 + cout + k + s + g + nb).eval()
+
+
+@pytest.mark.parametrize("variant", BLOCK_VARIANTS, ids=lambda v: "in%d-out%d-k%d-s%d-g%d-se%d-br%d" % v)
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
+def test_mobileone_block_reparameterize_exact(variant, dtype, tol):
+    cin, cout, k, s, g, se, nb = variant
+    m = _block(cin, cout, k, s, g, se, nb, dtype)
+    assert (m.rbr_skip is not None) == (cin == cout and s == 1)
+    assert (m.rbr_scale is not None) == (k > 1)
+    assert len(m.rbr_conv) == nb
+    x = torch.randn(2, cin, 13, 11, dtype=dtype)
+    with torch.no_grad():
+        y0 = m(x)
+        m.reparameterize()
+        y1 = m(x)
+    assert y0.shape == y1.shape == (2, cout, (13 + 2 * (k // 2) - k) // s + 1, (11 + 2 * (k // 2) - k) // s + 1)
+    assert rel_err(y0, y1) <= tol
+    assert m.reparam_conv.weight.dtype == dtype and m.reparam_conv.bias.dtype == dtype
+    for name in TRAIN_BRANCHES:
+        assert not hasattr(m, name)
+    assert not hasattr(m, "id_tensor")  # nothing cached on the module
+
+
+def test_mobileone_block_reparameterize_idempotent_and_trainable():
+    m = _block(16, 16, 3, 1, 1, True, 4)
+    x = torch.randn(1, 16, 8, 8)
+    assert m.reparameterize() is m
+    sd1 = {k: v.clone() for k, v in m.state_dict().items()}
+    m.reparameterize()
+    sd2 = m.state_dict()
+    assert sd1.keys() == sd2.keys() and all(torch.equal(sd1[k], sd2[k]) for k in sd1)
+    assert all(k.startswith(("reparam_conv.", "se.")) for k in sd2)
+    # parameters were not detached: the fused block can still be fine-tuned
+    assert all(p.requires_grad for p in m.parameters())
+    m.train()
+    m(x).sum().backward()
+    assert m.reparam_conv.weight.grad is not None and m.se.reduce.weight.grad is not None
+
+
+def test_mobileone_block_inference_mode_matches_reparameterized_state():
+    src = _block(8, 16, 3, 2, 1, False, 4)
+    x = torch.randn(1, 8, 10, 10)
+    with torch.no_grad():
+        y = src(x)
+        dst = MobileOneBlock(8, 16, 3, stride=2, padding=1, num_conv_branches=4, inference_mode=True).eval()
+        dst.load_state_dict(copy.deepcopy(src).reparameterize().state_dict())
+        assert rel_err(y, dst(x)) <= 1e-5
+
+
+def test_mobileone_block_train_forward_has_no_inplace_alias():
+    """The seed summed branches in place on a shared zero; the sum must not depend on call history."""
+    m = MobileOneBlock(8, 8, 3, padding=1, num_conv_branches=4).train()
+    x = torch.randn(2, 8, 6, 6, requires_grad=True)
+    y1 = m(x)
+    y1.sum().backward()
+    y2 = m(x)
+    assert torch.allclose(y1, y2)  # BN batch stats are the same for the same batch
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
+def test_mobileone_block_reparameterize_keeps_cuda_device():
+    m = _block(8, 8, 3, 1, 1, False, 4).cuda()
+    x = torch.randn(1, 8, 8, 8, device="cuda")
+    with torch.no_grad():
+        y0 = m(x)
+        m.reparameterize()
+        y1 = m(x)
+    assert m.reparam_conv.weight.device.type == "cuda"
+    assert rel_err(y0, y1) <= 1e-5
+
+
+def test_mobileone_block_bad_groups():
+    with pytest.raises(ValueError, match="groups"):
+        MobileOneBlock(6, 8, 3, groups=4)
+
+
+def test_se_block_any_size_and_value():
+    se = SEBlock(32).eval()
+    assert se.reduce.out_channels == 2
+    for hw in ((5, 7), (16, 16), (1, 1)):
+        x = torch.randn(2, 32, *hw)
+        y = se(x)
+        s = torch.sigmoid(se.expand(torch.relu(se.reduce(x.mean((2, 3), keepdim=True)))))
+        assert y.shape == x.shape and torch.allclose(y, x * s)
+
+
+def test_mobileone_stage_structure_and_se_placement():
+    st = MobileOne(16, 32, num_blocks_per_stage=3, num_conv_branches=2, use_se=True, num_se=1)
+    blocks = list(st.stage)
+    assert len(blocks) == 6
+    strides = [b.stride for b in blocks]
+    assert strides == [2, 1, 1, 1, 1, 1]
+    assert [b.kernel_size for b in blocks] == [3, 1] * 3
+    assert blocks[0].groups == 16 and blocks[2].groups == 32 and blocks[1].groups == 1
+    assert [isinstance(b.se, SEBlock) for b in blocks] == [False, False, False, False, True, True]
+    assert all(len(b.rbr_conv) == 2 for b in blocks)
+    x = torch.randn(1, 16, 16, 16)
+    assert st(x).shape == (1, 32, 8, 8)
+    # use_se False disables SE even with num_se > 0 (reference semantics)
+    st2 = MobileOne(16, 32, 2, use_se=False, num_se=2)
+    assert not any(isinstance(b.se, SEBlock) for b in st2.stage)
+
+
+def test_mobileone_stage_too_many_se_blocks():
+    with pytest.raises(ValueError, match=r"\(3\).*\(2\)"):
+        MobileOne(8, 16, num_blocks_per_stage=2, use_se=True, num_se=3)
+
+
+def test_reparameterize_model_returns_copy_and_is_exact():
+    net = nn.Sequential(MobileOneBlock(3, 16, 3, stride=2, padding=1, num_conv_branches=4),
+                        MobileOne(16, 32, 2, num_conv_branches=4, use_se=True, num_se=1),
+                        RepConv(32, 32, 3, 1))
+    randomize(net).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        y0 = net(x)
+        fused = reparameterize_model(net)
+        y1 = fused(x)
+        assert torch.equal(net(x), y0)  # input untouched
+    assert fused is not net
+    assert any(isinstance(m, nn.BatchNorm2d) for m in net.modules())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    assert rel_err(y0, y1) <= 1e-5
+
+
+def test_all_batchnorms_use_yolov7_settings():
+    mods = [Conv(3, 8, 3), RepConv(8, 8), MobileOneBlock(8, 8, 3, padding=1, num_conv_branches=2),
+            MobileOne(8, 16, 2, num_conv_branches=4), SPPCSPC(16, 16)]
+    bns = [m for mod in mods for m in mod.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(bns) > 10
+    assert all(b.eps == 1e-3 and b.momentum == 0.03 for b in bns)
+
+
+def test_conv_autopad_shapes_and_activation():
+    assert autopad(3) == 1 and autopad(1) == 0 and autopad(5, 0) == 0 and autopad([3, 5]) == [1, 2]
+    x = torch.randn(1, 4, 15, 16)
+    assert Conv(4, 8, 3, 1)(x).shape == (1, 8, 15, 16)
+    assert Conv(4, 8, 3, 2)(x).shape == (1, 8, 8, 8)
+    assert isinstance(Conv(4, 8).act, nn.SiLU)
+    assert isinstance(Conv(4, 8, act=False).act, nn.Identity)
+    assert isinstance(Conv(4, 8, act=nn.LeakyReLU(0.1)).act, nn.LeakyReLU)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
+def test_conv_fuse_exact_and_idempotent(dtype, tol):
+    m = randomize(Conv(4, 8, 3, 2, act=nn.LeakyReLU(0.1)).to(dtype)).eval()
+    x = torch.randn(2, 4, 9, 9, dtype=dtype)
+    with torch.no_grad():
+        y0 = m(x)
+        m.fuse()
+        y1 = m(x)
+        w = m.conv.weight.clone()
+        m.fuse()
+    assert m.bn is None and m.conv.bias is not None and torch.equal(w, m.conv.weight)
+    assert m.conv.weight.dtype == dtype
+    assert rel_err(y0, y1) <= tol
+
+
+@pytest.mark.parametrize("c1,c2,s", [(8, 8, 1), (8, 16, 1), (8, 16, 2)])
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
+def test_repconv_fuse_exact(c1, c2, s, dtype, tol):
+    m = randomize(RepConv(c1, c2, 3, s).to(dtype)).eval()
+    assert (m.rbr_identity is not None) == (c1 == c2 and s == 1)
+    x = torch.randn(2, c1, 10, 10, dtype=dtype)
+    with torch.no_grad():
+        y0 = m(x)
+        m.fuse_repvgg_block()
+        y1 = m(x)
+        m.fuse_repvgg_block()
+        assert torch.equal(y1, m(x))
+    assert rel_err(y0, y1) <= tol
+    for name in TRAIN_BRANCHES:
+        assert not hasattr(m, name)
+    assert set(m.state_dict()) == {"reparam_conv.weight", "reparam_conv.bias"}
+
+
+def test_repconv_loads_yolov7_deploy_names():
+    src = randomize(RepConv(8, 8)).eval().fuse()
+    sd = {k.replace("reparam_conv", "rbr_reparam"): v for k, v in src.state_dict().items()}
+    dst = RepConv(8, 8, deploy=True)
+    dst.load_state_dict(sd)
+    assert torch.equal(dst.reparam_conv.weight, src.reparam_conv.weight)
+
+
+def test_pooling_concat_sppcspc_shapes():
+    x = torch.randn(1, 8, 16, 12)
+    assert MP()(x).shape == (1, 8, 8, 6)
+    assert SP(5)(x).shape == x.shape and SP(13)(x).shape == x.shape
+    assert Concat(1)([x, x[:, :3]]).shape == (1, 11, 16, 12)
+    assert SPPCSPC(8, 16)(x).shape == (1, 16, 16, 12)
+
+
+def test_implicit_layers():
+    a, m = ImplicitA(4), ImplicitM(4)
+    x = torch.randn(2, 4, 3, 3)
+    assert torch.allclose(a(x), x + a.implicit) and torch.allclose(m(x), x * m.implicit)
+    assert abs(float(a.implicit.detach().mean())) < 0.1 and abs(float(m.implicit.detach().mean()) - 1) < 0.1
