@@ -2,7 +2,8 @@
 
 Filled circles, rectangles, triangles and stars of varied size, colour and rotation, partly
 overlapping, on textured noisy backgrounds. Every image is drawn from its own seeded RNG, so
-the same seed gives the same files byte for byte. Each shape is a rotated polygon (a circle
+the same seed gives the same files byte for byte (on one installation: other numpy / OpenCV /
+libjpeg builds may differ in the last bit of a few pixels; the labels never change). Each shape is a rotated polygon (a circle
 is a 96-gon) rasterised at 1/16 px precision; its box is the exact pixel extent of that
 raster (within 1 px of the polygon's own extent). A shape is only placed where it leaves
 every earlier shape mostly visible, with its visible pixels still reaching each side of its
@@ -32,7 +33,7 @@ import numpy as np
 from utils.general import LOGGER, xyxy2xywhn
 
 NAMES = ["circle", "rectangle", "triangle", "star"]
-GENERATOR_VERSION = 1          # bump whenever the drawn bytes change: old folders get rebuilt
+GENERATOR_VERSION = 2          # bump whenever the drawn bytes change: old folders get rebuilt
 MARKER = "shapes.json"
 DEFAULTS = dict(n_train=400, n_val=100, seed=0, img_size=(320, 640))
 _SPLITS = ("train", "val")
@@ -88,20 +89,22 @@ def _rasterize(poly: np.ndarray, h: int, w: int) -> np.ndarray:
 # --------------------------------------------------------------------------- drawing
 def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """Textured float32 BGR background: gradient + low-frequency blotches + optional stripes + lines."""
-    c0, c1 = rng.uniform(20, 235, 3), rng.uniform(20, 235, 3)
+    c0, c1 = rng.uniform(20, 235, 3).astype(np.float32), rng.uniform(20, 235, 3).astype(np.float32)
     th = rng.uniform(0, 2 * np.pi)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    t = (np.cos(th) * xx / w + np.sin(th) * yy / h)
-    t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
-    img = c0[None, None] * (1 - t[..., None]) + c1[None, None] * t[..., None]
+    xs = np.arange(w, dtype=np.float32)[None, :] / w
+    ys = np.arange(h, dtype=np.float32)[:, None] / h
+    t = np.float32(np.cos(th)) * xs + np.float32(np.sin(th)) * ys
+    t = ((t - t.min()) / max(float(t.max() - t.min()), 1e-6))[..., None]
+    img = c0 * (1 - t) + c1 * t
     g = int(rng.integers(3, 9))
     blot = rng.normal(0, 1, (g, g, 3)).astype(np.float32)
-    img += rng.uniform(10, 40) * cv2.resize(blot, (w, h), interpolation=cv2.INTER_CUBIC)
+    img += np.float32(rng.uniform(10, 40)) * cv2.resize(blot, (w, h), interpolation=cv2.INTER_CUBIC)
     if rng.random() < 0.5:  # stripes / waves
         f = rng.uniform(4, 30)
         phi = rng.uniform(0, 2 * np.pi)
-        img += rng.uniform(5, 20) * np.sin(2 * np.pi * f * (np.cos(phi) * xx / w + np.sin(phi) * yy / h))[..., None]
-    img = img.astype(np.float32)
+        wave = np.sin(np.float32(2 * np.pi * f) * (np.float32(np.cos(phi)) * xs + np.float32(np.sin(phi)) * ys))
+        img += np.float32(rng.uniform(5, 20)) * wave[..., None]
+    img = np.ascontiguousarray(img, dtype=np.float32)
     for _ in range(int(rng.integers(0, 4))):  # thin distractor lines
         p1 = (int(rng.integers(0, w)), int(rng.integers(0, h)))
         p2 = (int(rng.integers(0, w)), int(rng.integers(0, h)))
@@ -182,7 +185,7 @@ def render_sample(seed: int, split: str, index: int,
     # global photometric noise: optional blur, then per-pixel Gaussian noise
     if rng.random() < 0.3:
         img = cv2.GaussianBlur(img, (3, 3), 0)
-    img += rng.normal(0, rng.uniform(2, 10), img.shape).astype(np.float32)
+    img += np.float32(rng.uniform(2, 10)) * rng.standard_normal(img.shape, dtype=np.float32)
     img = np.clip(np.round(img), 0, 255).astype(np.uint8)
     n = len(classes)
     masks = np.stack([owner == k for k in range(n)]) if n else np.zeros((0, h, w), bool)
