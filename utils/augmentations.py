@@ -131,6 +131,38 @@ def box_candidates(box1: np.ndarray, box2: np.ndarray, wh_thr: float = 2, ar_thr
     return (w2 > wh_thr) & (h2 > wh_thr) & (w2 * h2 / (w1 * h1 + eps) > area_thr) & (ar < ar_thr)
 
 
+def clipped_polygon_box(poly: np.ndarray, width: float, height: float) -> np.ndarray:
+    """xyxy bounding box of a convex polygon (k, 2) clipped to [0, width] x [0, height].
+
+    Sutherland-Hodgman against the four image edges; an empty result gives a zero box.
+    """
+    pts = [tuple(p) for p in poly]
+    for axis, limit, keep_below in ((0, 0.0, False), (0, width, True), (1, 0.0, False), (1, height, True)):
+        if not pts:
+            break
+        inside = (lambda p: p[axis] <= limit) if keep_below else (lambda p: p[axis] >= limit)
+        out = []
+        for k, cur in enumerate(pts):
+            prev = pts[k - 1]
+            if inside(cur):
+                if not inside(prev):
+                    out.append(_cross(prev, cur, axis, limit))
+                out.append(cur)
+            elif inside(prev):
+                out.append(_cross(prev, cur, axis, limit))
+        pts = out
+    if not pts:
+        return np.zeros(4)
+    a = np.array(pts)
+    return np.array([a[:, 0].min(), a[:, 1].min(), a[:, 0].max(), a[:, 1].max()])
+
+
+def _cross(p, q, axis: int, limit: float) -> tuple[float, float]:
+    """Point where segment p-q crosses the line coordinate[axis] == limit."""
+    t = (limit - p[axis]) / (q[axis] - p[axis])
+    return (p[0] + t * (q[0] - p[0]), p[1] + t * (q[1] - p[1]))
+
+
 def random_perspective(img: np.ndarray, targets: np.ndarray = np.zeros((0, 5)), degrees: float = 10,
                        translate: float = 0.1, scale: float = 0.1, shear: float = 10, perspective: float = 0.0,
                        border: Sequence[int] = (0, 0)):
@@ -174,6 +206,12 @@ def random_perspective(img: np.ndarray, targets: np.ndarray = np.zeros((0, 5)), 
         xy = (xy[:, :2] / xy[:, 2:3] if perspective else xy[:, :2]).reshape(n, 8)
         x, y = xy[:, [0, 2, 4, 6]], xy[:, [1, 3, 5, 7]]
         new = np.concatenate((x.min(1), y.min(1), x.max(1), y.max(1))).reshape(4, n).T
+        if degrees or shear or perspective:  # box corners no longer axis-aligned
+            # a tilted box cut by the image edge: bound the visible part, not the clipped corners
+            out = (new[:, 0] < 0) | (new[:, 1] < 0) | (new[:, 2] > width) | (new[:, 3] > height)
+            for i in np.flatnonzero(out):
+                quad = np.stack((x[i, [0, 3, 1, 2]], y[i, [0, 3, 1, 2]]), 1)  # x1y1, x2y1, x2y2, x1y2
+                new[i] = clipped_polygon_box(quad, width, height)
         new[:, [0, 2]] = new[:, [0, 2]].clip(0, width)
         new[:, [1, 3]] = new[:, [1, 3]].clip(0, height)
         keep = box_candidates(box1=targets[:, 1:5].T * s, box2=new.T)
@@ -203,4 +241,4 @@ def flip_labels(labels: np.ndarray, img: np.ndarray, hyp: dict):
 
 
 __all__ = ["check_hyp", "letterbox", "augment_hsv", "random_perspective", "box_candidates", "mixup",
-           "flip_labels", "LOADER_HYP_KEYS", "NON_LOADER_HYP_KEYS"]
+           "flip_labels", "clipped_polygon_box", "LOADER_HYP_KEYS", "NON_LOADER_HYP_KEYS"]

@@ -690,6 +690,9 @@ def create_dataloader(path: PathArg, imgsz: int, batch_size: int, stride: int, s
                       shuffle: bool = False, seed: int = 0, nc: Optional[int] = None):
     """(DataLoader, dataset) with collate_fn, seeded order, persistent workers, DDP sampler when rank != -1.
 
+    The order comes from a generator seeded with ``seed`` (+ rank); each worker seeds python and
+    numpy from it (``seed_worker``), so augmentations repeat too. With ``workers=0`` the
+    augmentations draw from the process RNGs: call ``utils.general.init_seeds`` first.
     Under DDP call ``loader.sampler.set_epoch(epoch)`` each epoch for a fresh shuffle.
     """
     if rect and shuffle:

@@ -1,0 +1,163 @@
+"""Tests for utils/dataset_config.py: names/nc, path resolution, clear errors, built-in hook, shipped yamls."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from utils.dataset_config import DatasetConfigError, check_dataset, parse_names
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tree(root: Path, splits=("train", "val")) -> Path:
+    for s in splits:
+        (root / "images" / s).mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _yaml(path: Path, d: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(d))
+    return path
+
+
+def test_names_list_mapping_and_nc():
+    assert parse_names(["a", "b"], None, "x") == (2, ["a", "b"])
+    assert parse_names({1: "b", 0: "a"}, 2, "x") == (2, ["a", "b"])
+    assert parse_names({"0": "a", "1": "b"}, None, "x") == (2, ["a", "b"])
+    assert parse_names(None, 2, "x") == (2, ["class0", "class1"])
+    with pytest.raises(DatasetConfigError, match="x: 'nc' is 3 but 'names' has 2 entries"):
+        parse_names(["a", "b"], 3, "x")
+    with pytest.raises(DatasetConfigError, match="contiguous"):
+        parse_names({0: "a", 2: "c"}, None, "x")
+    with pytest.raises(DatasetConfigError, match="positive integer"):
+        parse_names(["a"], "1", "x")
+
+
+def test_path_root_relative_to_yaml_folder(tmp_path, monkeypatch):
+    _tree(tmp_path / "sets" / "ds", ("train", "val", "test"))
+    y = _yaml(tmp_path / "cfg" / "d.yaml", {"path": "../sets/ds", "train": "images/train", "val": "images/val",
+                                          "test": "images/test", "names": {0: "cat", 1: "dog"}})
+    monkeypatch.chdir(tmp_path)  # elsewhere: the result must not depend on the cwd
+    d = check_dataset(y)
+    root = (tmp_path / "sets" / "ds").resolve()
+    assert d["path"] == str(root)
+    assert d["train"] == str(root / "images/train") and d["val"] == str(root / "images/val")
+    assert d["test"] == str(root / "images/test")
+    assert d["nc"] == 2 and d["names"] == ["cat", "dog"] and d["yaml_file"] == str(y.resolve())
+    assert d["coco"] is False
+
+
+def test_no_path_yaml_folder_then_cwd(tmp_path, monkeypatch):
+    _tree(tmp_path / "cfg" / "local")
+    _tree(tmp_path / "work" / "cwdset")
+    y = _yaml(tmp_path / "cfg" / "d.yaml", {"train": "local/images/train", "val": "cwdset/images/val",
+                                          "test": None, "nc": 1})
+    monkeypatch.chdir(tmp_path / "work")
+    d = check_dataset(y)
+    assert d["train"] == str((tmp_path / "cfg" / "local" / "images" / "train").resolve())  # yaml folder first
+    assert d["val"] == str((tmp_path / "work" / "cwdset" / "images" / "val").resolve())  # then the cwd
+    assert d["test"] is None
+
+
+def test_lists_and_txt_splits(tmp_path):
+    _tree(tmp_path / "a")
+    _tree(tmp_path / "b")
+    (tmp_path / "val.txt").write_text("a/images/val/x.jpg\n")
+    y = _yaml(tmp_path / "d.yaml", {"train": ["a/images/train", "b/images/train"], "val": "val.txt", "nc": 1})
+    d = check_dataset(y)
+    assert d["train"] == [str((tmp_path / p).resolve()) for p in ("a/images/train", "b/images/train")]
+    assert d["val"] == str((tmp_path / "val.txt").resolve())
+
+
+def test_clear_errors(tmp_path):
+    _tree(tmp_path / "ds")
+    y = _yaml(tmp_path / "bad_nc.yaml", {"path": "ds", "train": "images/train", "val": "images/val",
+                                       "nc": 3, "names": ["a", "b"]})
+    with pytest.raises(DatasetConfigError, match=rf"{y.resolve()}: 'nc' is 3 but 'names' has 2"):
+        check_dataset(y)
+    y = _yaml(tmp_path / "missing.yaml", {"path": "ds", "train": "images/train", "val": "images/nope", "nc": 1,
+                                        "download": "see comments"})
+    with pytest.raises(DatasetConfigError, match=r"missing.yaml: 'val' split not found: .*images/nope.*download"):
+        check_dataset(y)
+    y = _yaml(tmp_path / "noval.yaml", {"path": "ds", "train": "images/train", "nc": 1})
+    with pytest.raises(DatasetConfigError, match="noval.yaml: missing 'val' split"):
+        check_dataset(y)
+    with pytest.raises(FileNotFoundError, match="dataset yaml not found"):
+        check_dataset(tmp_path / "none.yaml")
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(DatasetConfigError, match="mapping"):
+        check_dataset(tmp_path / "list.yaml")
+    # a missing test split is only an error when required
+    y = _yaml(tmp_path / "t.yaml", {"path": "ds", "train": "images/train", "val": "images/val",
+                                  "test": "images/test", "nc": 1})
+    with pytest.raises(DatasetConfigError, match="'test' split not found"):
+        check_dataset(y)
+    assert check_dataset(y, require=("train", "val"))["test"].endswith("images/test")
+
+
+def test_yaml_cannot_run_code(tmp_path):
+    (tmp_path / "evil.yaml").write_text("train: !!python/object/apply:os.system ['echo hacked']\nval: x\nnc: 1\n")
+    with pytest.raises(yaml.YAMLError):
+        check_dataset(tmp_path / "evil.yaml")
+
+
+def test_builtin_hook_and_coco_keys(tmp_path, monkeypatch):
+    import utils.shapes
+    calls = []
+
+    def fake_ensure(root):
+        calls.append(Path(root))
+        _tree(Path(root))
+
+    monkeypatch.setattr(utils.shapes, "ensure_shapes", fake_ensure)
+    y = _yaml(tmp_path / "data" / "s.yaml", {"builtin": "shapes", "path": "../gen/shapes", "train": "images/train",
+                                           "val": "images/val", "names": ["a", "b"], "coco": True,
+                                           "coco_json": "ann.json", "category_ids": {0: 3, 1: 7}})
+    d = check_dataset(y)
+    assert calls == [(tmp_path / "gen" / "shapes").resolve()]
+    assert d["train"] == str((tmp_path / "gen" / "shapes" / "images" / "train").resolve())
+    assert d["coco"] is True and d["category_ids"] == [3, 7]
+    assert d["coco_json"] == str((tmp_path / "gen" / "shapes" / "ann.json").resolve())
+    bad = _yaml(tmp_path / "data" / "b.yaml", {"builtin": "circles", "path": ".", "train": "a", "val": "b", "nc": 1})
+    with pytest.raises(DatasetConfigError, match="unknown 'builtin'"):
+        check_dataset(bad)
+
+
+def test_dict_input():
+    with pytest.raises(DatasetConfigError, match="dataset dict: missing 'train'"):
+        check_dataset({"nc": 1, "val": "/"})
+
+
+def test_shipped_yamls_parse():
+    coco = yaml.safe_load((ROOT / "data" / "coco.yaml").read_text())
+    assert coco["nc"] == 80 and len(coco["names"]) == 80 and coco["coco"] is True
+    c128 = yaml.safe_load((ROOT / "data" / "coco128.yaml").read_text())
+    assert c128["names"] == coco["names"] and c128["coco"] is True
+    assert (ROOT / "data" / c128["path"]).resolve() == (ROOT.parent / "shared" / "datasets" / "coco128").resolve()
+
+
+def test_coco128_yaml_resolves(coco128_dir, monkeypatch, tmp_path):
+    if coco128_dir.resolve() != (ROOT.parent / "shared" / "datasets" / "coco128").resolve():
+        pytest.skip("coco128 is not at ../shared (MOY_SHARED points elsewhere)")
+    monkeypatch.chdir(tmp_path)
+    d = check_dataset(ROOT / "data" / "coco128.yaml")
+    assert d["train"] == str((coco128_dir / "images" / "train2017").resolve())
+    assert d["val"] == str((coco128_dir / "images" / "val2017").resolve())
+
+
+def test_hyp_files_match_yolov7():
+    tiny = yaml.safe_load((ROOT / "data" / "hyp.scratch.tiny.yaml").read_text())
+    p5 = yaml.safe_load((ROOT / "data" / "hyp.scratch.p5.yaml").read_text())
+    assert list(tiny) == list(p5)
+    expect_tiny = dict(lr0=0.01, lrf=0.01, momentum=0.937, weight_decay=0.0005, warmup_epochs=3.0,
+                       warmup_momentum=0.8, warmup_bias_lr=0.1, box=0.05, cls=0.5, cls_pw=1.0, obj=1.0, obj_pw=1.0,
+                       iou_t=0.2, anchor_t=4.0, fl_gamma=0.0, hsv_h=0.015, hsv_s=0.7, hsv_v=0.4, degrees=0.0,
+                       translate=0.1, scale=0.5, shear=0.0, perspective=0.0, flipud=0.0, fliplr=0.5, mosaic=1.0,
+                       mixup=0.05, copy_paste=0.0, paste_in=0.05, loss_ota=1)
+    assert tiny == expect_tiny
+    diff = {k: (tiny[k], p5[k]) for k in tiny if tiny[k] != p5[k]}
+    assert diff == {"lrf": (0.01, 0.1), "cls": (0.5, 0.3), "obj": (1.0, 0.7), "translate": (0.1, 0.2),
+                    "scale": (0.5, 0.9), "mixup": (0.05, 0.15), "paste_in": (0.05, 0.15)}
