@@ -3,7 +3,8 @@
 Filled circles, rectangles, triangles and stars of varied size, colour and rotation, partly
 overlapping, on textured noisy backgrounds. Every image is drawn from its own seeded RNG, so
 the same seed gives the same files byte for byte (on one installation: other numpy / OpenCV /
-libjpeg builds may differ in the last bit of a few pixels; the labels never change). Each shape is a rotated polygon (a circle
+libjpeg builds may differ in the last bit of a few pixels, but the RNG stream, and so
+the labels, never depend on pixel values). Each shape is a rotated polygon (a circle
 is a 96-gon) rasterised at 1/16 px precision; its box is the exact pixel extent of that
 raster (within 1 px of the polygon's own extent). A shape is only placed where it leaves
 every earlier shape mostly visible, with its visible pixels still reaching each side of its
@@ -33,7 +34,7 @@ import numpy as np
 from utils.general import LOGGER, xyxy2xywhn
 
 NAMES = ["circle", "rectangle", "triangle", "star"]
-GENERATOR_VERSION = 2          # bump whenever the drawn bytes change: old folders get rebuilt
+GENERATOR_VERSION = 3          # bump whenever the drawn bytes change: old folders get rebuilt
 MARKER = "shapes.json"
 DEFAULTS = dict(n_train=400, n_val=100, seed=0, img_size=(320, 640))
 _SPLITS = ("train", "val")
@@ -113,17 +114,16 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 
 
 def _pick_colour(rng: np.random.Generator, under: np.ndarray) -> np.ndarray:
-    """A saturated BGR colour that stands out (L2 >= 90) from the mean background ``under``."""
-    best, best_d = None, -1.0
-    for _ in range(20):
-        hsv = np.uint8([[[rng.integers(0, 180), rng.integers(110, 256), rng.integers(90, 256)]]])
-        c = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0].astype(np.float32)
-        d = float(np.linalg.norm(c - under))
-        if d >= 90:
-            return c
-        if d > best_d:
-            best, best_d = c, d
-    return best
+    """A saturated BGR colour that stands out (L2 >= 90) from the mean background ``under``.
+
+    Always draws the same number of random values, so the RNG stream (and with it every
+    label) does not depend on pixel values.
+    """
+    hsv = np.stack([rng.integers(0, 180, 20), rng.integers(110, 256, 20), rng.integers(90, 256, 20)], 1)
+    cands = cv2.cvtColor(hsv.astype(np.uint8)[None], cv2.COLOR_HSV2BGR)[0].astype(np.float32)
+    d = np.linalg.norm(cands - under, axis=1)
+    ok = np.nonzero(d >= 90)[0]
+    return cands[ok[0] if len(ok) else int(d.argmax())]
 
 
 def _visible_ok(mask: np.ndarray, box: np.ndarray, area: int) -> bool:
