@@ -91,6 +91,8 @@ def messy(tmp_path) -> Path:
     (root / "images" / "train" / "text.jpg").write_text("not an image")
     (root / "labels" / "train" / "text.txt").write_text("0 0.5 0.5 0.2 0.2\n")
     (root / "images" / "train" / "anim.gif").write_bytes(b"GIF89a")
+    Image.new("RGB", (32, 32)).save(root / "images" / "train" / "gif.jpg", format="GIF")  # GIF named .jpg
+    (root / "labels" / "train" / "gif.txt").write_text("0 0.5 0.5 0.2 0.2\n")
     return root
 
 
@@ -108,15 +110,17 @@ def test_messy_split_report(messy):
     assert f"{im('trunc.jpg')}: truncated JPEG" in corrupt
     assert f"{im('tiny.jpg')}: image size 40x8 is below 10 px" in corrupt
     assert f"{im('text.jpg')}: not an image" in corrupt
-    assert "anim.gif: unsupported image format '.gif'" in corrupt
+    assert f"{im('gif.jpg')}: unsupported image format 'gif'" in corrupt
+    assert rep.skipped_msgs == [f"{messy / 'images' / 'train' / 'anim.gif'}: not a supported image format '.gif' "
+                                f"(supported: {', '.join(D.IMG_FORMATS)})"]
     fixed = "\n".join(rep.fixed_msgs)
     assert f"{lb('dup')}:4: duplicate of line 1: removed" in fixed
     assert f"{lb('clip')}:1: box overshoots the image" in fixed
     assert rep.missing_msgs == [f"{im('nolabel.jpg')}: no label file {lb('nolabel')} (used as background)"]
-    # good0, good1, png, gray, exif, dup, clip found; empty; nolabel; 9 corrupt (incl. gif)
+    # good0, good1, png, gray, exif, dup, clip found; empty; nolabel; 9 corrupt; the .gif file is skipped
     assert (rep.total, rep.found, rep.missing, rep.empty, rep.corrupt, rep.fixed) == (18, 7, 1, 1, 9, 2)
     assert rep.usable == 9 == len(res.img_files)
-    assert "18 images: 7 found, 1 missing, 1 empty, 9 corrupt, 2 fixed" in rep.summary()
+    assert "18 images: 7 found, 1 missing, 1 empty, 9 corrupt, 2 fixed, 1 other files skipped" in rep.summary()
 
     by = dict(zip([Path(f).name for f in res.img_files], range(len(res.img_files))))
     np.testing.assert_allclose(res.labels[by["dup.jpg"]], [[0, 0.5, 0.5, 0.2, 0.2], [1, 0.3, 0.3, 0.1, 0.1]])

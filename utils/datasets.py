@@ -39,9 +39,9 @@ from utils.augmentations import augment_hsv, check_hyp, flip_labels, letterbox, 
 from utils.general import LOGGER, xywhn2xyxy, xyxy2xywhn
 from utils.torch_utils import torch_distributed_zero_first
 
-IMG_FORMATS = ("bmp", "jpg", "jpeg", "png", "tif", "tiff", "dng", "webp", "mpo")
+IMG_FORMATS = ("bmp", "jpg", "jpeg", "png", "tif", "tiff", "webp", "mpo")  # what both PIL and OpenCV decode
 VID_FORMATS = ("mov", "avi", "mp4", "mpg", "mpeg", "m4v", "wmv", "mkv")
-PIL_FORMATS = {"bmp", "jpeg", "png", "tiff", "dng", "webp", "mpo"}  # PIL's Image.format, lower case
+PIL_FORMATS = {"bmp", "jpeg", "png", "tiff", "webp", "mpo"}  # PIL's Image.format, lower case
 NUM_THREADS = min(8, max(1, (os.cpu_count() or 1)))
 CACHE_VERSION = 1
 BOX_TOLERANCE = 0.02  # box corners up to 2 % outside [0, 1] are clipped; further out is rejected
@@ -91,13 +91,14 @@ def _fallback_path(path: Path) -> Path:
     return user_cache_dir() / f"{path.stem}-{key}{path.suffix}"
 
 
-def list_image_files(path: PathArg, prefix: str = "") -> tuple[list[str], list[str]]:
+def list_image_files(path: PathArg, prefix: str = "") -> tuple[list[str], list[str], list[str]]:
     """Image files of a split: a folder (recursive), a .txt list of paths, or a list of either.
 
-    Returns ``(images, problems)``; ``problems`` are messages for entries that cannot be used
-    (unsupported extension, listed file missing), so that nothing disappears silently.
+    Returns ``(images, problems, skipped)``: ``problems`` are listed entries that cannot be
+    used (unsupported extension, file missing); ``skipped`` are other files found in an image
+    folder (not images). Both are reported, so that nothing disappears silently.
     """
-    images, problems = [], []
+    images, problems, skipped = [], [], []
     for p in (path if isinstance(path, (list, tuple)) else [path]):
         p = Path(p).expanduser()
         if p.is_dir():
@@ -108,8 +109,9 @@ def list_image_files(path: PathArg, prefix: str = "") -> tuple[list[str], list[s
                 ext = fp.suffix[1:].lower()
                 if ext in IMG_FORMATS:
                     images.append(str(fp.resolve()))
-                elif ext not in ("txt", "cache", "npy", "json", "yaml", "md"):
-                    problems.append(f"{fp}: unsupported image format '.{ext}' (supported: {', '.join(IMG_FORMATS)})")
+                elif ext not in ("cache", "npy"):  # those are this loader's own caches
+                    skipped.append(f"{fp}: not a supported image format '.{ext}' (supported: "
+                                   f"{', '.join(IMG_FORMATS)})")
         elif p.is_file():
             parent = p.resolve().parent
             with open(p, errors="replace") as fh:
@@ -128,7 +130,7 @@ def list_image_files(path: PathArg, prefix: str = "") -> tuple[list[str], list[s
                         images.append(str(fp.resolve()))
         else:
             raise FileNotFoundError(f"{prefix}{p} does not exist")
-    return images, problems
+    return images, problems, skipped
 
 
 # --------------------------------------------------------------------------- verification
@@ -273,6 +275,7 @@ class DatasetReport:
     corrupt_msgs: list[str] = field(default_factory=list)
     fixed_msgs: list[str] = field(default_factory=list)
     missing_msgs: list[str] = field(default_factory=list)
+    skipped_msgs: list[str] = field(default_factory=list)  # non-image files in an image folder (not counted)
     cache_file: Optional[str] = None
     from_cache: bool = False
 
@@ -283,13 +286,15 @@ class DatasetReport:
 
     def summary(self) -> str:
         src = f" (cache {self.cache_file})" if self.from_cache else ""
+        skip = f", {len(self.skipped_msgs)} other files skipped" if self.skipped_msgs else ""
         return (f"{self.prefix}{self.total} images: {self.found} found, {self.missing} missing, "
-                f"{self.empty} empty, {self.corrupt} corrupt, {self.fixed} fixed{src}")
+                f"{self.empty} empty, {self.corrupt} corrupt, {self.fixed} fixed{skip}{src}")
 
     def lines(self) -> list[str]:
-        """Every per-file message: corrupt first, then fixed, then missing labels."""
+        """Every per-file message: corrupt first, then fixed, missing labels, skipped files."""
         return ([f"corrupt: {m}" for m in self.corrupt_msgs] + [f"fixed: {m}" for m in self.fixed_msgs]
-                + [f"missing label: {m}" for m in self.missing_msgs])
+                + [f"missing label: {m}" for m in self.missing_msgs]
+                + [f"skipped: {m}" for m in self.skipped_msgs])
 
 
 class NoUsableImagesError(RuntimeError):
@@ -374,10 +379,11 @@ def _save_cache(files: Sequence[Path], data: dict, prefix: str) -> Optional[str]
 
 def scan_dataset(path: PathArg, nc: Optional[int] = None, prefix: str = "", use_cache: bool = True) -> ScanResult:
     """List, verify (in parallel, cached) and report one split; see the module docstring."""
-    img_files, list_problems = list_image_files(path, prefix)
+    img_files, list_problems, skipped = list_image_files(path, prefix)
     if not img_files and not list_problems:
+        rep = DatasetReport(prefix=prefix, skipped_msgs=skipped)
         raise NoUsableImagesError(f"{prefix}no images found in {path} (supported: {', '.join(IMG_FORMATS)})",
-                                  DatasetReport(prefix=prefix))
+                                  rep)
     label_files = img2label_paths(img_files)
     key = _files_hash(img_files + label_files, nc)
     cache_files = _cache_candidates(path, label_files or [str(path)]) if img_files else ()
@@ -385,6 +391,7 @@ def scan_dataset(path: PathArg, nc: Optional[int] = None, prefix: str = "", use_
     report = DatasetReport(prefix=prefix, total=len(img_files) + len(list_problems))
     report.corrupt_msgs += list_problems
     report.corrupt += len(list_problems)
+    report.skipped_msgs += skipped
 
     if cache is not None:
         statuses, shapes = cache["status"], cache["shapes"].numpy()
@@ -442,11 +449,12 @@ def log_report(report: DatasetReport, max_missing: int = 5) -> None:
         LOGGER.warning(f"{report.prefix}WARNING: excluded: {m}")
     for m in report.fixed_msgs:
         LOGGER.warning(f"{report.prefix}WARNING: fixed: {m}")
-    for m in report.missing_msgs[:max_missing]:
-        LOGGER.info(f"{report.prefix}{m}")
-    if len(report.missing_msgs) > max_missing:
-        LOGGER.info(f"{report.prefix}... and {len(report.missing_msgs) - max_missing} more images without "
-                    f"labels (python -m utils.datasets --data <yaml> lists them all)")
+    for msgs, what in ((report.missing_msgs, "images without labels"), (report.skipped_msgs, "skipped files")):
+        for m in msgs[:max_missing]:
+            LOGGER.info(f"{report.prefix}{m}")
+        if len(msgs) > max_missing:
+            LOGGER.info(f"{report.prefix}... and {len(msgs) - max_missing} more {what} "
+                        f"(python -m utils.datasets --data <yaml> lists them all)")
 
 
 # --------------------------------------------------------------------------- dataset
@@ -745,6 +753,7 @@ class LoadImages:
         self.video_flag = [False] * len(images) + [True] * len(videos)
         self.mode = "image"
         self.cap = None
+        self._cap_path: Optional[str] = None
         self.frame, self.frames = 0, 0
         if not self.nf:
             raise FileNotFoundError(f"No images or videos found in {path}. Supported: images {IMG_FORMATS}, "
@@ -753,6 +762,7 @@ class LoadImages:
             self._new_video(videos[0])
 
     def _new_video(self, path: str) -> None:
+        self._cap_path = path
         self.frame = 0
         self.cap = cv2.VideoCapture(path)
         if not self.cap.isOpened():
@@ -772,7 +782,6 @@ class LoadImages:
                 self.mode = "video"
                 if self.cap is None or self._cap_path != path:
                     self._new_video(path)
-                    self._cap_path = path
                 ok, img0 = self.cap.read()
                 if not ok:
                     self.cap.release()
@@ -793,8 +802,6 @@ class LoadImages:
             img = letterbox(img0, self.img_size, stride=self.stride, auto=self.auto)[0]
             img = np.ascontiguousarray(img[:, :, ::-1].transpose(2, 0, 1))
             return path, img, img0, cap, info
-
-    _cap_path: Optional[str] = None
 
     def __len__(self) -> int:
         return self.nf
