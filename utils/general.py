@@ -318,17 +318,23 @@ def non_max_suppression(prediction: torch.Tensor, conf_thres: float = 0.25, iou_
         if cls_filter is not None:
             keep = (j[:, None] == cls_filter[None]).any(1)
             i, j, conf = i[keep], j[keep], conf[keep]
-        n = conf.shape[0]
+        n = min(conf.shape[0], max_nms)  # cap the candidates by score so NMS cost stays bounded
         if not n:
             continue
-        if n > max_nms:  # cap the candidates by score so NMS cost stays bounded
-            top = conf.topk(max_nms).indices
-            i, j, conf = i[top], j[top], conf[top]
-        boxes = box[i]
-        keep = torchvision.ops.batched_nms(boxes.float(), conf.float(),
-                                           torch.zeros_like(j) if agnostic else j, iou_thres)
-        keep = keep[:max_det]
-        output[xi] = torch.cat((boxes[keep], conf[keep, None], j[keep, None].to(boxes.dtype)), 1)
+        # Greedy NMS keeps a box iff no higher-scoring kept box overlaps it, so the kept set
+        # among the k best candidates does not depend on the rest: run NMS on a growing
+        # prefix until it yields max_det boxes (exactly the full result, far cheaper when
+        # an untrained model floods NMS with candidates).
+        k = min(n, max(4 * max_det, 1024))
+        idx = torch.zeros_like(j) if agnostic else j
+        while True:
+            top = conf.topk(k).indices if k < conf.shape[0] else conf.argsort(descending=True)
+            keep = torchvision.ops.batched_nms(box[i[top]].float(), conf[top].float(), idx[top], iou_thres)
+            if keep.shape[0] >= max_det or k >= n:
+                break
+            k = min(4 * k, n)
+        sel = top[keep[:max_det]]
+        output[xi] = torch.cat((box[i[sel]], conf[sel, None], j[sel, None].to(box.dtype)), 1)
 
     elapsed = time.time() - t0
     if elapsed > time_limit:

@@ -314,6 +314,24 @@ def plot_confusion_matrix(matrix: np.ndarray, save_path: PathLike = "confusion_m
     return Path(save_path)
 
 
+def plot_study(study_txt: PathLike) -> Path:
+    """study.png from a ``test.py --task study`` table: mAP@.5:.95 and inference time against image size."""
+    y = np.atleast_2d(np.loadtxt(study_txt))
+    fig = _figure(figsize=(10, 4), tight_layout=True)
+    ax = fig.subplots(1, 2)
+    ax[0].plot(y[:, 0], y[:, 4], ".-", linewidth=2, markersize=8)
+    ax[0].set_xlabel("image size (pixels)")
+    ax[0].set_ylabel("mAP@.5:.95")
+    ax[1].plot(y[:, 0], y[:, 9], ".-", linewidth=2, markersize=8)
+    ax[1].set_xlabel("image size (pixels)")
+    ax[1].set_ylabel("inference (ms / image)")
+    for a in ax:
+        a.grid(alpha=0.3)
+    out = Path(study_txt).with_name("study.png")
+    fig.savefig(out, dpi=200)
+    return out
+
+
 def safe_plot(fn, *args, **kwargs):
     """Run a plot function, logging (not raising) any failure: plots never stop training or testing."""
     try:
