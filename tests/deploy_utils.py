@@ -1,0 +1,84 @@
+"""Helpers for the deployment tests (export, detect, hubconf): a small untrained checkpoint and media.
+
+The model is an untrained yolov7-tiny-ms0 with 3 classes whose BatchNorm statistics are calibrated
+on random images (so activations are well scaled, as in a trained model, and fusing has real
+statistics to fold) and whose head weights are scaled down so confidences spread around 0.3 without
+saturating (distinct scores, hence a well-defined NMS order).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+NAMES = ["circle", "square", "triangle"]
+
+
+def make_model(seed: int = 0, calib_size: int = 128):
+    from models.yolo import Model
+
+    torch.manual_seed(seed)
+    model = Model("yolov7-tiny-ms0.yaml", nc=len(NAMES))
+    model.names = list(NAMES)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over the calibration batches
+    model.train()
+    with torch.no_grad():
+        for _ in range(2):
+            model(torch.rand(2, 3, calib_size, calib_size))
+        for bn in bns:
+            bn.momentum = 0.03
+        for conv in model.model[-1].m:
+            conv.weight.mul_(0.1)
+            conv.bias.zero_()
+    return model.eval()
+
+
+def make_checkpoint(path: Path, seed: int = 0) -> Path:
+    """Write a training-format checkpoint (docs/DESIGN.md) of :func:`make_model` to ``path``."""
+    from utils.checkpoint import save_checkpoint
+
+    model = make_model(seed)
+    ckpt = {"cfg": model.yaml, "state_dict": model.state_dict(), "ema": None, "updates": 0, "optimizer": None,
+            "epoch": -1, "best_fitness": None, "hyp": {}, "opt": {}, "names": list(NAMES), "nc": len(NAMES),
+            "fused": False}
+    return save_checkpoint(ckpt, path)
+
+
+def make_image(path: Path, h: int = 120, w: int = 150, seed: int = 0) -> Path:
+    """A random image with a few filled shapes, written with OpenCV."""
+    rng = np.random.default_rng(seed)
+    im = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+    for _ in range(3):
+        x, y = int(rng.integers(10, w - 40)), int(rng.integers(10, h - 40))
+        cv2.rectangle(im, (x, y), (x + 30, y + 25), tuple(int(c) for c in rng.integers(0, 255, 3)), -1)
+    assert cv2.imwrite(str(path), im)
+    return path
+
+
+def make_video(path: Path, frames: int = 5, h: int = 96, w: int = 128, fps: float = 10.0) -> Path:
+    """A short MJPG .avi of random frames."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
+    assert writer.isOpened(), "OpenCV cannot write MJPG video here"
+    rng = np.random.default_rng(1)
+    for _ in range(frames):
+        writer.write(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+    writer.release()
+    return path
+
+
+def count_frames(path: Path) -> int:
+    """Frames actually decodable from a video file."""
+    cap = cv2.VideoCapture(str(path))
+    n = 0
+    while True:
+        ok, _ = cap.read()
+        if not ok:
+            break
+        n += 1
+    cap.release()
+    return n
