@@ -422,3 +422,21 @@ def test_coco128_smoke(coco128_dir):
     assert imgs.shape == (4, 3, 256, 256) and targets.shape[1] == 6 and len(targets)
     assert (targets[:, 2:] >= 0).all() and (targets[:, 2:] <= 1).all() and (targets[:, 4:] > 0).all()
     assert all(Path(p).is_relative_to(coco128_dir.resolve()) for p in paths)
+
+
+def test_check_cli_as_module(tmp_path):
+    """The documented command line, in a fresh interpreter."""
+    import subprocess
+    import sys
+    root = tmp_path / "ds"
+    _good(root, n=1, split="train")
+    _good(root, n=1, split="val")
+    y = tmp_path / "d.yaml"
+    y.write_text(yaml.safe_dump({"path": str(root), "train": "images/train", "val": "images/val", "nc": 3}))
+    env = dict(os.environ, MOYOLO_CACHE_DIR=str(tmp_path / "c"))
+    (root / "labels" / "val" / "good0.txt").write_text("0 0.5 0.5 0.2\n")  # the only val image: unusable
+    r = subprocess.run([sys.executable, "-m", "utils.datasets", "--data", str(y), "--img-size", "320"],
+                       cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 1, r.stderr
+    assert "train: 1 images: 1 found, 0 missing, 0 empty, 0 corrupt, 0 fixed" in r.stdout
+    assert "good0.txt:1: expected 5 columns" in r.stdout and "FAILED" in r.stdout
