@@ -3,8 +3,9 @@
     python benchmarks/dataloader.py [--data data/coco128.yaml] [--img-size 640] [--batch-size 16]
                                     [--workers 2] [--epochs 3] [--cache-images ram|disk]
 
-Epoch 1 includes building the label cache (a fresh cache folder is used, so the verification
-of every image and label is timed) and starting the worker processes; later epochs reuse the
+Epoch 1 includes building the label cache (a fresh per-user cache folder is used, so for a
+read-only dataset such as coco128 the verification of every image and label is timed; for a
+writable dataset delete its labels/*.cache first) and starting the worker processes; later epochs reuse the
 cache and the persistent workers. Prints one markdown table; numbers are medians over the
 later epochs and depend on the machine's cores (say which when quoting them).
 """
@@ -62,13 +63,13 @@ def main() -> None:
     ap.add_argument("--cache-images", default=False, choices=["ram", "disk"])
     args = ap.parse_args()
     torch.set_num_threads(1)
-    os.environ["MOYOLO_CACHE_DIR"] = tempfile.mkdtemp(prefix="moyolo-bench-")  # cold label cache
-
     data = check_dataset(args.data)
     rows = []
     for name, split, train in (("train (mosaic, augment)", data["train"], True),
                                ("eval (rect, pad 0.5)", data["val"], False)):
-        r = run_loader(split, args, data["nc"], train)
+        with tempfile.TemporaryDirectory(prefix="moyolo-bench-") as tmp:
+            os.environ["MOYOLO_CACHE_DIR"] = tmp  # a cold label cache (for read-only datasets such as coco128)
+            r = run_loader(split, args, data["nc"], train)
         first_t, first_n = r["epochs"][0]
         later = [n / t for t, n in r["epochs"][1:]] or [float("nan")]
         rows.append((name, r["n"], r["batch"], r["workers"], r["build"], r["warm"], first_n / (first_t + r["build"]),
