@@ -84,6 +84,8 @@ def messy(tmp_path) -> Path:
     _write(root, "nowidth.jpg", "0 0.5 0.5 0 0.2\n")
     _write(root, "dup.jpg", "0 0.5 0.5 0.2 0.2\n\n1 0.3 0.3 0.1 0.1\n0 0.5 0.5 0.2 0.2\n")
     _write(root, "clip.jpg", "0 0.995 0.5 0.02 0.2\n")
+    _write(root, "poly.jpg", "0 0.1 0.1 0.5 0.1 0.5 0.5\n")
+    _write(root, "bom.jpg", "\ufeff1 0.5 0.5 0.2 0.2\n")
     ip = _write(root, "trunc.jpg", "0 0.5 0.5 0.2 0.2\n")
     data = ip.read_bytes()
     ip.write_bytes(data[: len(data) // 2])
@@ -107,6 +109,7 @@ def test_messy_split_report(messy):
     assert f"{lb('cls')}:1: class 7 out of range [0, 3)" in corrupt
     assert f"{lb('outside')}:1: box outside the image" in corrupt
     assert f"{lb('nowidth')}:1: width and height must be positive" in corrupt
+    assert f"{lb('poly')}:1: expected 5 columns (class cx cy w h), got 7 (looks like a polygon" in corrupt
     assert f"{im('trunc.jpg')}: truncated JPEG" in corrupt
     assert f"{im('tiny.jpg')}: image size 40x8 is below 10 px" in corrupt
     assert f"{im('text.jpg')}: not an image" in corrupt
@@ -117,14 +120,15 @@ def test_messy_split_report(messy):
     assert f"{lb('dup')}:4: duplicate of line 1: removed" in fixed
     assert f"{lb('clip')}:1: box overshoots the image" in fixed
     assert rep.missing_msgs == [f"{im('nolabel.jpg')}: no label file {lb('nolabel')} (used as background)"]
-    # good0, good1, png, gray, exif, dup, clip found; empty; nolabel; 9 corrupt; the .gif file is skipped
-    assert (rep.total, rep.found, rep.missing, rep.empty, rep.corrupt, rep.fixed) == (18, 7, 1, 1, 9, 2)
-    assert rep.usable == 9 == len(res.img_files)
-    assert "18 images: 7 found, 1 missing, 1 empty, 9 corrupt, 2 fixed, 1 other files skipped" in rep.summary()
+    # good0, good1, png, gray, exif, dup, clip, bom found; empty; nolabel; 10 corrupt; the .gif file is skipped
+    assert (rep.total, rep.found, rep.missing, rep.empty, rep.corrupt, rep.fixed) == (20, 8, 1, 1, 10, 2)
+    assert rep.usable == 10 == len(res.img_files)
+    assert "20 images: 8 found, 1 missing, 1 empty, 10 corrupt, 2 fixed, 1 other files skipped" in rep.summary()
 
     by = dict(zip([Path(f).name for f in res.img_files], range(len(res.img_files))))
     np.testing.assert_allclose(res.labels[by["dup.jpg"]], [[0, 0.5, 0.5, 0.2, 0.2], [1, 0.3, 0.3, 0.1, 0.1]])
     np.testing.assert_allclose(res.labels[by["clip.jpg"]], [[0, 0.9925, 0.5, 0.015, 0.2]], atol=1e-6)
+    np.testing.assert_allclose(res.labels[by["bom.jpg"]], [[1, 0.5, 0.5, 0.2, 0.2]])
     assert tuple(res.shapes[by["exif.jpg"]]) == (64, 80)  # (w, h) after EXIF rotation
     assert res.labels[by["empty.jpg"]].shape == (0, 5) and res.labels[by["nolabel.jpg"]].shape == (0, 5)
 

@@ -189,7 +189,7 @@ def _check_labels(lb_file: str, nc: Optional[int]) -> tuple[str, np.ndarray, lis
     if not os.path.isfile(lb_file):
         return "missing", empty, [], []
     try:
-        with open(lb_file, encoding="utf-8") as f:
+        with open(lb_file, encoding="utf-8-sig") as f:  # tolerate a byte-order mark
             lines = f.read().splitlines()
     except (OSError, UnicodeDecodeError) as e:
         return "corrupt", empty, [f"{lb_file}: unreadable label file ({type(e).__name__}: {e})"], []
@@ -200,7 +200,10 @@ def _check_labels(lb_file: str, nc: Optional[int]) -> tuple[str, np.ndarray, lis
             continue
         where = f"{lb_file}:{ln}"
         if len(parts) != 5:
-            errors.append(f"{where}: expected 5 columns (class cx cy w h), got {len(parts)}")
+            hint = ""
+            if len(parts) >= 7 and len(parts) % 2 == 1:
+                hint = " (looks like a polygon/segment label: convert it to a box)"
+            errors.append(f"{where}: expected 5 columns (class cx cy w h), got {len(parts)}{hint}")
             continue
         try:
             vals = [float(x) for x in parts]
