@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import glob
 import hashlib
+import logging
 import math
 import os
 import random
@@ -34,6 +35,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, distributed
+from tqdm import tqdm
 
 from utils.augmentations import augment_hsv, check_hyp, flip_labels, letterbox, mixup, random_perspective
 from utils.general import LOGGER, xywhn2xyxy, xyxy2xywhn
@@ -406,7 +408,10 @@ def scan_dataset(path: PathArg, nc: Optional[int] = None, prefix: str = "", use_
         statuses, shapes_l, all_labels, errors, fixes = [], [], [], [], []
         args = zip(img_files, label_files, repeat(nc))
         with ThreadPool(NUM_THREADS) as pool:
-            for r in pool.imap(verify_image_label, args, chunksize=16):
+            it = pool.imap(verify_image_label, args, chunksize=16)
+            bar = tqdm(it, total=len(img_files), desc=f"{prefix}verifying images and labels", unit="img",
+                       disable=len(img_files) < 2000 or not LOGGER.isEnabledFor(logging.INFO), leave=False)
+            for r in bar:
                 statuses.append(r["status"])
                 shapes_l.append(r["shape"])
                 all_labels.append(r["labels"])
