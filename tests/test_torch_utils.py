@@ -1,0 +1,159 @@
+"""torch_utils: device parsing, Conv+BN fusion, FLOPs / model info, EMA, weight init, helpers."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from utils.torch_utils import (ModelEMA, count_flops, de_parallel, fuse_conv_and_bn, initialize_weights,
+                               intersect_dicts, is_parallel, model_info, scale_img, select_device,
+                               time_synchronized)
+
+
+def test_select_device_cpu_and_default():
+    assert select_device("cpu") == torch.device("cpu")
+    assert select_device(" CPU ") == torch.device("cpu")
+    expected = torch.device("cuda:0") if torch.cuda.is_available() else torch.device("cpu")
+    assert select_device("") == expected
+    assert select_device(None) == expected
+    assert select_device(torch.device("cpu")) == torch.device("cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error path")
+@pytest.mark.parametrize("dev", ["0", "0,1", "cuda:0", 0])
+def test_select_device_cuda_unavailable(dev):
+    with pytest.raises(RuntimeError, match="CUDA is not available"):
+        select_device(dev)
+
+
+@pytest.mark.parametrize("dev", ["gpu", "0;1", "x,1"])
+def test_select_device_malformed(dev):
+    with pytest.raises(ValueError, match="invalid"):
+        select_device(dev)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
+def test_select_device_cuda():
+    assert select_device("0") == torch.device("cuda:0")
+    n = torch.cuda.device_count()
+    with pytest.raises(RuntimeError, match="do not exist"):
+        select_device(str(n))
+
+
+@pytest.mark.parametrize("kw", [dict(k=3, s=1, g=1, bias=False), dict(k=3, s=2, g=4, bias=True),
+                                dict(k=1, s=1, g=1, bias=True, d=1), dict(k=3, s=1, g=1, bias=False, d=2)])
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
+def test_fuse_conv_and_bn_exact(kw, dtype, tol):
+    torch.manual_seed(0)
+    k, d = kw["k"], kw.get("d", 1)
+    conv = nn.Conv2d(8, 16, k, kw["s"], padding=d * (k // 2), dilation=d, groups=kw["g"], bias=kw["bias"]).to(dtype)
+    bn = nn.BatchNorm2d(16, eps=1e-3).to(dtype)
+    with torch.no_grad():
+        bn.running_mean.normal_(0, 0.5)
+        bn.running_var.uniform_(0.1, 2.0)
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.normal_(0, 0.5)
+    bn.eval()
+    x = torch.randn(2, 8, 11, 9, dtype=dtype)
+    fused = fuse_conv_and_bn(conv, bn)
+    with torch.no_grad():
+        y0, y1 = bn(conv(x)), fused(x)
+    assert fused.bias is not None and fused.weight.dtype == dtype
+    assert (fused.stride, fused.padding, fused.dilation, fused.groups) == (conv.stride, conv.padding, conv.dilation,
+                                                                           conv.groups)
+    assert float((y0 - y1).abs().max() / y0.abs().max()) <= tol
+
+
+def test_count_flops_is_two_per_multiply_add():
+    conv = nn.Conv2d(3, 8, 3, 1, 1, bias=False)
+    flops = count_flops(conv, torch.zeros(1, 3, 10, 10))
+    assert flops == 2 * 8 * 3 * 9 * 10 * 10
+    assert conv.training  # restored
+
+
+def test_model_info_counts(caplog):
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8), nn.Conv2d(8, 4, 1))
+    net[2].weight.requires_grad_(False)
+    info = model_info(net, img_size=64)
+    assert info["parameters"] == 3 * 8 * 9 + 16 + 4 * 8 + 4
+    assert info["gradients"] == info["parameters"] - 32
+    # counted at 32x32 and scaled to 64x64 (exact for convolutions)
+    assert info["gflops"] == pytest.approx((2 * 8 * 27 + 2 * 4 * 8) * 64 * 64 / 1e9)
+    assert info["layers"] == 4
+
+
+def test_initialize_weights():
+    net = nn.Sequential(nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8), nn.LeakyReLU(0.1), nn.ReLU(), nn.SiLU())
+    initialize_weights(net)
+    assert net[1].eps == 1e-3 and net[1].momentum == 0.03
+    assert net[2].inplace and net[3].inplace
+
+
+def test_parallel_helpers_and_intersect_dicts():
+    net = nn.Linear(2, 2)
+    dp = nn.DataParallel(net)
+    assert is_parallel(dp) and not is_parallel(net)
+    assert de_parallel(dp) is net and de_parallel(net) is net
+    a = {"w": torch.zeros(2, 2), "b": torch.zeros(2), "anchors": torch.zeros(3), "x": torch.zeros(1)}
+    b = {"w": torch.ones(2, 2), "b": torch.ones(3), "anchors": torch.ones(3)}
+    assert set(intersect_dicts(a, b, exclude=["anchor"])) == {"w"}
+
+
+def test_time_synchronized_monotonic():
+    t0 = time_synchronized()
+    assert time_synchronized() >= t0
+
+
+def test_scale_img():
+    img = torch.rand(1, 3, 64, 96)
+    assert scale_img(img, 1.0) is img
+    assert scale_img(img, 0.5, gs=32).shape == (1, 3, 32, 64)
+    assert scale_img(img, 0.83, gs=32).shape == (1, 3, 64, 96)
+    assert scale_img(img, 0.83, same_shape=True).shape == (1, 3, 64, 96)
+
+
+class _Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 1)
+        self.bn = nn.BatchNorm2d(2)
+        self.names = ["a", "b"]
+
+
+def test_model_ema_decay_ramp_and_average():
+    model = _Net()
+    ema = ModelEMA(model, decay=0.9999)
+    assert not any(p.requires_grad for p in ema.ema.parameters()) and not ema.ema.training
+    assert ema.ema.conv.weight is not model.conv.weight
+    w0 = model.conv.weight.detach().clone()
+    expected = w0.clone()
+    for step in range(1, 4):
+        with torch.no_grad():
+            model.conv.weight.add_(1.0)
+            model.bn.num_batches_tracked += 5
+        ema.update(model)
+        d = 0.9999 * (1 - math.exp(-step / 2000))
+        expected = expected * d + (1 - d) * model.conv.weight.detach()
+    assert ema.updates == 3
+    assert torch.allclose(ema.ema.conv.weight, expected, atol=1e-6)
+    # early updates follow the model closely (decay ramps up from 0)
+    assert float((ema.ema.conv.weight - model.conv.weight.detach()).abs().max()) < 0.01
+    assert int(ema.ema.bn.num_batches_tracked) == 0  # integer buffers are not averaged
+
+
+def test_model_ema_attrs_and_state_roundtrip():
+    model = _Net()
+    ema = ModelEMA(model, updates=10)
+    assert ema.updates == 10
+    model.names = ["x", "y"]
+    model.hyp = {"lr0": 0.01}
+    ema.update_attr(model, include=["names", "hyp"])
+    assert ema.ema.names == ["x", "y"] and ema.ema.hyp == {"lr0": 0.01}
+    ema.update(model)
+    sd = {k: v.clone() for k, v in ema.state_dict().items()}
+    other = ModelEMA(_Net())
+    other.load_state_dict(sd, updates=ema.updates)
+    assert other.updates == 11
+    assert all(torch.equal(other.ema.state_dict()[k], sd[k]) for k in sd)
