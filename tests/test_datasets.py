@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import socket
-import stat
 from pathlib import Path
 
 import cv2
@@ -18,9 +17,9 @@ import yaml
 from PIL import Image
 
 from utils import datasets as D
-from utils.general import init_seeds
 from utils.datasets import (LoadImages, LoadImagesAndLabels, LoadStreams, NoUsableImagesError, collate_fn,
                             create_dataloader, img2label_paths, is_writable_dir, scan_dataset)
+from utils.general import init_seeds
 
 NC = 3
 
