@@ -439,3 +439,56 @@ def test_converters_refuse_pickled_code(evil_files, capsys):
                            capture_output=True, text=True, cwd=ROOT, timeout=300)
         assert r.returncode != 0 and "refused" in r.stderr, (script, r.stdout, r.stderr)
     assert not marker.exists()
+
+
+def test_converted_backbone_transfers_like_train_py(converted, base_model):
+    """train.py --weights keeps every key whose name and shape match: all imported tensors."""
+    from utils.torch_utils import intersect_dicts
+
+    ckpt, report, _ = converted
+    csd = intersect_dicts(ckpt["state_dict"], base_model.state_dict(), exclude=["anchor"])
+    assert set(csd) == set(ckpt["state_dict"]) == set(report.loaded)
+
+
+# --------------------------------------------------------------------------- the user-facing CLIs
+def _tiny_dataset(root: Path) -> Path:
+    import cv2
+
+    rng = np.random.default_rng(0)
+    (root / "images" / "train").mkdir(parents=True)
+    (root / "labels" / "train").mkdir(parents=True)
+    for i in range(2):
+        cv2.imwrite(str(root / "images" / "train" / f"{i}.jpg"), rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+        (root / "labels" / "train" / f"{i}.txt").write_text("0 0.5 0.5 0.3 0.3\n")
+    data = root / "data.yaml"
+    data.write_text(f"path: {root}\ntrain: images/train\nval: images/train\nnc: 1\nnames: ['a']\n")
+    return data
+
+
+CLI_CASES = {
+    "train.py": lambda w, d, tmp: ["--weights", str(w), "--cfg", str(CFG), "--data", str(d), "--epochs", "1",
+                                   "--batch-size", "2", "--img-size", "64", "64", "--device", "cpu",
+                                   "--workers", "0", "--project", str(tmp / "runs"), "--name", "t"],
+    "test.py": lambda w, d, tmp: ["--weights", str(w), "--data", str(d), "--img-size", "64", "--batch-size", "2",
+                                  "--device", "cpu", "--project", str(tmp / "runs"), "--name", "v"],
+    "detect.py": lambda w, d, tmp: ["--weights", str(w), "--source", str(d.parent / "images" / "train"),
+                                    "--img-size", "64", "--device", "cpu", "--project", str(tmp / "runs"),
+                                    "--name", "d"],
+    "export.py": lambda w, d, tmp: ["--weights", str(w), "--img-size", "64", "64", "--device", "cpu"],
+}
+
+
+@pytest.mark.parametrize("script", list(CLI_CASES))
+def test_cli_refuses_pickled_code(script, evil_files, tmp_path):
+    if not (ROOT / script).is_file():
+        pytest.skip(f"{script} is not in the repository")
+    marker, files = evil_files
+    data = _tiny_dataset(tmp_path / "ds")
+    r = subprocess.run([sys.executable, str(ROOT / script), *CLI_CASES[script](files[0], data, tmp_path)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600,
+                       env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out[-3000:]
+    assert "refused" in out and files[0].name in out, out[-3000:]
+    assert not marker.exists()
+    assert not list(tmp_path.glob("**/*.onnx")) and not list(tmp_path.glob("**/*.torchscript"))
