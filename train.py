@@ -43,7 +43,8 @@ from utils.general import (LOGGER, check_img_size, colorstr, increment_path, ini
                            labels_to_class_weights, one_cycle, set_logging)
 from utils.loggers import RESULTS_HEADER, NonFiniteLossError, ResultsCSV, TBLogger, check_finite_loss  # noqa: E402
 
-NBS = 64  # nominal batch size: gradients are accumulated up to this many images per optimizer step
+NBS = 64  # nominal batch size (YOLOv7): gradients are accumulated up to this many images per step;
+#           a hyp file may set ``nbs`` to change it (as Ultralytics does)
 WARMUP_MIN_ITERS = 100  # warmup lasts at least this many iterations (YOLOv7 uses 1000) ...
 WARMUP_MAX_FRACTION = 1 / 3  # ... but never more than this fraction of the whole run
 
@@ -168,6 +169,13 @@ def _to_plain(x: Any) -> Any:
     return x
 
 
+def _plain_optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
+    """``optimizer.state_dict()`` with python numbers in its param groups (weights_only-loadable)."""
+    sd = optimizer.state_dict()
+    sd["param_groups"] = [_to_plain(g) for g in sd["param_groups"]]
+    return sd
+
+
 # --------------------------------------------------------------------------- training
 def train(hyp: dict, opt: argparse.Namespace, device: torch.device) -> tuple:
     """Train per ``opt``; returns the last validation results (P, R, mAP@.5, mAP@.5:.95, val losses)."""
@@ -177,6 +185,7 @@ def train(hyp: dict, opt: argparse.Namespace, device: torch.device) -> tuple:
     from utils.datasets import create_dataloader
     from utils.loss import ComputeLoss, ComputeLossOTA
     from utils.metrics import fitness
+    from utils.plots import plot_images, plot_labels, plot_results, safe_plot
     from utils.torch_utils import ModelEMA, de_parallel, intersect_dicts
 
     save_dir, epochs, batch_size, weights = Path(opt.save_dir), opt.epochs, opt.batch_size, opt.weights
@@ -234,10 +243,11 @@ def train(hyp: dict, opt: argparse.Namespace, device: torch.device) -> tuple:
     freeze_layers(model, opt.freeze)
 
     # ---- optimizer, schedule, EMA
-    accumulate = max(round(NBS / total_batch_size), 1)
-    hyp["weight_decay"] *= total_batch_size * accumulate / NBS
+    nbs = int(hyp.get("nbs", NBS))
+    accumulate = max(round(nbs / total_batch_size), 1)
+    hyp["weight_decay"] *= total_batch_size * accumulate / nbs
     LOGGER.info(f"Scaled weight_decay = {hyp['weight_decay']:.6g} (accumulate {accumulate} batches of "
-                f"{total_batch_size} per step, nominal batch {NBS})")
+                f"{total_batch_size} per step, nominal batch {nbs})")
     optimizer = build_optimizer(model, hyp, opt.adam)
     lf = lr_lambda(epochs, hyp["lrf"], opt.linear_lr)
     scheduler = lr_scheduler.LambdaLR(optimizer, lr_lambda=lf)
@@ -259,11 +269,10 @@ def train(hyp: dict, opt: argparse.Namespace, device: torch.device) -> tuple:
     imgsz, imgsz_test = [check_img_size(x, gs) for x in opt.img_size]
 
     # ---- data
-    with torch_distributed_zero_first(LOCAL_RANK):
-        dataloader, dataset = create_dataloader(
-            train_path, imgsz, batch_size, gs, single_cls=opt.single_cls, hyp=hyp, augment=True,
-            cache=opt.cache_images, rect=opt.rect, rank=RANK, workers=opt.workers,
-            prefix=colorstr("train: "), shuffle=True, seed=opt.seed, nc=nc)
+    dataloader, dataset = create_dataloader(  # rank 0 builds the label cache first, the others wait
+        train_path, imgsz, batch_size, gs, single_cls=opt.single_cls, hyp=hyp, augment=True,
+        cache=opt.cache_images, rect=opt.rect, rank=RANK, workers=opt.workers,
+        prefix=colorstr("train: "), shuffle=True, seed=opt.seed, nc=nc)
     labels_all = np.concatenate([l for l in dataset.labels if len(l)], 0) if len(dataset.labels) else np.zeros((0, 5))
     if len(labels_all):
         mlc = int(labels_all[:, 0].max())
@@ -281,11 +290,7 @@ def train(hyp: dict, opt: argparse.Namespace, device: torch.device) -> tuple:
             pad=0.5, prefix=colorstr("val: "), nc=nc)[0]
         if not opt.resume:
             if plots and len(labels_all):
-                from utils.plots import plot_labels
-                try:
-                    plot_labels(labels_all, names, save_dir)
-                except Exception as e:  # plots never stop training
-                    LOGGER.warning(f"WARNING: plot_labels failed: {e}")
+                safe_plot(plot_labels, labels_all, names, save_dir)
             if not opt.noautoanchor:
                 from utils.autoanchor import check_anchors
                 check_anchors(dataset, model=model, thr=hyp["anchor_t"], imgsz=imgsz)
@@ -357,14 +362,15 @@ def train(hyp: dict, opt: argparse.Namespace, device: torch.device) -> tuple:
 
             if ni <= nw:  # warmup: accumulate, lr and momentum ramp up; bias lr ramps down from warmup_bias_lr
                 xi = [0, nw]
-                accumulate = max(1, np.interp(ni, xi, [1, NBS / total_batch_size]).round())
+                accumulate = max(1, int(np.interp(ni, xi, [1, nbs / total_batch_size]).round()))
                 for j, g in enumerate(optimizer.param_groups):
-                    g["lr"] = np.interp(ni, xi, [hyp["warmup_bias_lr"] if j == 2 else 0.0,
-                                                 g["initial_lr"] * lf(epoch)])
+                    g["lr"] = float(np.interp(ni, xi, [hyp["warmup_bias_lr"] if j == 2 else 0.0,
+                                                       g["initial_lr"] * lf(epoch)]))
+                    mom = float(np.interp(ni, xi, [hyp["warmup_momentum"], hyp["momentum"]]))
                     if "momentum" in g:
-                        g["momentum"] = np.interp(ni, xi, [hyp["warmup_momentum"], hyp["momentum"]])
+                        g["momentum"] = mom
                     elif "betas" in g:
-                        g["betas"] = (np.interp(ni, xi, [hyp["warmup_momentum"], hyp["momentum"]]), g["betas"][1])
+                        g["betas"] = (mom, g["betas"][1])
 
             if opt.multi_scale:
                 sz = random.randrange(int(imgsz * 0.5), int(imgsz * 1.5) + gs) // gs * gs
@@ -404,12 +410,8 @@ def train(hyp: dict, opt: argparse.Namespace, device: torch.device) -> tuple:
                 pbar.set_description(("%10s" * 2 + "%10.4g" * 6) % (
                     f"{epoch}/{epochs - 1}", memory_str(device), *mloss, targets.shape[0], imgs.shape[-1]))
                 if plots and ni - nb * start_epoch < 3:
-                    from utils.plots import plot_images
-                    try:
-                        plot_images(imgs.detach().cpu().float(), targets.cpu(), paths,
-                                    save_dir / f"train_batch{ni - nb * start_epoch}.jpg", names=names)
-                    except Exception as e:
-                        LOGGER.warning(f"WARNING: plot_images failed: {e}")
+                    safe_plot(plot_images, imgs.detach(), targets, paths,
+                              save_dir / f"train_batch{ni - nb * start_epoch}.jpg", names=names)
         # ---- end of epoch
         lr = [g["lr"] for g in optimizer.param_groups]
         scheduler.step()
@@ -423,10 +425,9 @@ def train(hyp: dict, opt: argparse.Namespace, device: torch.device) -> tuple:
                     single_cls=opt.single_cls, dataloader=val_loader, save_dir=save_dir,
                     verbose=nc < 50 and final_epoch, plots=plots and final_epoch,
                     compute_loss=compute_loss, names=names)
-            fi = float(fitness(np.array(results).reshape(1, -1)))
-            improved = fi > best_fitness
-            if improved:
-                best_fitness = fi
+            fi = float(fitness(np.array(results, dtype=np.float64).reshape(1, -1))[0])
+            improved = fi >= best_fitness  # ties count (YOLOv7): best.pt exists after the first epoch
+            best_fitness = max(best_fitness, fi)
 
             row = list(mloss[:3].cpu().numpy()) + list(results) + lr
             csv_log.append(epoch, row)  # first the row, then the checkpoint: see ResultsCSV.start
@@ -438,7 +439,7 @@ def train(hyp: dict, opt: argparse.Namespace, device: torch.device) -> tuple:
                     "state_dict": {k: v.detach().cpu().clone() for k, v in de_parallel(model).state_dict().items()},
                     "ema": {k: v.detach().cpu().clone() for k, v in ema.ema.state_dict().items()},
                     "updates": int(ema.updates),
-                    "optimizer": optimizer.state_dict(),
+                    "optimizer": _plain_optimizer_state(optimizer),
                     "epoch": epoch,
                     "best_fitness": best_fitness,
                     "hyp": _to_plain(hyp0),
@@ -459,11 +460,7 @@ def train(hyp: dict, opt: argparse.Namespace, device: torch.device) -> tuple:
         LOGGER.info(f"{epochs - start_epoch} epochs completed in {(time.time() - t0) / 3600:.3f} hours; "
                     f"best fitness {best_fitness:.4f}")
         if plots:
-            from utils.plots import plot_results
-            try:
-                plot_results(save_dir=save_dir)
-            except Exception as e:
-                LOGGER.warning(f"WARNING: plot_results failed: {e}")
+            safe_plot(plot_results, save_dir=save_dir)
         for f in (last, best):  # final files: drop optimizer state (smaller), mark the run finished
             if f.exists():
                 ck = load_checkpoint(f)
