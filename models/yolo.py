@@ -72,7 +72,7 @@ class Detect(nn.Module):
         yv, xv = torch.meshgrid(torch.arange(ny, device=p.device, dtype=p.dtype),
                                 torch.arange(nx, device=p.device, dtype=p.dtype), indexing="ij")
         grid = torch.stack((xv, yv), 2).view(1, 1, ny, nx, 2)
-        s = float(self.stride[i])
+        s = self.stride[i].to(p.dtype)  # 0-dim tensor: a constant in traces, no Python float
         y = p.sigmoid()
         xy = (y[..., 0:2] * 2.0 - 0.5 + grid) * s
         wh = (y[..., 2:4] * 2) ** 2 * self.anchor_grid[i].to(p.dtype)
