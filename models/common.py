@@ -20,6 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from utils.torch_utils import fuse_conv_and_bn
+
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.03
 
@@ -101,7 +103,6 @@ class Conv(nn.Module):
     def fuse(self) -> "Conv":
         """Fold BatchNorm into the conv; idempotent."""
         if self.bn is not None:
-            from utils.torch_utils import fuse_conv_and_bn
             self.conv = fuse_conv_and_bn(self.conv, self.bn)
             self.bn = None
         return self
