@@ -1,0 +1,237 @@
+"""test.py: the CLI on a tiny generated dataset, the training-time call, and pycocotools agreement on coco128."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import test as evaluator
+from utils.general import LOGGER
+
+
+# --------------------------------------------------------------------------- fixtures
+def make_dataset(root: Path, nc: int = 2) -> Path:
+    """A few small images of different aspect ratios with YOLO labels, and a data yaml."""
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    specs = [("000000000042", 96, 128), ("000000000007", 128, 96), ("img_a", 64, 64), ("img_b", 80, 120)]
+    for stem, h, w in specs:
+        im = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        lines = []
+        for k in range(int(rng.integers(1, 4))):
+            c = int(rng.integers(0, nc))
+            bw, bh = rng.uniform(0.2, 0.5, 2)
+            cx, cy = rng.uniform(0.3, 0.7, 2)
+            x1, y1, x2, y2 = int((cx - bw / 2) * w), int((cy - bh / 2) * h), int((cx + bw / 2) * w), int((cy + bh / 2) * h)
+            im[y1:y2, x1:x2] = (255, 0, 0) if c else (0, 255, 0)
+            lines.append(f"{c} {cx:.6f} {cy:.6f} {bw:.6f} {bh:.6f}")
+        cv2.imwrite(str(root / "images" / f"{stem}.jpg"), im)
+        (root / "labels" / f"{stem}.txt").write_text("\n".join(lines) + "\n")
+    data = {"path": str(root), "train": "images", "val": "images", "nc": nc, "names": ["green", "red"][:nc]}
+    f = root / "data.yaml"
+    f.write_text(yaml.safe_dump(data))
+    return f
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from models.experimental import fused_checkpoint
+    from models.yolo import Model
+    from utils.checkpoint import save_checkpoint
+
+    root = tmp_path_factory.mktemp("tiny")
+    data = make_dataset(root / "ds")
+    torch.manual_seed(0)
+    model = Model("cfg/training/yolov7-tiny-ms0.yaml", nc=2)
+    model.names = ["green", "red"]
+    ckpt = save_checkpoint({"cfg": model.yaml, "state_dict": model.state_dict(), "names": model.names, "nc": 2,
+                            "fused": False}, root / "tiny.pt")
+    fused = save_checkpoint(fused_checkpoint(model), root / "tiny-fused.pt")
+    return {"root": root, "data": data, "ckpt": ckpt, "fused": fused, "model": model}
+
+
+class LogCapture(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        self.lines.extend(record.getMessage().splitlines())
+
+
+@pytest.fixture
+def logs():
+    h = LogCapture()
+    LOGGER.addHandler(h)
+    yield h.lines
+    LOGGER.removeHandler(h)
+
+
+# --------------------------------------------------------------------------- helpers
+def test_image_id_and_category_mapping():
+    assert evaluator.image_id("/a/b/000000000042.jpg") == 42
+    assert evaluator.image_id("x/img_a.png") == "img_a"
+    assert evaluator.class_to_category({"coco": True}, 80)[:12] == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13]
+    assert evaluator.class_to_category({"category_ids": [5, 9]}, 2) == [5, 9]
+    assert evaluator.class_to_category({}, 3) == [0, 1, 2]
+
+
+# --------------------------------------------------------------------------- CLI
+def test_cli_writes_plots_json_and_rows(tiny, logs):
+    out = tiny["root"] / "runs"
+    res = evaluator.main(["--weights", str(tiny["ckpt"]), "--data", str(tiny["data"]), "--img-size", "128",
+                          "--batch-size", "2", "--device", "cpu", "--save-json", "--save-txt", "--save-conf",
+                          "--verbose", "--project", str(out), "--name", "exp"])
+    (mp, mr, map50, map_, *losses), maps, times = res
+    assert 0 <= map_ <= map50 <= 1 and maps.shape == (2,) and len(times) == 6
+    d = out / "exp"
+    for f in ("confusion_matrix.png", "PR_curve.png", "F1_curve.png", "P_curve.png", "R_curve.png",
+              "val_batch0_labels.jpg", "val_batch0_pred.jpg", "val_batch1_labels.jpg", "val_batch1_pred.jpg"):
+        assert (d / f).is_file() and (d / f).stat().st_size > 1000, f
+    preds = json.loads((d / "tiny_predictions.json").read_text())
+    assert preds, "an untrained model still scores above conf 0.001"
+    ids = {p["image_id"] for p in preds}
+    assert ids <= {42, 7, "img_a", "img_b"}
+    assert all(p["category_id"] in (0, 1) and len(p["bbox"]) == 4 and p["bbox"][2] >= 0 for p in preds)
+    gt = json.loads((d / "data_val_gt.json").read_text())
+    assert {im["id"] for im in gt["images"]} == {42, 7, "img_a", "img_b"}
+    assert {im["width"] for im in gt["images"] if im["id"] == 42} == {128}
+    assert len(list((d / "labels").glob("*.txt"))) == 4
+    header = next(i for i, line in enumerate(logs) if line.split()[:2] == ["Class", "Images"])
+    row = logs[header + 1].split()
+    assert row[0] == "all" and row[1] == "4" and len(row) == 7
+    assert any(line.strip().startswith("Average Precision") for line in logs)
+    assert any(line.startswith("Speed:") for line in logs)
+    # the json rows are whole-image pixel boxes: inside the original image sizes
+    sizes = {im["id"]: (im["width"], im["height"]) for im in gt["images"]}
+    for p in preds:
+        w, h = sizes[p["image_id"]]
+        x, y, bw, bh = p["bbox"]
+        assert -1e-3 <= x and x + bw <= w + 1e-3 and -1e-3 <= y and y + bh <= h + 1e-3
+
+
+def test_cli_fused_checkpoint_and_increment(tiny):
+    out = tiny["root"] / "runs2"
+    args = ["--weights", str(tiny["fused"]), "--data", str(tiny["data"]), "--img-size", "96", "--device", "cpu",
+            "--project", str(out), "--name", "exp", "--conf-thres", "0.01"]
+    a = evaluator.main(args)
+    b = evaluator.main(args)
+    assert (out / "exp").is_dir() and (out / "exp2").is_dir()
+    assert a[0][:4] == b[0][:4]  # deterministic
+
+
+def test_cli_rejects_mismatched_classes(tiny, tmp_path):
+    bad = yaml.safe_load(tiny["data"].read_text())
+    bad.update(nc=3, names=["a", "b", "c"])
+    f = tmp_path / "bad.yaml"
+    f.write_text(yaml.safe_dump(bad))
+    with pytest.raises(ValueError, match="nc=2"):
+        evaluator.main(["--weights", str(tiny["ckpt"]), "--data", str(f), "--img-size", "64", "--device", "cpu",
+                        "--project", str(tmp_path), "--name", "x"])
+
+
+def test_training_call_leaves_model_unfused(tiny, tmp_path):
+    from utils.datasets import create_dataloader
+    from utils.loss import ComputeLoss
+
+    model = tiny["model"]
+    model.hyp = yaml.safe_load(Path("data/hyp.scratch.tiny.yaml").read_text())
+    model.train()
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    data = yaml.safe_load(tiny["data"].read_text())
+    loader = create_dataloader(data["path"] + "/images", 96, 4, 32, pad=0.5, rect=True, workers=0, nc=2)[0]
+    (mp, mr, map50, map_, *losses), maps, _ = evaluator.test(
+        str(tiny["data"]), model=model, dataloader=loader, compute_loss=ComputeLoss(model), plots=False,
+        save_dir=tmp_path, imgsz=96, batch_size=4)
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == n_bn > 0
+    assert model.training, "the caller's train/eval mode is restored"
+    assert len(losses) == 3 and sum(losses) > 0
+
+
+# --------------------------------------------------------------------------- coco128 agreement
+class LabelDetector(torch.nn.Module):
+    """A stand-in detector for the agreement test: it 'predicts' the batch's labels, perturbed.
+
+    It replays the targets of a dataloader batch by batch (same order as the evaluation),
+    returning decoded predictions (B, N, 85) with jittered boxes, random scores, duplicates,
+    wrong classes, missed objects and false positives, so mAP is far from 0 and 1.
+    """
+
+    def __init__(self, batches, nc=80, seed=0):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+        self.batches = list(batches)
+        self.nc, self.names, self.stride = nc, [str(i) for i in range(nc)], torch.tensor([8.0, 16.0, 32.0])
+        self.rng = np.random.default_rng(seed)
+
+    def forward(self, img, augment=False):
+        targets = self.batches.pop(0)
+        b, _, h, w = img.shape
+        rows = []
+        for t in targets.numpy():
+            i, c, cx, cy, bw, bh = t
+            for _ in range(int(self.rng.integers(0, 3))):  # 0 (missed), 1 or 2 (duplicate) detections
+                j = self.rng.normal(0, 0.08, 4)
+                box = [cx * w + j[0] * bw * w, cy * h + j[1] * bh * h, bw * w * (1 + j[2]), bh * h * (1 + j[3])]
+                cls = int(c) if self.rng.random() > 0.1 else int(self.rng.integers(0, self.nc))
+                rows.append((int(i), box, float(self.rng.uniform(0.05, 1.0)), cls))
+        for i in range(b):  # false positives
+            for _ in range(int(self.rng.integers(0, 4))):
+                box = [self.rng.uniform(0, w), self.rng.uniform(0, h), self.rng.uniform(8, w / 2), self.rng.uniform(8, h / 2)]
+                rows.append((i, box, float(self.rng.uniform(0.01, 0.6)), int(self.rng.integers(0, self.nc))))
+        n = max([sum(r[0] == i for r in rows) for i in range(b)] + [1])
+        out = torch.zeros(b, n, 5 + self.nc)
+        fill = [0] * b
+        for i, box, s, c in rows:
+            out[i, fill[i], :4] = torch.tensor(box)
+            out[i, fill[i], 4] = s
+            out[i, fill[i], 5 + c] = 1.0
+            fill[i] += 1
+        return out, None
+
+
+def test_coco128_agreement_with_pycocotools(coco128_dir, tmp_path):
+    pytest.importorskip("pycocotools")
+    from utils.datasets import create_dataloader
+
+    data = {"path": str(coco128_dir), "train": "images/train2017", "val": "images/val2017", "coco": True,
+            "nc": 80, "names": [str(i) for i in range(80)]}
+    loader = create_dataloader(str(coco128_dir / "images/val2017"), 320, 32, 32, pad=0.5, rect=True, workers=0,
+                               nc=80)[0]
+    batches = [targets.clone() for _, targets, _, _ in loader]
+    report = {}
+    (_, _, map50, map_, *_), _, _ = evaluator.test(data, model=LabelDetector(batches), dataloader=loader,
+                                                   save_json=True, plots=False, save_dir=tmp_path, report=report)
+    assert 0.2 < report["map"] < 0.9 and 0.3 < report["map50"] < 0.95, report
+    coco = report["coco_stats"]
+    assert abs(report["map50"] - coco[1]) <= 0.002, (report["map50"], coco[1])
+    assert abs(report["map"] - coco[0]) <= 0.002, (report["map"], coco[0])
+    preds = json.loads(Path(report["pred_json"]).read_text())
+    assert {p["category_id"] for p in preds} <= set(evaluator.class_to_category({"coco": True}, 80))
+    assert all(isinstance(p["image_id"], int) for p in preds)
+
+
+@pytest.mark.slow
+def test_coco128_cli_untrained_model_agreement(coco128_dir, tiny, tmp_path):
+    """A real network over coco128 val through the CLI: our mAP and pycocotools' on its detections."""
+    pytest.importorskip("pycocotools")
+    from models.yolo import Model
+    from utils.checkpoint import save_checkpoint
+
+    torch.manual_seed(1)
+    m = Model("cfg/training/yolov7-tiny-ms0.yaml", nc=80)
+    w = save_checkpoint({"cfg": m.yaml, "state_dict": m.state_dict(), "nc": 80, "fused": False}, tmp_path / "u.pt")
+    data = Path(__file__).resolve().parents[1] / "data" / "coco128.yaml"
+    report = {}
+    evaluator.test(str(data), str(w), imgsz=160, batch_size=64, save_json=True, plots=False, device="cpu",
+                   save_dir=tmp_path, report=report)
+    assert report["images"] == 128
+    assert abs(report["map50"] - report["coco_stats"][1]) <= 0.002
+    assert abs(report["map"] - report["coco_stats"][0]) <= 0.002
