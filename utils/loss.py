@@ -2,7 +2,8 @@
 
 Both take raw train-mode outputs ``p`` (list of ``nl`` tensors (B, na, ny, nx, nc + 5)) and
 ``targets`` (N, 6) = ``[image_index, class, cx, cy, w, h]`` normalised to the network input,
-and return ``(loss * batch_size, torch.cat((lbox, lobj, lcls)).detach())`` as YOLOv7 does.
+and return ``(loss * batch_size, torch.cat((lbox, lobj, lcls, loss)).detach())`` as YOLOv7
+does (``loss = lbox + lobj + lcls``; every term has shape (1,)).
 
 Loss terms (YOLOv7): box = 1 - CIoU of positives; objectness = BCE against
 ``(1 - gr) + gr * IoU`` at positives and 0 elsewhere, levels weighted [4.0, 1.0, 0.4];
@@ -197,7 +198,7 @@ class ComputeLoss:
         lbox, lobj, lcls = self._level_losses(p, targets, positives)
         bs = p[0].shape[0]
         loss = lbox + lobj + lcls
-        return loss * bs, torch.cat((lbox, lobj, lcls)).detach()
+        return loss * bs, torch.cat((lbox, lobj, lcls, loss)).detach()
 
 
 class ComputeLossOTA(ComputeLoss):
@@ -216,7 +217,7 @@ class ComputeLossOTA(ComputeLoss):
         lbox, lobj, lcls = self._level_losses(p, targets, positives)
         bs = p[0].shape[0]
         loss = lbox + lobj + lcls
-        return loss * bs, torch.cat((lbox, lobj, lcls)).detach()
+        return loss * bs, torch.cat((lbox, lobj, lcls, loss)).detach()
 
     @torch.no_grad()
     def build_targets(self, p: Sequence[torch.Tensor], targets: torch.Tensor,

@@ -1,0 +1,155 @@
+"""Training-loop speed: images/s and peak memory of forward + loss + backward + optimizer step.
+
+    python benchmarks/train_speed.py [--data data/coco128.yaml] [--cfgs yolov7-tiny-ms0 yolov7-tiny]
+                                     [--img-sizes 320 640] [--batch-size 16] [--warmup 3] [--steps 5]
+                                     [--loss ota|plain] [--threads N]
+
+Each (model, image size) row runs in a fresh subprocess so its peak resident memory
+(``ru_maxrss``) is its own. The row first draws ``warmup + steps`` training batches from
+``create_dataloader`` (mosaic + augmentation, hyp.scratch.tiny, in-process: workers=0) and
+only then times the loop, so data loading is not counted; what is timed is exactly what
+train.py does per batch: ``imgs / 255``, forward, OTA (or plain) loss, backward,
+gradient clipping, SGD step, zero_grad. Images/s = batch size / median step time over the
+timed steps (the first ``warmup`` steps are not timed). Peak RSS covers the whole row
+process (model, optimizer state, batches, autograd). Prints one markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def peak_rss_gb() -> float:
+    """Peak resident set size of this process in GB (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+
+
+def run_row(args: argparse.Namespace) -> dict:
+    """Benchmark one (cfg, img size) in this process; returns the measurements."""
+    import torch
+    import yaml
+
+    from models.yolo import Model
+    from utils.dataset_config import check_dataset
+    from utils.datasets import create_dataloader
+    from utils.general import init_seeds
+    from utils.loss import ComputeLoss, ComputeLossOTA
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    init_seeds(0)
+    data = check_dataset(args.data)
+    nc = int(data["nc"])
+    hyp = yaml.safe_load((ROOT / "data" / "hyp.scratch.tiny.yaml").read_text())
+    imgsz, bs = args.row_img_size, args.batch_size
+
+    loader, _ = create_dataloader(data["train"], imgsz, bs, 32, hyp=hyp, augment=True, workers=0,
+                                  shuffle=True, seed=0, nc=nc, prefix="train: ")
+    batches = []
+    while len(batches) < args.warmup + args.steps:  # coco128 = 8 batches of 16: cycle if more are asked
+        for imgs, targets, _, _ in loader:
+            batches.append((imgs, targets))
+            if len(batches) == args.warmup + args.steps:
+                break
+    rss_data = peak_rss_gb()
+
+    cfg = ROOT / "cfg" / "training" / f"{args.row_cfg}.yaml"
+    model = Model(str(cfg), nc=nc).train()
+    nl = model.model[-1].nl
+    hyp["box"] *= 3.0 / nl  # train.py's scaling for layers / classes / image size (YOLOv7)
+    hyp["cls"] *= nc / 80.0 * 3.0 / nl
+    hyp["obj"] *= (imgsz / 640) ** 2 * 3.0 / nl
+    hyp["label_smoothing"] = 0.0
+    model.hyp, model.gr, model.nc = hyp, 1.0, nc
+    loss_fn = ComputeLossOTA(model) if args.loss == "ota" else ComputeLoss(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=hyp["lr0"], momentum=hyp["momentum"], nesterov=True)
+
+    steps = []
+    for k, (imgs, targets) in enumerate(batches):
+        t0 = time.perf_counter()
+        x = imgs.float() / 255.0
+        pred = model(x)
+        t1 = time.perf_counter()
+        if args.loss == "ota":
+            loss, _ = loss_fn(pred, targets, x)
+        else:
+            loss, _ = loss_fn(pred, targets)
+        t2 = time.perf_counter()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
+        optimizer.step()
+        optimizer.zero_grad()
+        t3 = time.perf_counter()
+        if not torch.isfinite(loss).all():
+            raise RuntimeError(f"non-finite loss at step {k}")
+        if k >= args.warmup:
+            steps.append((t3 - t0, t1 - t0, t2 - t1, t3 - t2, int(targets.shape[0])))
+    med = statistics.median(s[0] for s in steps)
+    return {
+        "cfg": args.row_cfg, "img_size": imgsz, "batch": bs, "loss": args.loss, "threads": torch.get_num_threads(),
+        "img_s": bs / med, "step_s": med,
+        "fwd_s": statistics.median(s[1] for s in steps),
+        "loss_s": statistics.median(s[2] for s in steps),
+        "bwd_s": statistics.median(s[3] for s in steps),
+        "labels": statistics.median(s[4] for s in steps),
+        "peak_rss_gb": peak_rss_gb(), "rss_after_data_gb": rss_data,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=str(ROOT / "data" / "coco128.yaml"))
+    p.add_argument("--cfgs", nargs="+", default=["yolov7-tiny-ms0", "yolov7-tiny"])
+    p.add_argument("--img-sizes", nargs="+", type=int, default=[320, 640])
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    p.add_argument("--steps", type=int, default=5, help="timed steps")
+    p.add_argument("--loss", choices=["ota", "plain"], default="ota")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--row-cfg", help=argparse.SUPPRESS)
+    p.add_argument("--row-img-size", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args()
+
+    if args.row_cfg:  # child: one row, JSON on the last stdout line
+        print(json.dumps(run_row(args)), flush=True)
+        return
+
+    rows = []
+    for cfg in args.cfgs:
+        for imgsz in args.img_sizes:
+            cmd = [sys.executable, __file__, "--row-cfg", cfg, "--row-img-size", str(imgsz),
+                   "--data", args.data, "--batch-size", str(args.batch_size), "--warmup", str(args.warmup),
+                   "--steps", str(args.steps), "--loss", args.loss, "--threads", str(args.threads)]
+            print(f"running {cfg} @ {imgsz} ...", file=sys.stderr, flush=True)
+            r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=dict(os.environ))
+            if r.returncode != 0:
+                print(r.stderr[-3000:], file=sys.stderr)
+                raise SystemExit(f"row {cfg} @ {imgsz} failed (exit {r.returncode})")
+            rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
+            print(f"  {rows[-1]['img_s']:.2f} img/s, peak {rows[-1]['peak_rss_gb']:.2f} GB",
+                  file=sys.stderr, flush=True)
+
+    print(f"\nTraining loop, batch {args.batch_size}, {args.loss.upper()} loss, coco128 train (mosaic), "
+          f"median of {args.steps} steps after {args.warmup} warm-up, {rows[0]['threads']} torch threads, "
+          f"{os.cpu_count()} CPUs\n")
+    print("| model | img size | images/s | step s | forward s | loss s | backward+step s | labels/batch "
+          "| peak RSS GB |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['cfg']} | {r['img_size']} | {r['img_s']:.2f} | {r['step_s']:.2f} | {r['fwd_s']:.2f} | "
+              f"{r['loss_s']:.3f} | {r['bwd_s']:.2f} | {r['labels']:.0f} | {r['peak_rss_gb']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
