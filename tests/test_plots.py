@@ -74,3 +74,11 @@ def test_curves_and_confusion_matrix(tmp_path):
     plot_confusion_matrix(np.eye(3) * 5, tmp_path / "confusion_matrix.png", ["a", "b"])
     for n in ("PR_curve.png", "F1_curve.png", "confusion_matrix.png"):
         assert (tmp_path / n).stat().st_size > 1000
+
+
+def test_plot_study(tmp_path):
+    from utils.plots import plot_study
+
+    f = tmp_path / "study_x_y.txt"
+    np.savetxt(f, np.array([[256, .1, .2, .3, .2, 0, 0, 0, 1, 5, 1], [384, .1, .2, .35, .25, 0, 0, 0, 1, 8, 1]]))
+    assert plot_study(f).stat().st_size > 1000

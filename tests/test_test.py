@@ -235,3 +235,19 @@ def test_coco128_cli_untrained_model_agreement(coco128_dir, tiny, tmp_path):
     assert report["images"] == 128
     assert abs(report["map50"] - report["coco_stats"][1]) <= 0.002
     assert abs(report["map"] - report["coco_stats"][0]) <= 0.002
+
+
+def test_cli_augment_single_cls_hybrid_and_speed(tiny, logs):
+    out = tiny["root"] / "runs3"
+    evaluator.main(["--weights", str(tiny["ckpt"]), "--data", str(tiny["data"]), "--img-size", "64", "--device",
+                    "cpu", "--augment", "--single-cls", "--save-hybrid", "--save-conf", "--v5-metric",
+                    "--project", str(out), "--name", "exp"])
+    txt = (out / "exp" / "labels" / "img_a.txt").read_text().split("\n")
+    rows = [list(map(float, r.split())) for r in txt if r]
+    assert rows and all(r[0] == 0 for r in rows)  # single class
+    n_labels = len((tiny["root"] / "ds" / "labels" / "img_a.txt").read_text().split())
+    assert sum(r[5] == 1.0 for r in rows) >= 1 and n_labels >= 5  # hybrid: labels kept at conf 1
+    r = evaluator.main(["--weights", str(tiny["ckpt"]), "--data", str(tiny["data"]), "--img-size", "64",
+                        "--device", "cpu", "--task", "speed", "--project", str(out), "--name", "speed"])
+    assert len(r) == 1 and len(r[0][2]) == 6
+    assert any(line.startswith("Speed:") for line in logs)
