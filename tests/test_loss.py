@@ -341,6 +341,14 @@ def test_wrapped_model_and_targets_check():
     assert torch.equal(a, b)
     with pytest.raises(ValueError, match="targets"):
         ComputeLoss(model)(p, torch.zeros(3, 5))
+    bad = targets.clone()
+    bad[0, 1] = 3  # model has classes 0..2
+    with pytest.raises(ValueError, match="class 3"):
+        ComputeLossOTA(model)(p, bad)
+    bad = targets.clone()
+    bad[0, 0] = 1  # batch of one image
+    with pytest.raises(ValueError, match="image index"):
+        ComputeLoss(model)(p, bad)
 
 
 def test_anchor_edits_are_seen():

@@ -185,11 +185,19 @@ class ComputeLoss:
         lcls = lcls * self.hyp["cls"]
         return lbox, lobj, lcls
 
-    @staticmethod
-    def _check(p: Sequence[torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
+    def _check(self, p: Sequence[torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
         if targets.dim() != 2 or targets.shape[1] != 6:
             raise ValueError(f"loss: targets must be (N, 6) [image, class, cx, cy, w, h], "
                              f"got shape {tuple(targets.shape)}")
+        if len(p) != self.nl or p[0].shape[-1] != self.nc + 5:
+            raise ValueError(f"loss: expected {self.nl} outputs (B, na, ny, nx, {self.nc + 5}), "
+                             f"got {[tuple(x.shape) for x in p]}")
+        if targets.shape[0]:
+            cmax, bmax = int(targets[:, 1].max()), int(targets[:, 0].max())
+            if cmax >= self.nc or cmax < 0 or int(targets[:, 1].min()) < 0:
+                raise ValueError(f"loss: label class {cmax} outside the model's {self.nc} classes")
+            if bmax >= p[0].shape[0]:
+                raise ValueError(f"loss: target image index {bmax} >= batch size {p[0].shape[0]}")
         return targets.to(p[0].device)
 
     def __call__(self, p: Sequence[torch.Tensor], targets: torch.Tensor):
