@@ -32,20 +32,22 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 # --------------------------------------------------------------------------- Apple-format generator
-def apple_block_specs(widths=S0_WIDTHS, blocks=S0_BLOCKS):
-    """(prefix, c_in, c_out, k, stride, groups, branches) of every MobileOneBlock of Apple's
-    classifier, in forward order: stage0 (1 branch), then per stage depthwise 3x3 + pointwise 1x1."""
-    specs = [("stage0", 3, widths[0], 3, 2, 1, 1)]
+def apple_block_specs(widths=S0_WIDTHS, blocks=S0_BLOCKS, se=None):
+    """(prefix, c_in, c_out, k, stride, groups, branches, use_se) of every MobileOneBlock of Apple's
+    classifier, in forward order: stage0 (1 branch), then per stage depthwise 3x3 + pointwise 1x1;
+    ``se`` = {stage: number of final blocks with SE} (Apple's S4 uses SE)."""
+    specs = [("stage0", 3, widths[0], 3, 2, 1, 1, False)]
     c = widths[0]
     for n, nb in enumerate(blocks, start=1):
         for ix in range(nb):
-            specs.append((f"stage{n}.{2 * ix}", c, c, 3, 2 if ix == 0 else 1, c, 4))
-            specs.append((f"stage{n}.{2 * ix + 1}", c, widths[n], 1, 1, 1, 4))
+            use_se = ix >= nb - (se or {}).get(n, 0)
+            specs.append((f"stage{n}.{2 * ix}", c, c, 3, 2 if ix == 0 else 1, c, 4, use_se))
+            specs.append((f"stage{n}.{2 * ix + 1}", c, widths[n], 1, 1, 1, 4, use_se))
             c = widths[n]
     return specs
 
 
-def make_apple_state_dict(widths=S0_WIDTHS, blocks=S0_BLOCKS, seed=0, fused=False):
+def make_apple_state_dict(widths=S0_WIDTHS, blocks=S0_BLOCKS, seed=0, fused=False, se=None):
     """Apple-named random MobileOne state dict (unfused: conv+BN branches with small running
     variances so a BatchNorm eps mismatch shows; fused: one biased ``reparam_conv`` per block)."""
     g = torch.Generator().manual_seed(seed)
@@ -61,7 +63,13 @@ def make_apple_state_dict(widths=S0_WIDTHS, blocks=S0_BLOCKS, seed=0, fused=Fals
         return torch.randn(c_out, c_in_g, k, k, generator=g) * (2.0 / (c_in_g * k * k)) ** 0.5
 
     sd = {}
-    for p, ci, co, k, s, gr, nbr in apple_block_specs(widths, blocks):
+    for p, ci, co, k, s, gr, nbr, use_se in apple_block_specs(widths, blocks, se):
+        if use_se:
+            hid = max(int(co * 0.0625), 1)
+            sd[f"{p}.se.reduce.weight"] = conv(hid, co, 1)
+            sd[f"{p}.se.reduce.bias"] = 0.1 * torch.randn(hid, generator=g)
+            sd[f"{p}.se.expand.weight"] = conv(co, hid, 1)
+            sd[f"{p}.se.expand.bias"] = 0.1 * torch.randn(co, generator=g)
         if fused:
             sd[f"{p}.reparam_conv.weight"] = conv(co, ci // gr, k)
             sd[f"{p}.reparam_conv.bias"] = 0.1 * torch.randn(co, generator=g)
@@ -79,7 +87,7 @@ def make_apple_state_dict(widths=S0_WIDTHS, blocks=S0_BLOCKS, seed=0, fused=Fals
     return {k: (v.half() if v.is_floating_point() else v) for k, v in sd.items()}  # Apple-like storage
 
 
-def apple_reference_stages(sd, x, widths=S0_WIDTHS, blocks=S0_BLOCKS, eps=APPLE_EPS, upto=4):
+def apple_reference_stages(sd, x, widths=S0_WIDTHS, blocks=S0_BLOCKS, eps=APPLE_EPS, upto=4, se=None):
     """Apple's forward (sum of conv+BN branches, scale, skip; ReLU) written from the state dict,
     returning each stage's output: the ground truth for the BN-eps compensation."""
     sd = {k: v.float() for k, v in sd.items()}
@@ -89,7 +97,7 @@ def apple_reference_stages(sd, x, widths=S0_WIDTHS, blocks=S0_BLOCKS, eps=APPLE_
                             sd[f"{p}.bias"], training=False, eps=eps)
 
     outs = {}
-    for p, ci, co, k, s, gr, nbr in apple_block_specs(widths, blocks):
+    for p, ci, co, k, s, gr, nbr, use_se in apple_block_specs(widths, blocks, se):
         stage = p.split(".")[0]
         if int(stage[5:]) >= upto:
             break
@@ -99,6 +107,9 @@ def apple_reference_stages(sd, x, widths=S0_WIDTHS, blocks=S0_BLOCKS, eps=APPLE_
             y = y + bn(F.conv2d(x, sd[f"{p}.rbr_scale.conv.weight"], stride=s, groups=gr), f"{p}.rbr_scale.bn")
         if f"{p}.rbr_skip.weight" in sd:
             y = y + bn(x, f"{p}.rbr_skip")
+        if use_se:
+            a = F.relu(F.conv2d(y.mean((2, 3), keepdim=True), sd[f"{p}.se.reduce.weight"], sd[f"{p}.se.reduce.bias"]))
+            y = y * torch.sigmoid(F.conv2d(a, sd[f"{p}.se.expand.weight"], sd[f"{p}.se.expand.bias"]))
         x = F.relu(y)
         outs[stage] = x
     return outs
@@ -295,6 +306,27 @@ def test_unfused_source_into_fused_target(apple_sd, base_model):
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     ref = apple_reference_stages(apple_sd, x)
     ours = backbone_features(model.eval(), x)
+    for s in ref:
+        assert rel_err(ours[s], ref[s]) <= 1e-4, s
+
+
+def test_se_stage_and_custom_backbone():
+    """SE weights (Apple's S4 style) map too; a small yaml whose stage 4 matches loads all 5 stages."""
+    cfg = {"nc": 2, "depth_multiple": 1.0, "width_multiple": 1.0,
+           "anchors": [[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119], [116, 90, 156, 198, 373, 326]],
+           "backbone": [[-1, 1, "MobileOneBlock", [48, 3, 2, 1]], [-1, 1, "MobileOne", [48, 2, 4, False, 0]],
+                        [-1, 1, "MobileOne", [128, 8, 4, False, 0]], [-1, 1, "MobileOne", [256, 10, 4, True, 5]],
+                        [-1, 1, "MobileOne", [512, 1, 4, True, 1]]],
+           "head": [[[2, 3, 4], 1, "IDetect", ["nc", "anchors"]]]}
+    widths, se = (48, 48, 128, 256, 512), {3: 5, 4: 1}
+    sd = make_apple_state_dict(widths=widths, seed=5, se=se)
+    assert "stage3.19.se.expand.weight" in sd and "stage3.9.se.reduce.bias" not in sd
+    ckpt, report, model = cm.convert_mobileone(sd, cfg, src_name="se")
+    assert all(s.loaded for s in report.stages) and set(report.unused) == {"linear.weight", "linear.bias"}
+    assert torch.equal(ckpt["state_dict"]["model.4.stage.1.se.reduce.weight"], sd["stage4.1.se.reduce.weight"].float())
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    ref = apple_reference_stages(sd, x, widths=widths, upto=5, se=se)
+    ours = backbone_features(model.eval(), x, upto=5)
     for s in ref:
         assert rel_err(ours[s], ref[s]) <= 1e-4, s
 
