@@ -119,3 +119,12 @@ def test_bad_dataset_shapes(model):
     ds = FakeDataset([[640, 640]] * 2, [[[0, 0.5, 0.5, 0.1, 0.1]]])
     with pytest.raises(ValueError, match="shapes"):
         check_anchors(ds, model)
+
+
+def test_kmean_anchors_from_yaml(coco128_dir):
+    from pathlib import Path
+    init_seeds(0)
+    yaml_path = Path(__file__).resolve().parents[1] / "data" / "coco128.yaml"
+    k = kmean_anchors(str(yaml_path), n=9, img_size=320, thr=4.0, gen=50, verbose=False)
+    assert k.shape == (9, 2) and np.all(np.diff(k.prod(1)) >= 0)
+    assert 2.0 <= k.min() and k.max() <= 320 * 1.5

@@ -10,6 +10,7 @@ refined by a genetic mutation search, and are written into the Detect layer's ``
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -103,12 +104,20 @@ def kmean_anchors(dataset: Any, n: int = 9, img_size: int = 640, thr: float = 4.
                   verbose: bool = True) -> np.ndarray:
     """Anchors (n, 2) in pixels, sorted by area, fitted to the dataset's label sizes.
 
+    ``dataset``: an object with ``shapes`` and ``labels`` (``LoadImagesAndLabels``) or the
+    path of a dataset yaml (its train split is read).
+
     k-means (scipy) on the size-normalised (w, h) of labels at least 2 px wide or high,
     then ``gen`` generations of random multiplicative mutation that keep a change when it
     raises the fitness = mean over labels of the best anchor ratio (counted only above 1/thr).
     """
     from scipy.cluster.vq import kmeans
 
+    if isinstance(dataset, (str, Path)):  # a dataset yaml, as YOLOv7 allows: its train split
+        from utils.dataset_config import check_dataset
+        from utils.datasets import LoadImagesAndLabels
+        data = check_dataset(dataset)
+        dataset = LoadImagesAndLabels(data["train"], img_size, rect=True, nc=int(data["nc"]))
     inv_thr = 1 / thr
     wh0 = _label_wh(dataset, img_size)
     small = int((wh0 < 3.0).any(1).sum())
