@@ -325,7 +325,7 @@ def non_max_suppression(prediction: torch.Tensor, conf_thres: float = 0.25, iou_
         # among the k best candidates does not depend on the rest: run NMS on a growing
         # prefix until it yields max_det boxes (exactly the full result, far cheaper when
         # an untrained model floods NMS with candidates).
-        k = min(n, max(4 * max_det, 1024))
+        k = min(n, max(3 * max_det, 1000))  # 1000 boxes: torchvision still uses its one-call path
         idx = torch.zeros_like(j) if agnostic else j
         while True:
             top = conf.topk(k).indices if k < conf.shape[0] else conf.argsort(descending=True)
