@@ -15,6 +15,7 @@ import contextlib
 import copy
 import io
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -205,6 +206,7 @@ def test(data: Union[str, Path, dict], weights=None, batch_size: int = 32, imgsz
     t = {k: 0.0 for k in ("load", "preprocess", "inference", "nms", "metrics", "plots", "json")}
     loss = torch.zeros(3, device=device)
     jdict, stats, stat_ids = [], [], []
+    plot_threads: list[threading.Thread] = []
     n_txt = 0
     it = iter(tqdm(dataloader, desc=s, disable=training and not verbose, leave=False))
     batch_i = -1
@@ -279,9 +281,14 @@ def test(data: Union[str, Path, dict], weights=None, batch_size: int = 32, imgsz
         t5 = time.time()
         t["metrics"] += t5 - t4
 
-        if plots and batch_i < 3:
-            safe_plot(plot_images, img, targets, paths, save_dir / f"val_batch{batch_i}_labels.jpg", names)
-            safe_plot(plot_images, img, output_to_target(out), paths, save_dir / f"val_batch{batch_i}_pred.jpg", names)
+        if plots and batch_i < 3:  # drawn in the background while the next batches run
+            im_cpu, tg_cpu, pr_cpu = img.detach().cpu(), targets.detach().cpu(), output_to_target(out)
+            for suffix, tg in (("labels", tg_cpu), ("pred", pr_cpu)):
+                th = threading.Thread(target=safe_plot, args=(plot_images, im_cpu, tg, paths,
+                                                              save_dir / f"val_batch{batch_i}_{suffix}.jpg", names),
+                                      daemon=True)
+                th.start()
+                plot_threads.append(th)
         t["plots"] += time.time() - t5
 
     # ---- metrics
@@ -324,6 +331,8 @@ def test(data: Union[str, Path, dict], weights=None, batch_size: int = 32, imgsz
     if plots:
         t7 = time.time()
         confusion_matrix.plot(save_dir=save_dir, names=[names[i] for i in range(nc)])
+        for th in plot_threads:
+            th.join()
         t["plots"] += time.time() - t7
 
     if save_json and seen:
