@@ -343,8 +343,10 @@ def test(data: Union[str, Path, dict], weights=None, batch_size: int = 32, imgsz
             json.dump(jdict, f)
         LOGGER.info(f"Saved {len(jdict)} detections to {pred_json}")
         ds = dataloader.dataset
-        anno = data.get("coco_json")
-        if anno:
+        anno = data.get("coco_json") if split == "val" else None  # the yaml's json describes val
+        if not anno and not nt.sum():
+            LOGGER.info(f"No labels in the {split} split: predictions saved for submission, pycocotools skipped")
+        elif anno:
             LOGGER.info(f"Evaluating pycocotools mAP with {anno}...")
         else:
             anno_dict = labels_to_coco_json(ds, [names[i] for i in range(nc)], cat_ids)
@@ -353,7 +355,9 @@ def test(data: Union[str, Path, dict], weights=None, batch_size: int = 32, imgsz
                 json.dump(anno_dict, f)
             LOGGER.info(f"Evaluating pycocotools mAP with ground truth built from the YOLO labels: {anno}")
         try:
-            if not jdict:
+            if not anno:
+                pass
+            elif not jdict:
                 LOGGER.warning("WARNING: no detections: pycocotools mAP is 0")
             else:
                 cstats = coco_evaluate(anno, jdict, [image_id(f) for f in ds.img_files])

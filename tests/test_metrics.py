@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.metrics import (IOU_THRESHOLDS, ConfusionMatrix, ap_per_class, compute_ap, fitness,
+from utils.metrics import (ConfusionMatrix, ap_per_class, compute_ap, fitness,
                            match_detections, topk_per_class)
 
 
