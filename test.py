@@ -199,7 +199,7 @@ def test(data: Union[str, Path, dict], weights=None, batch_size: int = 32, imgsz
         dataloader = create_dataloader(data[split], imgsz, batch_size, gs, single_cls=single_cls, pad=0.5,
                                        rect=True, workers=workers, prefix=colorstr(f"{split}: "), nc=data["nc"])[0]
 
-    iouv = IOU_THRESHOLDS.to(device)
+    iouv = IOU_THRESHOLDS.to(device) if device.type != "mps" else IOU_THRESHOLDS
     confusion_matrix = ConfusionMatrix(nc=nc)
     seen = 0
     s = ("%20s" + "%12s" * 6) % ("Class", "Images", "Labels", "P", "R", "mAP@.5", "mAP@.5:.95")

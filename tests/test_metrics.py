@@ -210,6 +210,56 @@ def test_top100_per_image_and_class():
     assert map50 == pytest.approx(evaluate_coco(dets, labels, 1)[0], abs=1e-9)
 
 
+def coco_greedy_reference(det: np.ndarray, lab: np.ndarray, thresholds) -> np.ndarray:
+    """COCOeval.evaluateImg's matching, written out literally (one detection at a time)."""
+    import torchvision
+
+    correct = np.zeros((len(det), len(thresholds)), bool)
+    for c in np.unique(det[:, 5]):
+        di = np.nonzero(det[:, 5] == c)[0]
+        di = di[np.argsort(-det[di, 4], kind="mergesort")][:100]
+        gi = np.nonzero(lab[:, 0] == c)[0]
+        if not len(gi):
+            continue
+        ious = torchvision.ops.box_iou(torch.tensor(det[di, :4]).double(), torch.tensor(lab[gi, 1:]).double()).numpy()
+        for ti, t in enumerate(thresholds):
+            taken = np.zeros(len(gi), bool)
+            for dn, d in enumerate(di):
+                best, m = min(t, 1 - 1e-10), -1
+                for gn in range(len(gi)):
+                    if taken[gn] or ious[dn, gn] < best:
+                        continue
+                    best, m = ious[dn, gn], gn
+                if m >= 0:
+                    taken[m] = True
+                    correct[d, ti] = True
+    return correct
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_vectorised_matching_equals_sequential_greedy(seed):
+    rng = np.random.default_rng(seed)
+    thresholds = np.linspace(0.5, 0.95, 10)
+    for _ in range(60):
+        m = int(rng.integers(0, 8))
+        gt = random_boxes(rng, m, 100.0)
+        if m > 2:
+            gt[m // 2:] = jitter(rng, np.repeat(gt[:1], m - m // 2, 0), 0.1)  # overlapping labels
+            gt[-1] = gt[0]  # an exact duplicate: equal IoUs, COCO keeps the last label
+        lab = np.concatenate([rng.integers(0, 2, (m, 1)), gt], 1)
+        n = int(rng.integers(0, 25))
+        src = rng.integers(0, max(m, 1), n)
+        b = jitter(rng, gt[src], 0.08) if m else random_boxes(rng, n, 100.0)
+        b[:, 2:] = np.maximum(b[:, 2:], b[:, :2] + 0.5)
+        score = np.round(rng.random((n, 1)), 1)  # many ties
+        cls = lab[src, :1] if m else np.zeros((n, 1))
+        det = np.concatenate([b, score, cls], 1)
+        correct, keep = match_detections(torch.tensor(det).float(), torch.tensor(lab).float())
+        ref = coco_greedy_reference(det.astype(np.float32).astype(np.float64),
+                                    lab.astype(np.float32).astype(np.float64), thresholds)
+        assert np.array_equal(correct.numpy(), ref), (det, lab)
+
+
 # --------------------------------------------------------------------------- AP / P / R / fitness
 def test_compute_ap_rules():
     rec, prec = np.array([0.5, 1.0]), np.array([1.0, 0.5])

@@ -21,7 +21,7 @@ import torch
 
 from utils.general import LOGGER, box_iou
 
-IOU_THRESHOLDS = torch.linspace(0.5, 0.95, 10)  # COCO's 0.50:0.05:0.95
+IOU_THRESHOLDS = torch.linspace(0.5, 0.95, 10, dtype=torch.float64)  # COCO's 0.50:0.05:0.95 (np.linspace)
 REC_THRESHOLDS = np.linspace(0.0, 1.0, 101)  # COCO's 101 recall points
 
 
@@ -73,6 +73,9 @@ def match_detections(detections: torch.Tensor, labels: torch.Tensor,
     highest-scoring undecided detection that could still take its preferred label, which
     gives exactly the sequential result; most images need 1-3 rounds.
     """
+    if detections.device.type == "mps":  # no float64 there: match on the CPU
+        correct, keep = match_detections(detections.cpu(), labels.cpu(), iouv.cpu(), max_det)
+        return correct.to(detections.device), keep.to(detections.device)
     n, m, nt = detections.shape[0], labels.shape[0], iouv.numel()
     device = detections.device
     correct = torch.zeros((n, nt), dtype=torch.bool, device=device)
