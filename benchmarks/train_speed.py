@@ -11,7 +11,11 @@ only then times the loop, so data loading is not counted; what is timed is exact
 train.py does per batch: ``imgs / 255``, forward, OTA (or plain) loss, backward,
 gradient clipping, SGD step, zero_grad. Images/s = batch size / median step time over the
 timed steps (the first ``warmup`` steps are not timed). Peak RSS covers the whole row
-process (model, optimizer state, batches, autograd). Prints one markdown table.
+process (model, optimizer state, batches, autograd) up to the end of the timed loop.
+With the OTA loss, each row then times the assignment alone on the last batch's
+predictions: the batched ``ComputeLossOTA.build_targets`` against a YOLOv7-style loop over
+images (dense ground truth x candidate x class cost, per-ground-truth top-k), and checks
+that both give the same positives. Prints one markdown table.
 """
 from __future__ import annotations
 
@@ -33,6 +37,85 @@ if str(ROOT) not in sys.path:
 def peak_rss_gb() -> float:
     """Peak resident set size of this process in GB (Linux reports ru_maxrss in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+
+
+def per_image_assign(loss_fn, p, targets, imgs):
+    """YOLOv7's way of assigning: a Python loop over images (and over ground truths for top-k),
+    with the class cost built as a dense (ground truths, candidates, classes) tensor.
+
+    Same rules as ``ComputeLossOTA.build_targets`` (unique candidates); used only to time the
+    batched version against a per-image loop on identical inputs. Returns a set of
+    (level, image, anchor, gj, gi, target row).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from utils.general import box_iou, xywh2xyxy
+
+    strides = [float(s) for s in loss_fn.det.stride]
+    anchors = loss_fn.anchors(p[0].device)
+    cand = loss_fn.find_positives(p, targets)
+    h, w = imgs.shape[-2:]
+    gain = torch.tensor([w, h, w, h], dtype=torch.float32)
+    out = set()
+    for bi in range(p[0].shape[0]):
+        rows = (targets[:, 0] == bi).nonzero()[:, 0]
+        if not len(rows):
+            continue
+        keys, boxes, cls, obj = [], [], [], []
+        for i, (b, a, gj, gi, _) in enumerate(cand):
+            m = b == bi
+            u = torch.unique(torch.stack((a[m], gj[m], gi[m]), 1), dim=0)
+            if not len(u):
+                continue
+            fg = p[i][bi, u[:, 0], u[:, 1], u[:, 2]].float()
+            grid = torch.stack((u[:, 2], u[:, 1]), 1).float()
+            pxy = (fg[:, :2].sigmoid() * 2 - 0.5 + grid) * strides[i]
+            pwh = (fg[:, 2:4].sigmoid() * 2) ** 2 * anchors[i][u[:, 0]] * strides[i]
+            boxes.append(xywh2xyxy(torch.cat((pxy, pwh), 1)))
+            cls.append(fg[:, 5:])
+            obj.append(fg[:, 4:5])
+            keys += [(i, bi, *map(int, k)) for k in u]
+        if not keys:
+            continue
+        boxes, cls, obj = torch.cat(boxes), torch.cat(cls), torch.cat(obj)
+        t = targets[rows]
+        iou = box_iou(xywh2xyxy(t[:, 2:6] * gain), boxes)
+        g, c = len(rows), len(keys)
+        onehot = F.one_hot(t[:, 1].long(), loss_fn.nc).float().unsqueeze(1).repeat(1, c, 1)
+        y = (cls.sigmoid().unsqueeze(0).repeat(g, 1, 1) * obj.sigmoid().unsqueeze(0).repeat(g, 1, 1)).sqrt()
+        cls_cost = F.binary_cross_entropy_with_logits(torch.log(y / (1 - y)), onehot, reduction="none").sum(-1)
+        cost = cls_cost + 3.0 * -torch.log(iou + 1e-8)
+        ks = torch.clamp(iou.topk(min(10, c), 1).values.sum(1).int(), min=1)
+        match = torch.zeros_like(cost)
+        for r in range(g):
+            match[r, torch.topk(cost[r], int(ks[r]), largest=False).indices] = 1.0
+        multi = match.sum(0) > 1
+        if multi.any():
+            match[:, multi] = 0.0
+            match[cost[:, multi].argmin(0), multi] = 1.0
+        for r, col in match.nonzero().tolist():
+            out.add((*keys[col], int(rows[r])))
+    return out
+
+
+def time_assignment(loss_fn, pred, targets, imgs, repeats: int = 3) -> tuple[float, float, bool]:
+    """Median seconds of the batched and the per-image-loop assignment; whether they agree."""
+    import torch
+
+    pred = [x.detach() for x in pred]
+    tb, tl = [], []
+    with torch.no_grad():
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            batched = loss_fn.build_targets(pred, targets, imgs)
+            t1 = time.perf_counter()
+            loop = per_image_assign(loss_fn, pred, targets, imgs)
+            t2 = time.perf_counter()
+            tb.append(t1 - t0)
+            tl.append(t2 - t1)
+    got = {(i, int(b), int(a), int(gj), int(gi), int(t)) for i, lv in enumerate(batched) for b, a, gj, gi, t in zip(*lv)}
+    return statistics.median(tb), statistics.median(tl), got == loop
 
 
 def run_row(args: argparse.Namespace) -> dict:
@@ -96,6 +179,9 @@ def run_row(args: argparse.Namespace) -> dict:
         if k >= args.warmup:
             steps.append((t3 - t0, t1 - t0, t2 - t1, t3 - t2, int(targets.shape[0])))
     med = statistics.median(s[0] for s in steps)
+    rss_train = peak_rss_gb()
+    assign_b, assign_l, same = (time_assignment(loss_fn, pred, targets, x) if args.loss == "ota"
+                                else (float("nan"), float("nan"), True))
     return {
         "cfg": args.row_cfg, "img_size": imgsz, "batch": bs, "loss": args.loss, "threads": torch.get_num_threads(),
         "img_s": bs / med, "step_s": med,
@@ -103,7 +189,8 @@ def run_row(args: argparse.Namespace) -> dict:
         "loss_s": statistics.median(s[2] for s in steps),
         "bwd_s": statistics.median(s[3] for s in steps),
         "labels": statistics.median(s[4] for s in steps),
-        "peak_rss_gb": peak_rss_gb(), "rss_after_data_gb": rss_data,
+        "peak_rss_gb": rss_train, "rss_after_data_gb": rss_data,
+        "assign_batched_s": assign_b, "assign_loop_s": assign_l, "assign_same": same,
     }
 
 
@@ -144,11 +231,15 @@ def main() -> None:
           f"median of {args.steps} steps after {args.warmup} warm-up, {rows[0]['threads']} torch threads, "
           f"{os.cpu_count()} CPUs\n")
     print("| model | img size | images/s | step s | forward s | loss s | backward+step s | labels/batch "
-          "| peak RSS GB |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| peak RSS GB | OTA assign batched s | OTA assign per-image loop s | loop / batched |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['cfg']} | {r['img_size']} | {r['img_s']:.2f} | {r['step_s']:.2f} | {r['fwd_s']:.2f} | "
-              f"{r['loss_s']:.3f} | {r['bwd_s']:.2f} | {r['labels']:.0f} | {r['peak_rss_gb']:.2f} |")
+              f"{r['loss_s']:.3f} | {r['bwd_s']:.2f} | {r['labels']:.0f} | {r['peak_rss_gb']:.2f} | "
+              f"{r['assign_batched_s']:.3f} | {r['assign_loop_s']:.3f} | "
+              f"{r['assign_loop_s'] / r['assign_batched_s']:.1f}x |")
+    if not all(r["assign_same"] for r in rows):
+        print("\nWARNING: the batched and per-image assignments differed on some row")
 
 
 if __name__ == "__main__":

@@ -74,11 +74,13 @@ def random_targets(counts, nc, seed=0, wh_range=(0.05, 0.6)):
 
 
 # ----------------------------------------------------------------------------- reference
-def reference_ota(p, targets, anchors, strides, anchor_t, img_hw, nc):
+def reference_ota(p, targets, anchors, strides, anchor_t, img_hw, nc, stats=None):
     """Straightforward per-image, per-ground-truth OTA (YOLOv7 semantics, unique candidates).
 
-    Returns a set of (level, image, anchor, gj, gi, target_row).
+    Returns a set of (level, image, anchor, gj, gi, target_row). ``stats`` (dict) counts
+    contested predictions and those won by a ground truth that had not claimed them.
     """
+    stats = {"contested": 0, "outsider": 0} if stats is None else stats
     nl, na = len(p), anchors.shape[1]
     img_h, img_w = img_hw
     result = set()
@@ -134,13 +136,18 @@ def reference_ota(p, targets, anchors, strides, anchor_t, img_hw, nc):
                                                           reduction="none").sum(1)
             costs.append(cls_cost + 3.0 * -torch.log(iou[r] + 1e-8))
         cost = torch.stack(costs)
-        claims = {}  # column -> list of (cost, row)
+        claims = {}  # column -> claiming rows
         for r in range(len(gts)):
             k = max(int(torch.topk(iou[r], min(10, len(cols))).values.sum()), 1)
             for c in torch.argsort(cost[r])[:k].tolist():
-                claims.setdefault(c, []).append((float(cost[r, c]), r))
-        for c, lst in claims.items():
-            _, r = min(lst)  # lowest cost, ties -> first ground truth
+                claims.setdefault(c, []).append(r)
+        for c, claimants in claims.items():
+            if len(claimants) == 1:
+                r = claimants[0]
+            else:  # contested: the image's lowest-cost ground truth, claimant or not; ties -> first
+                r = min(range(len(gts)), key=lambda q: (float(cost[q, c]), q))
+                stats["contested"] += 1
+                stats["outsider"] += r not in claimants
             i, a, gj, gi = cols[c]
             result.add((i, b, a, gj, gi, gts[r]))
     return result
@@ -241,6 +248,28 @@ def test_ota_batched_equals_reference(seed):
     # at most one ground truth per prediction
     keys = [g[:5] for g in got]
     assert len(keys) == len(set(keys))
+
+
+def crowded_targets(n, nc, seed):
+    """n overlapping boxes around the image centre (one image): many contested predictions."""
+    g = torch.Generator().manual_seed(seed)
+    wh = torch.rand(n, 2, generator=g) * 0.15 + 0.1
+    xy = 0.4 + torch.rand(n, 2, generator=g) * 0.2
+    c = torch.randint(0, nc, (n, 1), generator=g).float()
+    return torch.cat((torch.zeros(n, 1), c, xy, wh), 1)
+
+
+def test_ota_crowded_equals_reference():
+    """Contested predictions, including ones won by a ground truth that never claimed them
+    (YOLOv7 / YOLOX give a contested prediction to the lowest-cost ground truth of the image)."""
+    stats = {"contested": 0, "outsider": 0}
+    loss_fn = ComputeLossOTA(FakeModel(nc=2))
+    for seed in range(5):
+        p = random_preds(1, 2, (96, 96), seed=seed)
+        targets = crowded_targets(12, 2, seed)
+        got = as_set(loss_fn.build_targets(p, targets, torch.zeros(1, 3, 96, 96)))
+        assert got == reference_ota(p, targets, loss_fn.det.anchors, STRIDES, 4.0, (96, 96), 2, stats)
+    assert stats["contested"] > 10 and stats["outsider"] > 0, stats
 
 
 @pytest.mark.parametrize("cls", [ComputeLoss, ComputeLossOTA])

@@ -15,7 +15,8 @@ batch at once (YOLOv7 loops over images in Python): candidates are the centre ce
 two nearest neighbour cells for every anchor that passes ``hyp['anchor_t']``; for each
 ground truth the sum of its top-10 IoUs with the image's candidates gives a dynamic k,
 the k lowest-cost candidates (cost = class BCE + 3 * -log IoU) are taken, and a prediction
-claimed by several ground truths goes to the lowest-cost one. Each prediction
+claimed by several ground truths goes to the image's ground truth with the lowest cost for
+it (among all of them, claimant or not, as YOLOv7 and YOLOX do). Each prediction
 (level, image, anchor, cell) is one candidate even when it is near several ground truths,
 so "one ground truth per prediction" holds exactly.
 """
@@ -332,17 +333,18 @@ class ComputeLossOTA(ComputeLoss):
         match.scatter_(1, order, take)
         match &= vrow
 
-        # 6. a candidate claimed by several ground truths goes to the cheapest (ties: first row)
-        inf = torch.tensor(float("inf"), device=device)
-        mcost = torch.where(match, cost, inf)
+        # 6. a candidate claimed by several ground truths goes to the image's ground truth with the
+        #    lowest cost for it, claimant or not (YOLOv7 / YOLOX SimOTA); ties -> first row
+        tbx = tb[:, None].expand(nt, ncol)
+        claims = torch.zeros(bs, ncol, device=device).index_add_(0, tb, match.float())
+        contested = (claims > 1)[tb]
         col_min = torch.full((bs, ncol), float("inf"), device=device)
-        col_min.scatter_reduce_(0, tb[:, None].expand(nt, ncol), mcost, reduce="amin")
-        win = match & (mcost == col_min[tb])
+        col_min.scatter_reduce_(0, tbx, cost, reduce="amin")
         rows = torch.arange(nt, device=device)[:, None].expand(nt, ncol)
-        big = torch.full_like(rows, nt)
         first = torch.full((bs, ncol), nt, dtype=torch.long, device=device)
-        first.scatter_reduce_(0, tb[:, None].expand(nt, ncol), torch.where(win, rows, big), reduce="amin")
-        win &= rows == first[tb]
+        first.scatter_reduce_(0, tbx, torch.where(cost == col_min[tb], rows, torch.full_like(rows, nt)),
+                              reduce="amin")
+        win = torch.where(contested, rows == first[tb], match)
 
         # 7. back to per-level (b, a, gj, gi, t)
         t_idx, c_idx = win.nonzero(as_tuple=True)
