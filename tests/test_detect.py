@@ -1,0 +1,128 @@
+"""detect.py on generated images, a folder with a corrupt file, a video, ONNX weights and list sources."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from deploy_utils import NAMES, count_frames, make_checkpoint, make_image, make_video
+
+import detect
+
+CONF = 0.3  # the test model's confidences lie around 0.25-0.4 (see deploy_utils)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("detect") / "best.pt")
+
+
+@pytest.fixture()
+def folder(tmp_path) -> Path:
+    d = tmp_path / "images"
+    d.mkdir()
+    make_image(d / "a.jpg", 120, 150, seed=0)
+    make_image(d / "b.png", 90, 200, seed=1)
+    (d / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    return d
+
+
+def _labels(f: Path) -> np.ndarray:
+    return np.loadtxt(f, ndmin=2)
+
+
+def test_folder_with_corrupt_file(ckpt, folder, tmp_path, caplog):
+    res = detect.run(weights=ckpt, source=folder, img_size=160, conf_thres=CONF, save_txt=True, save_conf=True,
+                     project=tmp_path / "runs", name="exp", max_det=20)
+    save_dir = res["save_dir"]
+    assert save_dir == tmp_path / "runs" / "exp"
+    # the corrupt file is named and skipped, the others are processed
+    assert res["skipped"] == [str(folder / "corrupt.jpg")]
+    assert "corrupt.jpg" in caplog.text
+    assert res["images"] == 2
+    for name in ("a.jpg", "b.png"):
+        out = cv2.imread(str(save_dir / name))
+        assert out is not None and out.shape[:2] == cv2.imread(str(folder / name)).shape[:2]
+    assert not (save_dir / "corrupt.jpg").exists()
+    n_total = 0
+    for stem in ("a", "b"):
+        key = str(folder / f"{stem}.{'jpg' if stem == 'a' else 'png'}")
+        n = res["detections"][key]
+        f = save_dir / "labels" / f"{stem}.txt"
+        if n:
+            lb = _labels(f)
+            assert lb.shape == (n, 6)  # class cx cy w h conf
+            assert set(lb[:, 0].astype(int)) <= set(range(len(NAMES)))
+            assert (lb[:, 1:5] >= 0).all() and (lb[:, 1:5] <= 1).all()
+            assert (lb[:, 5] > CONF).all() and (lb[:, 5] <= 1).all()
+        n_total += n
+    assert n_total > 0, "the test model should detect something at this threshold"
+    # annotated images differ from the originals where boxes were drawn
+    a_in, a_out = cv2.imread(str(folder / "a.jpg")), cv2.imread(str(save_dir / "a.jpg"))
+    if res["detections"][str(folder / "a.jpg")]:
+        assert np.abs(a_in.astype(int) - a_out.astype(int)).max() > 50
+    # a second run increments the folder name
+    res2 = detect.run(weights=ckpt, source=folder / "a.jpg", img_size=160, conf_thres=CONF,
+                      project=tmp_path / "runs", name="exp", nosave=True)
+    assert res2["save_dir"] == tmp_path / "runs" / "exp2" and res2["saved"] == []
+
+
+def test_video_frames_in_equal_frames_out(ckpt, tmp_path):
+    src = make_video(tmp_path / "clip.avi", frames=5)
+    n_in = count_frames(src)
+    assert n_in == 5
+    res = detect.run(weights=ckpt, source=src, img_size=128, conf_thres=CONF, save_txt=True,
+                     project=tmp_path / "runs", name="vid")
+    out = res["save_dir"] / "clip.mp4"
+    assert res["saved"] == [str(out)]
+    assert res["frames_written"][str(out)] == n_in
+    assert count_frames(out) == n_in
+    cap = cv2.VideoCapture(str(out))
+    assert (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))) == (128, 96)
+    cap.release()
+    assert len([k for k in res["detections"] if k.startswith(str(src))]) == n_in
+    for k, n in res["detections"].items():  # one label file per frame with detections
+        frame = int(k.rsplit(":", 1)[1])
+        assert (res["save_dir"] / "labels" / f"clip_{frame}.txt").exists() == (n > 0)
+
+
+def test_onnx_weights_give_the_same_detections(ckpt, tmp_path):
+    import export
+
+    export.run(ckpt, img_size=[160], include=["onnx"])
+    img = make_image(tmp_path / "sq.jpg", 160, 160, seed=2)  # square: same letterbox for both backends
+    kw = dict(source=img, img_size=160, conf_thres=CONF, save_txt=True, save_conf=True, project=tmp_path / "r",
+              max_det=20)
+    r_pt = detect.run(weights=ckpt, name="pt", **kw)
+    r_onnx = detect.run(weights=ckpt.with_suffix(".onnx"), name="onnx", **kw)
+    n = r_pt["detections"][str(img)]
+    assert n > 0 and r_onnx["detections"][str(img)] == n
+    a, b = _labels(r_pt["save_dir"] / "labels" / "sq.txt"), _labels(r_onnx["save_dir"] / "labels" / "sq.txt")
+    assert (a[:, 0] == b[:, 0]).all()
+    # detect.py rounds boxes to whole pixels: rounding noise may move an edge by one pixel
+    assert np.abs(a[:, 1:5] - b[:, 1:5]).max() <= 1 / 160 + 1e-6
+    assert np.abs(a[:, 5] - b[:, 5]).max() < 1e-4
+
+
+def test_list_and_glob_sources(ckpt, folder, tmp_path):
+    lst = tmp_path / "list.txt"
+    lst.write_text(f"{folder / 'a.jpg'}\n{folder / 'b.png'}\n")
+    res = detect.run(weights=ckpt, source=lst, img_size=128, conf_thres=CONF, project=tmp_path / "r", name="l")
+    assert sorted(Path(p).name for p in res["detections"]) == ["a.jpg", "b.png"]
+    res = detect.run(weights=ckpt, source=str(folder / "*.png"), img_size=128, conf_thres=CONF, nosave=True,
+                     project=tmp_path / "r", name="g")
+    assert list(res["detections"]) == [str(folder / "b.png")]
+
+
+def test_stream_source_detection():
+    assert detect._is_stream("0") and detect._is_stream("rtsp://example.com/live")
+    assert detect._is_stream("HTTP://example.com/a.mjpg")
+    assert not detect._is_stream("images/") and not detect._is_stream("a.jpg")
+
+
+def test_cli_errors_are_reported(ckpt, tmp_path):
+    assert detect.main(["--weights", str(tmp_path / "missing.pt"), "--source", str(tmp_path)]) == 1
+    assert detect.main(["--weights", str(ckpt), "--source", str(tmp_path / "nothing_here"),
+                        "--project", str(tmp_path / "r")]) == 1
