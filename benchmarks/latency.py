@@ -7,6 +7,9 @@ Each row: batch 1, float32, ``torch.inference_mode``, median wall time of ``--ru
 ``--warmup`` forwards; parameters and GFLOPs (``torch.utils.flop_counter``, 2 FLOPs per multiply-add,
 convolutions / matmuls only) of the model as run.
 
+ONNX Runtime rows (``--ort-cfg``, default yolov7-tiny-ms0; ``--no-ort`` skips them): the fused model
+exported as export.py does, verified against PyTorch, run with ``intra_op_num_threads = --threads``.
+
 Rows come from the producer functions in :data:`ROW_PRODUCERS`; another backend (e.g. ONNX Runtime)
 adds rows by appending a function ``producer(args) -> list[Row]`` (use :func:`median_latency_ms` for
 the timing so every row is measured the same way).
@@ -88,6 +91,46 @@ def torch_rows(args: argparse.Namespace) -> list[Row]:
 ROW_PRODUCERS: list[Callable[[argparse.Namespace], list[Row]]] = [torch_rows]
 
 
+def onnxruntime_rows(args: argparse.Namespace) -> list[Row]:
+    """ONNX Runtime rows: the fused model exported as ``export.py`` does (decoded output, static
+    shape, opset 17), checked against PyTorch by ``export.export_onnx``, then run by ONNX Runtime on
+    the CPU with ``intra_op_num_threads = --threads`` (graph optimizations: all)."""
+    if args.no_ort:
+        return []
+    import tempfile
+
+    import onnxruntime as ort
+
+    from export import DecodedHead, export_onnx
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for cfg in args.ort_cfg:
+            torch.manual_seed(0)  # the same weights as torch_rows' model
+            fused = Model(cfg).eval().fuse().eval()
+            name = Path(cfg).stem
+            params = sum(p.numel() for p in fused.parameters())
+            for img in args.img:
+                x = torch.rand(1, 3, img, img)
+                gflops = count_flops(fused, x) / 1e9
+                f = Path(tmp) / f"{name}-{img}.onnx"
+                export_onnx(DecodedHead(fused).eval(), x, f, {"names": list(fused.names), "stride": 32}, ["output"],
+                            args.opset, False, False, False, 1e-3, {}, int(fused.stride.max()))
+                so = ort.SessionOptions()
+                so.intra_op_num_threads = args.threads
+                so.inter_op_num_threads = 1
+                so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+                sess = ort.InferenceSession(str(f), sess_options=so, providers=["CPUExecutionProvider"])
+                feed = {sess.get_inputs()[0].name: x.numpy()}
+                ms = median_latency_ms(lambda: sess.run(None, feed), args.warmup, args.runs)
+                rows.append(Row(name, "ONNX Runtime fused", img, params, gflops, ms, args.runs))
+                print(f"  measured {name} ONNX Runtime fused {img}: {ms:.1f} ms", file=sys.stderr, flush=True)
+    return rows
+
+
+ROW_PRODUCERS.append(onnxruntime_rows)
+
+
 def markdown_table(rows: list[Row]) -> str:
     """Rows as a markdown table, with the speed-up over the same model's unfused PyTorch row."""
     base = {(r.model, r.img): r.median_ms for r in rows if r.variant == "PyTorch unfused"}
@@ -109,6 +152,9 @@ def parse_opt(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=20, help="timed runs per row (median reported)")
     p.add_argument("--warmup", type=int, default=5, help="untimed runs before timing")
     p.add_argument("--channels-last", action="store_true", help="run PyTorch models in channels_last")
+    p.add_argument("--ort-cfg", nargs="+", default=["yolov7-tiny-ms0.yaml"], help="models for ONNX Runtime rows")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset of the ONNX Runtime rows")
+    p.add_argument("--no-ort", action="store_true", help="skip the ONNX Runtime rows")
     opt = p.parse_args(argv)
     if opt.runs < 1 or opt.warmup < 0:
         p.error("--runs must be >= 1 and --warmup >= 0")
@@ -133,6 +179,11 @@ def main(opt: argparse.Namespace) -> list[Row]:
         a, b = by.get(("yolov7-tiny-ms0", "PyTorch fused", img)), by.get(("yolov7-tiny", "PyTorch fused", img))
         if a and b:
             print(f"\nfused yolov7-tiny-ms0 / fused yolov7-tiny @ {img}: {a / b:.2f} (latency ratio)", end="")
+        for cfg in getattr(opt, "ort_cfg", []):
+            n = Path(cfg).stem
+            t, o = by.get((n, "PyTorch fused", img)), by.get((n, "ONNX Runtime fused", img))
+            if t and o:
+                print(f"\n{n} @ {img}: ONNX Runtime fused is {t / o:.2f}x faster than PyTorch eager fused", end="")
     print()
     return rows
 
