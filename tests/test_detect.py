@@ -126,3 +126,20 @@ def test_cli_errors_are_reported(ckpt, tmp_path):
     assert detect.main(["--weights", str(tmp_path / "missing.pt"), "--source", str(tmp_path)]) == 1
     assert detect.main(["--weights", str(ckpt), "--source", str(tmp_path / "nothing_here"),
                         "--project", str(tmp_path / "r")]) == 1
+
+
+def test_stream_branch_on_a_video_file(ckpt, tmp_path, monkeypatch):
+    """The webcam/stream code path (LoadStreams, batched frames, per-stream video) on a local file."""
+    src = make_video(tmp_path / "cam.avi", frames=4)
+    monkeypatch.setattr(detect, "_is_stream", lambda s: True)
+    res = detect.run(weights=ckpt, source=str(src), img_size=128, conf_thres=CONF, save_txt=True,
+                     project=tmp_path / "runs", name="stream")
+    assert res["images"] >= 1 and res["skipped"] == []
+    out = res["save_dir"] / "cam.mp4"
+    assert res["saved"] == [str(out)] and count_frames(out) == res["frames_written"][str(out)] == res["images"]
+
+
+def test_augmented_inference(ckpt, folder, tmp_path):
+    res = detect.run(weights=ckpt, source=folder / "a.jpg", img_size=128, conf_thres=CONF, augment=True,
+                     nosave=True, project=tmp_path / "r", name="aug")
+    assert res["images"] == 1 and str(folder / "a.jpg") in res["detections"]
