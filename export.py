@@ -295,7 +295,9 @@ def export_torchscript(net: nn.Module, img: torch.Tensor, f: Path, meta: dict, r
         warnings.simplefilter("ignore")
         ts = torch.jit.trace(net, img, strict=False, check_trace=False)
     ts.save(str(f), _extra_files={"config.txt": json.dumps(meta)})
-    loaded = torch.jit.load(str(f), map_location=img.device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load deprecation notice
+        loaded = torch.jit.load(str(f), map_location=img.device)
     with torch.no_grad():
         outs = [o.cpu() for o in _as_list(loaded(img))]
     _check(f"TorchScript {f.name}", refs, outs, rtol, results)
