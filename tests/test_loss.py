@@ -390,6 +390,10 @@ def test_anchor_edits_are_seen():
     model.model[-1].anchors[:] = 1000.0  # nothing fits any more
     assert before and not as_set(loss_fn.find_positives(p, targets))
     assert math.isfinite(float(loss_fn(p, targets)[0]))
+    ota = ComputeLossOTA(model)  # no candidate anywhere: no positives, finite loss
+    assert not as_set(ota.build_targets(p, targets))
+    loss, items = ota(p, targets)
+    assert torch.isfinite(loss).all() and items[0] == 0 and items[2] == 0
 
 
 def test_half_precision_predictions():
