@@ -36,6 +36,9 @@ Output layout:
   rows past ``num_dets`` are padded with 0 (boxes, scores) and -1 (classes). Score = objectness
   x class score (objectness alone for one-class models), one best class per box, class-aware NMS:
   the same boxes as ``non_max_suppression(pred, conf_thres, iou_thres, max_det=topk_all)``.
+  The top-k size is fixed at export (``min(topk_all, N)``); a ``--dynamic`` end2end graph therefore
+  needs inputs with at least that many candidates (N = 63 * h * w / 1024 for three levels of 3
+  anchors: 100 needs about 40x40 pixels).
 """
 from __future__ import annotations
 
