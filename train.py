@@ -19,9 +19,10 @@ import os
 import random
 import sys
 import time
+from collections import deque
 from copy import deepcopy
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -36,6 +37,15 @@ ROOT = FILE.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import utils.loss  # noqa: E402  (module attribute lookups: tests may wrap the loss classes)
+from models.yolo import Model  # noqa: E402
+from test import test as run_test  # noqa: E402  (this repository's test.py, not the stdlib package)
+from utils.autoanchor import check_anchors  # noqa: E402
+from utils.dataset_config import check_dataset  # noqa: E402
+from utils.datasets import create_dataloader  # noqa: E402
+from utils.metrics import fitness  # noqa: E402
+from utils.plots import plot_images, plot_labels, plot_results, safe_plot  # noqa: E402
+from utils.torch_utils import ModelEMA, de_parallel, intersect_dicts, select_device  # noqa: E402
 from utils.checkpoint import FORMAT, CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
 from utils.distributed import (LOCAL_RANK, RANK, WORLD_SIZE, all_reduce_max, cleanup,  # noqa: E402
                                init_distributed, torch_distributed_zero_first)
@@ -69,12 +79,14 @@ def load_hyp(hyp: str | Path | dict) -> dict:
 
 
 def warmup_iterations(warmup_epochs: float, nb: int, epochs: int) -> int:
-    """Warmup length in iterations: ``warmup_epochs`` epochs, at least WARMUP_MIN_ITERS, at most 1/3 of the run.
+    """Warmup length in iterations: ``warmup_epochs`` epochs, at least WARMUP_MIN_ITERS, at most 1/3 of the run (0: none).
 
     YOLOv7 uses ``max(warmup_epochs * nb, 1000)``, which on a small dataset can last the whole
     run (the learning rate would never reach lr0); the cap keeps two thirds of the run at the
     scheduled learning rate.
     """
+    if warmup_epochs <= 0:
+        return 0
     total = max(1, nb * epochs)
     nw = max(round(warmup_epochs * nb), WARMUP_MIN_ITERS)
     return int(max(1, min(nw, total * WARMUP_MAX_FRACTION)))
@@ -169,6 +181,37 @@ def _to_plain(x: Any) -> Any:
     return x
 
 
+@torch.no_grad()
+def update_bn_stats(model: nn.Module, batches: Iterable[torch.Tensor], device: torch.device) -> int:
+    """Precise BN: recompute every BatchNorm's running mean/var of ``model`` as plain averages over ``batches``.
+
+    ``batches`` are uint8 image batches (B, 3, H, W). MobileOne blocks sum several BatchNorm'd
+    branches per layer, so the small lag of running statistics kept with YOLOv7's momentum
+    (0.03) while the weights are still moving compounds through the backbone and the eval-mode
+    model (validation, saved weights) can be far off the train-mode one early in training.
+    Recomputing the statistics with the final weights (Wu & Johnson, "Rethinking 'Batch' in
+    BatchNorm", 2021; fvcore's ``update_bn_stats``) removes that. Returns the number of batches used.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    batches = list(batches)
+    if not bns or not batches:
+        return 0
+    was_training = model.training
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over the batches below
+    model.train()
+    try:
+        for imgs in batches:
+            model(imgs.to(device, non_blocking=True).float() / 255.0)
+    finally:
+        for bn, mom in zip(bns, momenta):
+            bn.momentum = mom
+        model.train(was_training)
+    return len(batches)
+
+
 def _plain_optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
     """``optimizer.state_dict()`` with python numbers in its param groups (weights_only-loadable)."""
     sd = optimizer.state_dict()
@@ -179,15 +222,6 @@ def _plain_optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
 # --------------------------------------------------------------------------- training
 def train(hyp: dict, opt: argparse.Namespace, device: torch.device) -> tuple:
     """Train per ``opt``; returns the last validation results (P, R, mAP@.5, mAP@.5:.95, val losses)."""
-    from models.yolo import Model
-    from test import test as run_test
-    from utils.dataset_config import check_dataset
-    from utils.datasets import create_dataloader
-    from utils.loss import ComputeLoss, ComputeLossOTA
-    from utils.metrics import fitness
-    from utils.plots import plot_images, plot_labels, plot_results, safe_plot
-    from utils.torch_utils import ModelEMA, de_parallel, intersect_dicts
-
     save_dir, epochs, batch_size, weights = Path(opt.save_dir), opt.epochs, opt.batch_size, opt.weights
     hyp0 = deepcopy(hyp)  # as given (hyp.yaml, checkpoints); ``hyp`` itself gets scaled below
     total_batch_size = opt.total_batch_size
@@ -291,9 +325,10 @@ def train(hyp: dict, opt: argparse.Namespace, device: torch.device) -> tuple:
         if not opt.resume:
             if plots and len(labels_all):
                 safe_plot(plot_labels, labels_all, names, save_dir)
-            if not opt.noautoanchor:
-                from utils.autoanchor import check_anchors
-                check_anchors(dataset, model=model, thr=hyp["anchor_t"], imgsz=imgsz)
+            if not opt.noautoanchor and check_anchors(dataset, model=model, thr=hyp["anchor_t"], imgsz=imgsz):
+                det = model.model[-1]  # new anchors: also into the yaml saved as the checkpoint's 'cfg'
+                model.yaml["anchors"] = [[round(float(v), 2) for v in level.flatten()]
+                                         for level in det.anchor_grid.detach().cpu().view(det.nl, -1, 2)]
 
     # EMA of the weights (rank 0 only), made after AutoAnchor so it starts with the final anchors
     ema = ModelEMA(model) if main else None
@@ -332,8 +367,8 @@ def train(hyp: dict, opt: argparse.Namespace, device: torch.device) -> tuple:
         scheduler.last_epoch = start_epoch
     scaler = torch.amp.GradScaler("cuda", enabled=cuda)
     use_ota = bool(hyp.get("loss_ota", 1))
-    compute_loss_ota = ComputeLossOTA(m) if use_ota else None
-    compute_loss = ComputeLoss(m)
+    compute_loss_ota = utils.loss.ComputeLossOTA(m) if use_ota else None
+    compute_loss = utils.loss.ComputeLoss(m)
     csv_log = ResultsCSV(save_dir / "results.csv") if main else None
     tb = TBLogger(save_dir) if main else None
     if main:
@@ -344,6 +379,7 @@ def train(hyp: dict, opt: argparse.Namespace, device: torch.device) -> tuple:
                     f"Using {opt.workers} dataloader workers\nLogging results to {colorstr('bold', save_dir)}\n"
                     f"Starting training for {epochs} epochs...")
     nonfinite = torch.zeros(1, device=device)
+    bn_batches = deque(maxlen=opt.precise_bn) if (main and opt.precise_bn > 0) else None
 
     for epoch in range(start_epoch, epochs):
         model.train()
@@ -358,9 +394,11 @@ def train(hyp: dict, opt: argparse.Namespace, device: torch.device) -> tuple:
         optimizer.zero_grad()
         for i, (imgs, targets, paths, _) in pbar:
             ni = i + nb * epoch  # iterations since the start of training
+            if bn_batches is not None:
+                bn_batches.append(imgs)  # uint8 CPU batch, kept for precise BN (last few of the epoch)
             imgs = imgs.to(device, non_blocking=True).float() / 255.0
 
-            if ni <= nw:  # warmup: accumulate, lr and momentum ramp up; bias lr ramps down from warmup_bias_lr
+            if nw and ni <= nw:  # warmup: accumulate, lr and momentum ramp up; bias lr ramps down from warmup_bias_lr
                 xi = [0, nw]
                 accumulate = max(1, int(np.interp(ni, xi, [1, nbs / total_batch_size]).round()))
                 for j, g in enumerate(optimizer.param_groups):
@@ -396,9 +434,7 @@ def train(hyp: dict, opt: argparse.Namespace, device: torch.device) -> tuple:
 
             scaler.scale(loss).backward()
             if ni - last_opt_step >= accumulate:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
-                scaler.step(optimizer)
+                scaler.step(optimizer)  # no gradient clipping, as YOLOv7 (norms of ~1e3 are normal here)
                 scaler.update()
                 optimizer.zero_grad()
                 if ema is not None:
@@ -418,6 +454,9 @@ def train(hyp: dict, opt: argparse.Namespace, device: torch.device) -> tuple:
 
         if main:
             ema.update_attr(model, include=["yaml", "nc", "hyp", "gr", "names", "stride", "class_weights"])
+            if bn_batches:  # recompute the EMA model's BatchNorm statistics (validated and saved as such)
+                update_bn_stats(ema.ema, bn_batches, device)
+                bn_batches.clear()
             final_epoch = epoch + 1 == epochs
             if not opt.notest or final_epoch:
                 results, maps, _ = run_test(
@@ -501,6 +540,9 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--save_period", type=int, default=-1, help="also save a checkpoint every N epochs (-1: off)")
     p.add_argument("--freeze", nargs="+", type=int, default=[0], help="freeze layers: first N (one value) or a list of indices")
     p.add_argument("--seed", type=int, default=0, help="random seed (rank r uses seed + 1 + r)")
+    p.add_argument("--precise-bn", type=int, default=8,
+                   help="recompute the EMA model's BatchNorm statistics on the last N training batches of each "
+                        "epoch before validating/saving (0: off, keep the running averages)")
     return p.parse_args(argv)
 
 
@@ -543,7 +585,6 @@ def main(argv: list[str] | None = None) -> int:
         opt.img_size = opt.img_size[:2]
         opt.save_dir = None  # decided by rank 0 below
 
-    from utils.torch_utils import select_device
     opt.total_batch_size = opt.batch_size
     device = select_device(opt.device, batch_size=opt.batch_size)
     if LOCAL_RANK != -1:
