@@ -60,8 +60,12 @@ def median_latency_ms(fn: Callable[[], object], warmup: int, runs: int) -> float
 
 
 def torch_rows(args: argparse.Namespace) -> list[Row]:
-    """PyTorch eager rows: each cfg unfused and fused at each image size."""
-    rows = []
+    """PyTorch eager rows: each cfg unfused and fused at each image size.
+
+    The timed runs are interleaved round-robin over all rows, so a change in background load
+    during the benchmark affects every row alike and the ratios stay meaningful.
+    """
+    items = []  # (row fields, callable)
     for cfg in args.cfg:
         torch.manual_seed(0)
         unfused = Model(cfg).eval()
@@ -81,9 +85,18 @@ def torch_rows(args: argparse.Namespace) -> list[Row]:
                     with torch.inference_mode():
                         return m(x)
 
-                ms = median_latency_ms(run, args.warmup, args.runs)
-                rows.append(Row(name, variant, img, params, gflops, ms, args.runs))
-                print(f"  measured {name} {variant} {img}: {ms:.1f} ms", file=sys.stderr, flush=True)
+                items.append(((name, variant, img, params, gflops), run))
+    for _, run in items:
+        for _ in range(args.warmup):
+            run()
+    times = [[] for _ in items]
+    for _ in range(args.runs):
+        for t, (_, run) in zip(times, items):
+            t.append(median_latency_ms(run, 0, 1))
+    rows = []
+    for (fields, _), t in zip(items, times):
+        rows.append(Row(*fields, statistics.median(t), args.runs))
+        print(f"  measured {fields[0]} {fields[1]} {fields[2]}: {rows[-1].median_ms:.1f} ms", file=sys.stderr)
     return rows
 
 
