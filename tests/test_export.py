@@ -141,6 +141,7 @@ def test_onnx_static_and_dynamic_agree_with_pytorch(ckpt_tight, fused_tight):
         assert rel(ref, out) < 1e-4, shape
 
 
+@pytest.mark.slow
 def test_onnx_raw_outputs_without_grid(ckpt_tight, fused_tight):
     ckpt, fused_model = ckpt_tight, fused_tight
     res = export.run(ckpt, img_size=[H, W], include=["onnx"], grid=False)
