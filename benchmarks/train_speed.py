@@ -224,8 +224,7 @@ def main() -> None:
                 print(r.stderr[-3000:], file=sys.stderr)
                 raise SystemExit(f"row {cfg} @ {imgsz} failed (exit {r.returncode})")
             rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
-            print(f"  {rows[-1]['img_s']:.2f} img/s, peak {rows[-1]['peak_rss_gb']:.2f} GB",
-                  file=sys.stderr, flush=True)
+            print(f"  {json.dumps(rows[-1])}", file=sys.stderr, flush=True)  # kept if a later row dies
 
     print(f"\nTraining loop, batch {args.batch_size}, {args.loss.upper()} loss, coco128 train (mosaic), "
           f"median of {args.steps} steps after {args.warmup} warm-up, {rows[0]['threads']} torch threads, "
