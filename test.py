@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from utils.general import (LOGGER, check_img_size, clip_coords, coco80_to_coco91_class, colorstr, increment_path,
+from utils.general import (LOGGER, check_img_size, coco80_to_coco91_class, colorstr, increment_path,
                            non_max_suppression, scale_coords, set_logging, xywh2xyxy, xyxy2ltwh, xyxy2xywh)
 from utils.metrics import IOU_THRESHOLDS, ConfusionMatrix, ap_per_class, match_detections
 from utils.plots import output_to_target, plot_images, safe_plot
@@ -250,10 +250,10 @@ def test(data: Union[str, Path, dict], weights=None, batch_size: int = 32, imgsz
                 pred[:, 5] = 0
             shape0, ratio_pad = _shapes(shapes[si], img.shape[2:])
             predn = pred.float().clone()
-            to_original(img.shape[2:], predn[:, :4], shape0, ratio_pad)  # original-image pixels
+            scale_coords(img.shape[2:], predn[:, :4], shape0, ratio_pad)  # original-image pixels
             if nl:
                 tbox = xywh2xyxy(labels[:, 1:5].float())
-                to_original(img.shape[2:], tbox, shape0, ratio_pad)
+                scale_coords(img.shape[2:], tbox, shape0, ratio_pad)
                 labelsn = torch.cat((labels[:, 0:1].float(), tbox), 1)
             else:
                 labelsn = torch.zeros((0, 5), device=device)
@@ -390,21 +390,6 @@ def _sync(device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.time()
-
-
-def to_original(img1_shape, boxes: torch.Tensor, img0_shape, ratio_pad=None) -> torch.Tensor:
-    """Letterboxed-input xyxy pixels -> original-image pixels, in place, clipped.
-
-    Uses the dataloader's separate height and width ratios: the resized image is rounded to
-    whole pixels, so the two differ slightly and one gain for both axes (``scale_coords``)
-    would shift boxes by up to a pixel, enough to change matches at IoU 0.95.
-    """
-    if ratio_pad is None:
-        return scale_coords(img1_shape, boxes, img0_shape)
-    (rh, rw), (padw, padh) = ratio_pad
-    boxes[:, [0, 2]] = (boxes[:, [0, 2]] - padw) / rw
-    boxes[:, [1, 3]] = (boxes[:, [1, 3]] - padh) / rh
-    return clip_coords(boxes, img0_shape)
 
 
 def _shapes(shape_info, img_hw) -> tuple:

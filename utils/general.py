@@ -9,7 +9,6 @@ from __future__ import annotations
 import glob
 import logging
 import math
-import os
 import random
 import re
 import time
@@ -183,17 +182,18 @@ def scale_coords(img1_shape: Sequence[int], coords: Array, img0_shape: Sequence[
     """Map xyxy boxes from a letterboxed image (img1_shape h, w) back to the original (img0_shape).
 
     ``ratio_pad`` = ((ratio_h, ratio_w), (pad_w, pad_h)) as returned by the dataset; when
-    None it is recomputed as the letterbox would.
+    None it is recomputed as the letterbox would. The two ratios are applied per axis: the
+    resized image is rounded to whole pixels, so they differ slightly, and one gain for both
+    axes (YOLOv7) shifts boxes by up to a pixel, enough to change matches at IoU 0.95.
     """
     if ratio_pad is None:
         gain = min(img1_shape[0] / img0_shape[0], img1_shape[1] / img0_shape[1])
-        pad = ((img1_shape[1] - img0_shape[1] * gain) / 2, (img1_shape[0] - img0_shape[0] * gain) / 2)
+        (rh, rw), pad = (gain, gain), ((img1_shape[1] - img0_shape[1] * gain) / 2,
+                                       (img1_shape[0] - img0_shape[0] * gain) / 2)
     else:
-        gain = ratio_pad[0][0]
-        pad = ratio_pad[1]
-    coords[..., [0, 2]] -= pad[0]
-    coords[..., [1, 3]] -= pad[1]
-    coords[..., :4] /= gain
+        (rh, rw), pad = ratio_pad[0], ratio_pad[1]
+    coords[..., [0, 2]] = (coords[..., [0, 2]] - pad[0]) / rw
+    coords[..., [1, 3]] = (coords[..., [1, 3]] - pad[1]) / rh
     clip_coords(coords, img0_shape)
     return coords
 
