@@ -60,8 +60,12 @@ WARMUP_MAX_FRACTION = 1 / 3  # ... but never more than this fraction of the whol
 
 
 # --------------------------------------------------------------------------- helpers
-def load_hyp(hyp: str | Path | dict) -> dict:
-    """Hyperparameters from a yaml (safe loader) or a dict."""
+def load_hyp(hyp: str | Path | dict, _depth: int = 0) -> dict:
+    """Hyperparameters from a yaml (safe loader) or a dict.
+
+    A yaml may name ``base: other.yaml`` (relative to its own folder): the base is loaded first
+    and this file's keys override it, so a tuned file lists only what it changes.
+    """
     if isinstance(hyp, dict):
         return dict(hyp)
     path = Path(hyp)
@@ -71,10 +75,18 @@ def load_hyp(hyp: str | Path | dict) -> dict:
         d = yaml.safe_load(f)
     if not isinstance(d, dict):
         raise ValueError(f"--hyp {hyp}: expected a mapping of hyperparameters")
-    for k in ("lr0", "lrf", "momentum", "weight_decay", "warmup_epochs", "warmup_momentum", "warmup_bias_lr",
-              "box", "cls", "obj", "anchor_t"):
-        if k not in d:
-            raise ValueError(f"--hyp {hyp}: missing hyperparameter '{k}'")
+    if d.get("base"):
+        if _depth > 4:
+            raise ValueError(f"--hyp {hyp}: 'base' chain too deep (a cycle?)")
+        d = {**load_hyp(path.parent / str(d.pop("base")), _depth + 1), **d}
+    if _depth == 0:
+        for k in ("lr0", "lrf", "momentum", "weight_decay", "warmup_epochs", "warmup_momentum", "warmup_bias_lr",
+                  "box", "cls", "obj", "anchor_t"):
+            if k not in d:
+                raise ValueError(f"--hyp {hyp}: missing hyperparameter '{k}'")
+        opt_name = str(d.get("optimizer", "SGD"))
+        if opt_name.lower() not in ("sgd", "adam"):
+            raise ValueError(f"--hyp {hyp}: optimizer must be SGD or Adam, got {opt_name!r}")
     return d
 
 
@@ -212,6 +224,13 @@ def update_bn_stats(model: nn.Module, batches: Iterable[torch.Tensor], device: t
     return len(batches)
 
 
+def _repo_default(path: str) -> str:
+    """A relative path that does not exist from the working directory but does in the repository."""
+    if path and not Path(path).exists() and (ROOT / path).exists():
+        return str(ROOT / path)
+    return path
+
+
 def _plain_optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
     """``optimizer.state_dict()`` with python numbers in its param groups (weights_only-loadable)."""
     sd = optimizer.state_dict()
@@ -282,7 +301,7 @@ def train(hyp: dict, opt: argparse.Namespace, device: torch.device) -> tuple:
     hyp["weight_decay"] *= total_batch_size * accumulate / nbs
     LOGGER.info(f"Scaled weight_decay = {hyp['weight_decay']:.6g} (accumulate {accumulate} batches of "
                 f"{total_batch_size} per step, nominal batch {nbs})")
-    optimizer = build_optimizer(model, hyp, opt.adam)
+    optimizer = build_optimizer(model, hyp, opt.adam or str(hyp.get("optimizer", "SGD")).lower() == "adam")
     lf = lr_lambda(epochs, hyp["lrf"], opt.linear_lr)
     scheduler = lr_scheduler.LambdaLR(optimizer, lr_lambda=lf)
 
@@ -516,7 +535,9 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weights", type=str, default="", help="initial weights (.pt checkpoint of this project); '' = from scratch")
     p.add_argument("--cfg", type=str, default="cfg/training/yolov7-tiny-ms0.yaml", help="model.yaml path")
     p.add_argument("--data", type=str, default="data/shapes.yaml", help="data.yaml path (default: built-in shapes)")
-    p.add_argument("--hyp", type=str, default="data/hyp.scratch.tiny.yaml", help="hyperparameters path")
+    p.add_argument("--hyp", type=str, default="",
+                   help="hyperparameters path (default: data/hyp.shapes.yaml for the built-in shapes dataset, "
+                        "else data/hyp.scratch.tiny.yaml)")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=16, help="total batch size for all ranks")
     p.add_argument("--img-size", nargs="+", type=int, default=[256, 256], help="[train, test] image sizes")
@@ -579,7 +600,13 @@ def main(argv: list[str] | None = None) -> int:
         if RANK in (-1, 0):
             print(f"Resuming training from {ckpt_path}")
     else:
-        hyp = load_hyp(opt.hyp)
+        opt.cfg, opt.data = _repo_default(opt.cfg), _repo_default(opt.data)
+        if not opt.hyp:
+            builtin = Path(opt.data).resolve() == (ROOT / "data" / "shapes.yaml").resolve()
+            opt.hyp = str(ROOT / "data" / ("hyp.shapes.yaml" if builtin else "hyp.scratch.tiny.yaml"))
+            if RANK in (-1, 0):
+                print(f"Using hyperparameters {opt.hyp}" + (" (tuned for the built-in shapes dataset)" if builtin else ""))
+        hyp = load_hyp(_repo_default(opt.hyp))
         if len(opt.img_size) == 1:
             opt.img_size = opt.img_size * 2
         opt.img_size = opt.img_size[:2]
