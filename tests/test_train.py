@@ -101,6 +101,22 @@ def test_warmup_is_capped_for_short_runs():
     assert warmup_iterations(0, nb=25, epochs=30) == 0            # warmup_epochs: 0 disables warmup
 
 
+def test_hyp_base_inheritance_and_default_hyp(tmp_path):
+    from train import load_hyp
+    h = load_hyp(ROOT / "data" / "hyp.shapes.yaml")
+    base = yaml.safe_load(HYP.read_text())
+    assert "base" not in h and h["optimizer"] == "Adam" and h["nbs"] == 16
+    assert all(h[k] == v for k, v in base.items() if k not in ("optimizer", "lr0", "nbs"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"base": str(HYP), "optimizer": "RMSprop"}))
+    with pytest.raises(ValueError, match="optimizer"):
+        load_hyp(bad)
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("base: loop.yaml\n")
+    with pytest.raises(ValueError, match="too deep"):
+        load_hyp(loop)
+
+
 def test_optimizer_groups_and_lr_schedule():
     from models.yolo import Model
     from train import build_optimizer, lr_lambda
