@@ -375,8 +375,11 @@ class Model(nn.Module):
         initialize_weights(self)
 
     @torch.no_grad()
-    def _compute_strides(self, det: Detect, ch: int, s: int = 256) -> None:
-        """Strides from a probe forward in eval mode (BatchNorm statistics stay untouched)."""
+    def _compute_strides(self, det: Detect, ch: int, s: int = 128) -> None:
+        """Strides from a small probe forward in eval mode (BatchNorm statistics stay untouched).
+
+        ``s`` only needs to be a multiple of the largest stride; 128 keeps model building cheap.
+        """
         was_training = self.training
         det.stride = torch.ones(det.nl)  # placeholder for the probe's decoding
         self.eval()
