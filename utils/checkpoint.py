@@ -36,6 +36,9 @@ def save_checkpoint(ckpt: dict[str, Any], path: Union[str, Path]) -> Path:
             torch.save(ckpt, f)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual file permissions
         os.replace(tmp, path)
         try:  # make the rename itself durable
             dfd = os.open(path.parent, os.O_RDONLY)
