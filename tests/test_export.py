@@ -1,7 +1,6 @@
 """export.py: fused checkpoint round trip, TorchScript, ONNX (static, dynamic, raw, end2end) vs PyTorch."""
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
@@ -14,7 +13,6 @@ from deploy_utils import NAMES, make_checkpoint, make_image
 
 import export
 from models.experimental import attempt_load
-from utils.checkpoint import load_checkpoint
 from utils.general import non_max_suppression
 
 H, W = 128, 160

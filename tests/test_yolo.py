@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from models.common import ImplicitA, ImplicitM, MobileOneBlock, RepConv
+from models.common import ImplicitA, ImplicitM
 from models.yolo import Detect, IDetect, Model, ModelConfigError, load_model_yaml, parse_arg
 from utils.general import LOGGER
 

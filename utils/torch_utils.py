@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import os
 import time
 from contextlib import contextmanager
 from copy import deepcopy
