@@ -243,6 +243,17 @@ def plot_results(csv_file: PathLike | None = None, save_dir: PathLike | None = N
 
 
 # --------------------------------------------------------------------------- metric curves
+def _save_unit_curve(fig, ax, xlabel: str, ylabel: str, save_path: PathLike) -> Path:
+    """Label a curve plot on the unit square, put the legend outside, save it."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(bbox_to_anchor=(1.04, 1), loc="upper left")
+    Path(save_path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(save_path, dpi=250)
+    return Path(save_path)
+
 def plot_pr_curve(px: np.ndarray, py: np.ndarray, ap: np.ndarray, save_path: PathLike = "PR_curve.png",
                   names=()) -> Path:
     """Precision-recall curves (IoU 0.5) per class and their mean; ``py`` (1000, nc), ``ap`` (nc, T)."""
@@ -256,14 +267,7 @@ def plot_pr_curve(px: np.ndarray, py: np.ndarray, ap: np.ndarray, save_path: Pat
     else:
         ax.plot(px, py, linewidth=1, color="grey")
     ax.plot(px, py.mean(1), linewidth=3, color="blue", label=f"all classes {ap[:, 0].mean():.3f} mAP@0.5")
-    ax.set_xlabel("Recall")
-    ax.set_ylabel("Precision")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.legend(bbox_to_anchor=(1.04, 1), loc="upper left")
-    Path(save_path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(save_path, dpi=250)
-    return Path(save_path)
+    return _save_unit_curve(fig, ax, "Recall", "Precision", save_path)
 
 
 def plot_mc_curve(px: np.ndarray, py: np.ndarray, save_path: PathLike = "mc_curve.png", names=(),
@@ -280,14 +284,7 @@ def plot_mc_curve(px: np.ndarray, py: np.ndarray, save_path: PathLike = "mc_curv
         ax.plot(px, py.T, linewidth=1, color="grey")
     y = py.mean(0)
     ax.plot(px, y, linewidth=3, color="blue", label=f"all classes {y.max():.2f} at {px[y.argmax()]:.3f}")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.legend(bbox_to_anchor=(1.04, 1), loc="upper left")
-    Path(save_path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(save_path, dpi=250)
-    return Path(save_path)
+    return _save_unit_curve(fig, ax, xlabel, ylabel, save_path)
 
 
 def plot_confusion_matrix(matrix: np.ndarray, save_path: PathLike = "confusion_matrix.png", names=(),
