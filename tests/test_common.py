@@ -10,32 +10,13 @@ import torch.nn as nn
 from models.common import (MP, SP, SPPCSPC, Concat, Conv, ImplicitA, ImplicitM, MobileOne, MobileOneBlock, RepConv,
                            SEBlock, autopad, reparameterize_model)
 
-TRAIN_BRANCHES = ("rbr_conv", "rbr_scale", "rbr_skip", "rbr_dense", "rbr_1x1", "rbr_identity")
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """max|a - b| / max|a| over the whole output."""
-    return float((a - b).abs().max() / a.abs().max())
+from model_checks import TRAIN_BRANCHES, randomize_weights, rel_err
 
 
 def randomize(module: nn.Module, seed: int = 0) -> nn.Module:
     """Random BN statistics / affine parameters and random conv biases, so folding is really tested."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                c = m.num_features
-                m.running_mean.copy_(torch.randn(c, generator=g) * 0.5)
-                m.running_var.copy_(torch.rand(c, generator=g) * 1.5 + 0.25)
-                m.weight.copy_(torch.rand(c, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(c, generator=g) * 0.5)
-            elif isinstance(m, nn.Conv2d):
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) / (m.weight[0].numel() ** 0.5))
-                if m.bias is not None:
-                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-            elif isinstance(m, (ImplicitA, ImplicitM)):
-                m.implicit.add_(torch.randn(m.implicit.shape, generator=g) * 0.1)
-    return module
+    return randomize_weights(module, seed, mean_std=0.5, var=(0.25, 1.5), gamma=(0.5, 1.0), beta_std=0.5,
+                             implicit_std=0.1, conv_bias_std=0.1)
 
 
 # (in, out, kernel, stride, groups, use_se, branches)

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from model_checks import rel_err
 from models.experimental import attempt_load, fused_checkpoint
 from models.yolo import Model
 from utils.checkpoint import CheckpointError, save_checkpoint
@@ -49,10 +50,6 @@ def _train_ckpt(model: Model, ema_model: Model | None = None) -> dict:
 def _pred(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return model.eval()(x)[0]
-
-
-def rel_err(a, b):
-    return float((a - b).abs().max() / a.abs().max())
 
 
 X = torch.rand(1, 3, 64, 96)

@@ -14,12 +14,8 @@ from models.common import ImplicitA, ImplicitM
 from models.yolo import Detect, IDetect, Model, ModelConfigError, load_model_yaml, parse_arg
 from utils.general import LOGGER
 
-TRAIN_BRANCHES = ("rbr_conv", "rbr_scale", "rbr_skip", "rbr_dense", "rbr_1x1", "rbr_identity")
+from model_checks import TRAIN_BRANCHES, randomize_weights, rel_err
 CFGS = ["yolov7-tiny-ms0.yaml", "yolov7-tiny.yaml", "yolov7.yaml"]
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max() / a.abs().max())
 
 
 @pytest.fixture(scope="module")
@@ -33,19 +29,8 @@ def condition(model: Model, seed: int = 0) -> Model:
     """Random, well-conditioned weights like the reference fixtures': conv weights N(0, 1/fan_in),
     BatchNorm mean N(0, 0.2^2), var U(0.5, 1.5), gamma U(0.1, 0.5), beta N(0, 0.05^2), random implicits.
     Returns the model in eval mode."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                c = m.num_features
-                m.running_mean.copy_(torch.randn(c, generator=g) * 0.2)
-                m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(c, generator=g) * 0.4 + 0.1)
-                m.bias.copy_(torch.randn(c, generator=g) * 0.05)
-            elif isinstance(m, nn.Conv2d):
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) / m.weight[0].numel() ** 0.5)
-            elif isinstance(m, (ImplicitA, ImplicitM)):
-                m.implicit.add_(torch.randn(m.implicit.shape, generator=g) * 0.02)
+    randomize_weights(model, seed, mean_std=0.2, var=(0.5, 1.0), gamma=(0.1, 0.4), beta_std=0.05,
+                      implicit_std=0.02)
     return model.eval()
 
 

@@ -1,0 +1,40 @@
+"""Helpers shared by the model tests: the agreement measure and random, well-conditioned weights."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from models.common import ImplicitA, ImplicitM
+
+# Train-time branch names of MobileOneBlock / RepConv that must be gone after fusing.
+TRAIN_BRANCHES = ("rbr_conv", "rbr_scale", "rbr_skip", "rbr_dense", "rbr_1x1", "rbr_identity")
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max|a - b| / max|a| over the whole output (``a`` is the reference)."""
+    return float((a - b).abs().max() / a.abs().max())
+
+
+@torch.no_grad()
+def randomize_weights(module: nn.Module, seed: int = 0, *, mean_std: float, var: tuple[float, float],
+                      gamma: tuple[float, float], beta_std: float, implicit_std: float,
+                      conv_bias_std: Optional[float] = None) -> nn.Module:
+    """Seeded random BN statistics/affine (var ~ U(var[0], var[0] + var[1]), gamma likewise), conv
+    weights N(0, 1/fan_in), optional conv biases and implicit offsets, so that folding is really tested."""
+    g = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            c = m.num_features
+            m.running_mean.copy_(torch.randn(c, generator=g) * mean_std)
+            m.running_var.copy_(torch.rand(c, generator=g) * var[1] + var[0])
+            m.weight.copy_(torch.rand(c, generator=g) * gamma[1] + gamma[0])
+            m.bias.copy_(torch.randn(c, generator=g) * beta_std)
+        elif isinstance(m, nn.Conv2d):
+            m.weight.copy_(torch.randn(m.weight.shape, generator=g) / (m.weight[0].numel() ** 0.5))
+            if conv_bias_std is not None and m.bias is not None:
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * conv_bias_std)
+        elif isinstance(m, (ImplicitA, ImplicitM)):
+            m.implicit.add_(torch.randn(m.implicit.shape, generator=g) * implicit_std)
+    return module
