@@ -130,6 +130,20 @@ def _resolve_image(img_dir: Path, file_name: str, stem_hint: str | None = None) 
     return None
 
 
+def _add_box(im, seen: set, cls: int, name: str, corners: tuple, w: float, h: float, where: str,
+             issues: list) -> None:
+    """Clip pixel corners to the image and add the box to ``im`` unless degenerate or a duplicate (reported)."""
+    box = _clip_box(*corners, w, h, where, issues)
+    if box is None:
+        return
+    row = (cls, *box)
+    if row in seen:
+        issues.append(Issue(where, f"duplicate box for '{name}' {box}"))
+        return
+    seen.add(row)
+    im.boxes.append(list(row))
+
+
 def _clip_box(x1: float, y1: float, x2: float, y2: float, w: int, h: int, where: str,
               issues: list[Issue]) -> list[float] | None:
     """Clip a pixel box to the image; None (and an issue) when it is not a positive-area box."""
@@ -328,15 +342,7 @@ def convert_voc(xml_dir: Path | str, img_dir: Path | str, out: Path | str, names
             except (TypeError, ValueError, AttributeError):
                 issues.append(Issue(where, f"malformed bndbox for '{name}'"))
                 continue
-            box = _clip_box(x1 - 1, y1 - 1, x2 - 1, y2 - 1, w, h, where, issues)
-            if box is None:
-                continue
-            row = (index[name], *box)
-            if row in seen:
-                issues.append(Issue(where, f"duplicate box for '{name}' {box}"))
-                continue
-            seen.add(row)
-            im.boxes.append(list(row))
+            _add_box(im, seen, index[name], name, (x1 - 1, y1 - 1, x2 - 1, y2 - 1), w, h, where, issues)
         images.append(im)
     if not images:
         raise RuntimeError(f"no usable image found for the xml files in {xml_dir} (first issues: "
@@ -416,15 +422,7 @@ def convert_coco(json_path: Path | str, img_dir: Path | str, out: Path | str, va
             except (TypeError, ValueError):
                 issues.append(Issue(where, f"malformed bbox {bb!r}"))
                 continue
-            box = _clip_box(x, y, x + bw, y + bh, w, h, where, issues)
-            if box is None:
-                continue
-            row = (cat_index[cid], *box)
-            if row in seen:
-                issues.append(Issue(where, f"duplicate box for '{names[cat_index[cid]]}' {box}"))
-                continue
-            seen.add(row)
-            im.boxes.append(list(row))
+            _add_box(im, seen, cat_index[cid], names[cat_index[cid]], (x, y, x + bw, y + bh), w, h, where, issues)
         images.append(im)
     for iid, anns in anns_by_img.items():
         if iid not in img_ids:
