@@ -544,7 +544,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hyp", type=str, default="",
                    help="hyperparameters path (default: data/hyp.shapes.yaml for the built-in shapes dataset, "
                         "else data/hyp.scratch.tiny.yaml)")
-    p.add_argument("--epochs", type=int, default=35, help="default tuned for the built-in shapes dataset")
+    p.add_argument("--epochs", type=int, default=30, help="default tuned for the built-in shapes dataset")
     p.add_argument("--batch-size", type=int, default=16, help="total batch size for all ranks")
     p.add_argument("--img-size", nargs="+", type=int, default=[128, 128],
                    help="[train, test] image sizes (default tuned for the built-in shapes dataset; YOLOv7: 640)")

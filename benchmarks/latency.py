@@ -10,6 +10,10 @@ convolutions / matmuls only) of the model as run.
 ONNX Runtime rows (``--ort-cfg``, default yolov7-tiny-ms0; ``--no-ort`` skips them): the fused model
 exported as export.py does, verified against PyTorch, run with ``intra_op_num_threads = --threads``.
 
+Run it on a quiet machine with ``OMP_WAIT_POLICY`` unset: under CPU contention PyTorch's
+busy-waiting OpenMP threads inflate the PyTorch rows, and ``OMP_WAIT_POLICY=PASSIVE`` (which train.py
+sets) adds wake-up latency to every op at batch 1.
+
 Rows come from the producer functions in :data:`ROW_PRODUCERS`; another backend (e.g. ONNX Runtime)
 adds rows by appending a function ``producer(args) -> list[Row]`` (use :func:`median_latency_ms` for
 the timing so every row is measured the same way).

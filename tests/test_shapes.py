@@ -71,6 +71,20 @@ def test_boxes_tight_around_drawn_pixels():
     assert n >= 60
 
 
+def test_object_count_and_size_fit_the_main_job():
+    """1-3 objects per image, each box's long side 22-45 % of the image's short side (+-2 px raster)."""
+    lo, hi = shapes._OBJ_SIZE
+    counts = []
+    for i in range(40):
+        s = render_sample(0, "train", i)
+        h, w = s.img.shape[:2]
+        assert 128 <= min(h, w) and max(h, w) <= 192
+        counts.append(len(s.classes))
+        side = (s.boxes[:, 2:] - s.boxes[:, :2]).max(1)
+        assert np.all(side >= lo * min(h, w) - 2) and np.all(side <= hi * min(h, w) + 2), (i, side, h, w)
+    assert min(counts) >= 1 and max(counts) <= shapes._MAX_OBJECTS and len(set(counts)) > 1
+
+
 def test_shapes_stand_out_from_background():
     """Pixels of a shape differ in colour from the ring of background just outside its box."""
     for i in range(10):

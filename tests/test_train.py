@@ -105,8 +105,10 @@ def test_hyp_base_inheritance_and_default_hyp(tmp_path):
     from train import load_hyp
     h = load_hyp(ROOT / "data" / "hyp.shapes.yaml")
     base = yaml.safe_load(HYP.read_text())
-    assert "base" not in h and h["optimizer"] == "Adam" and h["nbs"] == 16
-    assert all(h[k] == v for k, v in base.items() if k not in ("optimizer", "lr0", "nbs"))
+    own = yaml.safe_load((ROOT / "data" / "hyp.shapes.yaml").read_text())
+    assert "base" not in h and h["optimizer"] == "Adam" and h["nbs"] == 16 and h["loss_ota"] == 0
+    assert all(h[k] == v for k, v in own.items() if k != "base")
+    assert all(h[k] == v for k, v in base.items() if k not in own)
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"base": str(HYP), "optimizer": "RMSprop"}))
     with pytest.raises(ValueError, match="optimizer"):
