@@ -9,7 +9,7 @@ Each (model, image size) row runs in a fresh subprocess so its peak resident mem
 ``create_dataloader`` (mosaic + augmentation, hyp.scratch.tiny, in-process: workers=0) and
 only then times the loop, so data loading is not counted; what is timed is exactly what
 train.py does per batch: ``imgs / 255``, forward, OTA (or plain) loss, backward,
-gradient clipping, SGD step, zero_grad. Images/s = batch size / median step time over the
+SGD step, zero_grad (no gradient clipping, as train.py). Images/s = batch size / median step time over the
 timed steps (the first ``warmup`` steps are not timed). Peak RSS covers the whole row
 process (model, optimizer state, batches, autograd) up to the end of the timed loop.
 With the OTA loss, each row then times the assignment alone on the last batch's
@@ -170,7 +170,6 @@ def run_row(args: argparse.Namespace) -> dict:
             loss, _ = loss_fn(pred, targets)
         t2 = time.perf_counter()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
         optimizer.step()
         optimizer.zero_grad()
         t3 = time.perf_counter()
