@@ -15,7 +15,7 @@ if str(ROOT) not in sys.path:
 def shared_path() -> Path | None:
     """The reference folder (``$MOY_SHARED`` or ``../shared``), or None when absent."""
     env = os.environ.get("MOY_SHARED")
-    p = Path(env) if env else ROOT.parent / "shared"
+    p = Path(env).resolve() if env else ROOT.parent / "shared"  # absolute: tests may chdir
     return p if p.is_dir() else None
 
 

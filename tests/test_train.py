@@ -265,6 +265,9 @@ def test_ddp_two_cpu_processes(tmp_path):
 def test_overfit_few_images(tmp_path):
     """8 images, no augmentation, 200 Adam steps on the batch of all 8: the saved model finds them (mAP@.5 >= 0.5).
 
+    Same loss and optimizer settings as the main job (data/hyp.shapes.yaml: plain assignment, Adam 3e-3,
+    no bias warmup); with OTA and Adam 1e-3 the result swung between 0.36 and 0.71 from run to run.
+
     The check evaluates best.pt (through attempt_load and test.test, as a user would) on the training
     images laid out exactly as in training (square letterbox): a network that memorised 8 images does
     not transfer to the shifted rectangular val layout, which would test generalisation, not fitting.
@@ -274,7 +277,7 @@ def test_overfit_few_images(tmp_path):
     from utils.dataset_config import check_dataset
     from utils.datasets import create_dataloader
     data = make_dataset(tmp_path, n_train=8, n_val=1, size=(128, 160), same_val=True)
-    hyp = make_hyp(tmp_path, lr0=0.001, mosaic=0.0, mixup=0.0, scale=0.0, translate=0.0, fliplr=0.0, hsv_h=0.0,
+    hyp = make_hyp(tmp_path, lr0=0.003, warmup_bias_lr=0.0, loss_ota=0, mosaic=0.0, mixup=0.0, scale=0.0, translate=0.0, fliplr=0.0, hsv_h=0.0,
                    hsv_s=0.0, hsv_v=0.0, nbs=8, warmup_epochs=0)
     r = run_cli(base_args(tmp_path, data, "--hyp", str(hyp), "--adam", "--notest", "--nosave", "--noautoanchor",
                           epochs=200, img=128, batch=8), timeout=1500)
