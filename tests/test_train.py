@@ -277,8 +277,8 @@ def test_overfit_few_images(tmp_path):
     from utils.dataset_config import check_dataset
     from utils.datasets import create_dataloader
     data = make_dataset(tmp_path, n_train=8, n_val=1, size=(128, 160), same_val=True)
-    hyp = make_hyp(tmp_path, lr0=0.003, warmup_bias_lr=0.0, loss_ota=0, mosaic=0.0, mixup=0.0, scale=0.0, translate=0.0, fliplr=0.0, hsv_h=0.0,
-                   hsv_s=0.0, hsv_v=0.0, nbs=8, warmup_epochs=0)
+    hyp = make_hyp(tmp_path, lr0=0.003, warmup_bias_lr=0.0, loss_ota=0, mosaic=0.0, mixup=0.0, scale=0.0,
+                   translate=0.0, fliplr=0.0, hsv_h=0.0, hsv_s=0.0, hsv_v=0.0, nbs=8, warmup_epochs=0)
     r = run_cli(base_args(tmp_path, data, "--hyp", str(hyp), "--adam", "--notest", "--nosave", "--noautoanchor",
                           epochs=200, img=128, batch=8), timeout=1500)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

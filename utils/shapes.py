@@ -4,10 +4,11 @@ Filled circles, rectangles, triangles and stars of varied size and colour, one t
 image, partly overlapping, on smooth colour-gradient backgrounds with sensor noise. Sized so
 that the README's main job (``python train.py``: a MobileOne detector from scratch, 15 minutes
 on 2 CPU cores at 128 px) can learn it: images of 128-192 px, objects 22-45 % of the short
-side, rectangles and triangles within 15 degrees of upright (circles and stars any rotation). Every image is drawn from its own seeded RNG, so
-the same seed gives the same files byte for byte (on one installation: other numpy / OpenCV /
-libjpeg builds may differ in the last bit of a few pixels, but the RNG stream, and so
-the labels, never depend on pixel values). Each shape is a rotated polygon (a circle
+side, rectangles and triangles within 15 degrees of upright (circles and stars any rotation).
+
+Every image is drawn from its own seeded RNG, so the same seed gives the same files byte for
+byte (on one installation: other numpy / OpenCV / libjpeg builds may differ in the last bit of
+a few pixels, but the RNG stream, and so the labels, never depend on pixel values). Each shape is a rotated polygon (a circle
 is a 96-gon) rasterised at 1/16 px precision; its box is the exact pixel extent of that
 raster (within 1 px of the polygon's own extent). A shape is only placed where it leaves
 every earlier shape mostly visible, with its visible pixels still reaching each side of its
