@@ -4,7 +4,8 @@ Filled circles, rectangles, triangles and stars of varied size and colour, one t
 image, partly overlapping, on smooth colour-gradient backgrounds with sensor noise. Sized so
 that the README's main job (``python train.py``: a MobileOne detector from scratch, 15 minutes
 on 2 CPU cores at 128 px) can learn it: images of 128-192 px, objects 22-45 % of the short
-side, rectangles and triangles within 15 degrees of upright (circles and stars any rotation).
+side; rectangles and triangles at most 15 degrees from axis-aligned (triangles point down),
+circles and stars at any rotation.
 
 Every image is drawn from its own seeded RNG, so the same seed gives the same files byte for
 byte (on one installation: other numpy / OpenCV / libjpeg builds may differ in the last bit of
@@ -48,7 +49,7 @@ _MIN_VISIBLE = 0.65            # an occluded shape keeps at least this fraction 
 _BOX_TOL = 2                   # ... and its visible pixels reach each box side within this (px)
 _OBJ_SIZE = (0.22, 0.45)       # object extent as a fraction of the image's short side
 _MAX_OBJECTS = 3               # 1 to this many objects per image
-_UPRIGHT_DEG = 15.0            # rectangles and triangles turn at most this far from upright
+_MAX_TURN_DEG = 15.0           # rectangles and triangles turn at most this far from their base pose
 
 
 @dataclass
@@ -81,7 +82,7 @@ def _unit_polygon(cls: int, rng: np.random.Generator) -> np.ndarray:
         pts = np.stack([r * np.cos(ang), r * np.sin(ang)], 1)
     else:
         raise ValueError(f"unknown shape class {cls}")
-    th = rng.uniform(0, 2 * np.pi) if cls in (0, 3) else np.deg2rad(rng.uniform(-_UPRIGHT_DEG, _UPRIGHT_DEG))
+    th = rng.uniform(0, 2 * np.pi) if cls in (0, 3) else np.deg2rad(rng.uniform(-_MAX_TURN_DEG, _MAX_TURN_DEG))
     rot = np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])
     return pts @ rot.T
 
