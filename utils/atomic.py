@@ -1,0 +1,174 @@
+"""Atomic file and folder writes: an artifact appears at its final path complete, or not at all.
+
+Every file a CLI writes (checkpoints, exports, converted weights, dataset conversions, caches)
+goes through these helpers: the data is written to a temp name beside the target, flushed and
+fsynced, then renamed over the target. A failure (e.g. ``No space left on device``) removes the
+temp file, leaves any previous file untouched and raises :class:`WriteError` naming the path.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Union
+
+PathLike = Union[str, Path]
+TEMP_SUFFIX = ".tmp"
+
+
+class WriteError(OSError):
+    """Writing ``path`` failed; the message names the path and the cause."""
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _usual_mode(path: Path, is_dir: bool = False) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if is_dir else 0o666) & ~umask)  # mkstemp/mkdtemp create 0600/0700
+
+
+def _write_error(path: Path, exc: OSError) -> WriteError:
+    cause = exc.strerror or str(exc) or type(exc).__name__
+    err = WriteError(exc.errno, f"cannot write: {cause}")
+    err.filename = str(path)
+    return err
+
+
+def temp_name(path: Path) -> str:
+    """Prefix of the temp names used for ``path`` (``.NAME.`` in the same folder)."""
+    return f".{path.name}."
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike) -> Iterator[Path]:
+    """Yield a temp path beside ``path`` (same suffix); rename it to ``path`` when the block succeeds.
+
+    For writers that take a file name (``torch.onnx.export``, ``cv2.imwrite``, ...).
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=temp_name(path), suffix=path.suffix + TEMP_SUFFIX, dir=path.parent)
+        os.close(fd)
+    except OSError as e:
+        raise _write_error(path, e) from e
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        if not tmp.is_file():
+            raise WriteError(0, "the writer produced no file", str(path))
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        _usual_mode(tmp)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, WriteError):
+            raise
+        raise _write_error(path, e) from e
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_write(path: PathLike, mode: str = "wb", encoding: str | None = None) -> Iterator[IO]:
+    """``with atomic_write(p, "w") as f: f.write(...)``: ``p`` holds the old or the whole new content."""
+    if "w" not in mode:
+        raise ValueError(f"atomic_write needs a write mode, got {mode!r}")
+    with atomic_path(path) as tmp:
+        try:
+            with open(tmp, mode, encoding=encoding if "b" not in mode else None) as f:
+                yield f
+                f.flush()
+        except OSError as e:
+            raise _write_error(Path(path), e) from e
+
+
+def write_bytes(path: PathLike, data: bytes) -> Path:
+    """Atomically write ``data`` to ``path``."""
+    with atomic_write(path, "wb") as f:
+        f.write(data)
+    return Path(path)
+
+
+def write_text(path: PathLike, text: str) -> Path:
+    """Atomically write ``text`` (UTF-8) to ``path``."""
+    with atomic_write(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    return Path(path)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: PathLike) -> Iterator[Path]:
+    """Yield a temp folder beside ``path``; when the block succeeds it replaces ``path`` whole.
+
+    For exports that are folders (OpenVINO IR, NCNN param/bin). An existing folder is moved
+    aside first and deleted only after the new one is in place.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=temp_name(path), suffix=TEMP_SUFFIX, dir=path.parent))
+    except OSError as e:
+        raise _write_error(path, e) from e
+    old = None
+    try:
+        yield tmp
+        _usual_mode(tmp, is_dir=True)
+        if path.exists():
+            old = path.with_name(f"{temp_name(path)}old{TEMP_SUFFIX}")
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(path, old)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and old.exists() and not path.exists():
+            os.replace(old, path)
+        if isinstance(e, OSError) and not isinstance(e, WriteError):
+            raise _write_error(path, e) from e
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def clean_stale_temps(folder: PathLike, min_age_s: float = 0.0) -> list[Path]:
+    """Remove temp files/folders this module left in ``folder`` (after a kill); return what was removed."""
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    now = time.time()
+    for p in folder.iterdir():
+        if not (p.name.startswith(".") and p.name.endswith(TEMP_SUFFIX)):
+            continue
+        try:
+            if now - p.lstat().st_mtime < min_age_s:
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+            removed.append(p)
+        except OSError:
+            continue
+    return removed
