@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import secrets
 import shutil
 import tempfile
 import time
@@ -18,6 +20,7 @@ from typing import IO, Union
 
 PathLike = Union[str, Path]
 TEMP_SUFFIX = ".tmp"
+_TEMP_RE = re.compile(r"^\..+\.(old-)?[a-z0-9_]{8}\.tmp(\.[^.]+)?$")  # mkstemp/mkdtemp: 8 random chars
 
 
 class WriteError(OSError):
@@ -55,16 +58,40 @@ def temp_name(path: Path) -> str:
     return f".{path.name}."
 
 
+def _is_temp_name(name: str) -> bool:
+    """True for names this module (or a writer it handed a temp path to) creates.
+
+    ``.NAME.XXXX.tmp`` (folders, legacy files) and ``.NAME.XXXX.tmp.SUFFIX`` (files: the
+    target's suffix stays last so that writers choosing the format by extension, such as
+    ``cv2.imwrite`` or ``np.save``, see the real one).
+    """
+    return bool(_TEMP_RE.match(name))
+
+
+def _ours(exc: OSError, tmp: Path, path: Path) -> bool:
+    """True when ``exc`` concerns the target, its temp file/folder or no file: a failure to write.
+
+    An OSError about another file (a missing input read inside the block) is not a write
+    error of the target and passes through unchanged.
+    """
+    names = [n for n in (exc.filename, exc.filename2) if n is not None]
+    if not names:
+        return True
+    tmp_s = str(tmp)
+    return any(str(n) in (tmp_s, str(path)) or str(n).startswith(tmp_s + os.sep) for n in names)
+
+
 @contextlib.contextmanager
 def atomic_path(path: PathLike) -> Iterator[Path]:
-    """Yield a temp path beside ``path`` (same suffix); rename it to ``path`` when the block succeeds.
+    """Yield a temp path beside ``path``; rename it to ``path`` when the block succeeds.
 
-    For writers that take a file name (``torch.onnx.export``, ``cv2.imwrite``, ...).
+    For writers that take a file name (``torch.onnx.export``, ``cv2.imwrite``, ``np.save``, ...):
+    the temp name ends with ``path``'s own suffix, so format-by-extension writers work.
     """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=temp_name(path), suffix=path.suffix + TEMP_SUFFIX, dir=path.parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=temp_name(path), suffix=TEMP_SUFFIX + path.suffix, dir=path.parent)
         os.close(fd)
     except OSError as e:
         raise _write_error(path, e) from e
@@ -80,7 +107,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         _fsync_dir(path.parent)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        if isinstance(e, WriteError):
+        if isinstance(e, WriteError) or not _ours(e, tmp, path):
             raise
         raise _write_error(path, e) from e
     except BaseException:
@@ -99,6 +126,8 @@ def atomic_write(path: PathLike, mode: str = "wb", encoding: str | None = None) 
                 yield f
                 f.flush()
         except OSError as e:
+            if isinstance(e, WriteError) or not _ours(e, tmp, Path(path)):
+                raise
             raise _write_error(Path(path), e) from e
 
 
@@ -133,22 +162,20 @@ def atomic_dir(path: PathLike) -> Iterator[Path]:
     try:
         yield tmp
         _usual_mode(tmp, is_dir=True)
-        if path.exists():
-            old = path.with_name(f"{temp_name(path)}old{TEMP_SUFFIX}")
-            if old.exists():
-                shutil.rmtree(old)
+        if path.exists() or path.is_symlink():
+            old = path.with_name(f"{temp_name(path)}old-{secrets.token_hex(4)}{TEMP_SUFFIX}")
             os.replace(path, old)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and old.exists() and not path.exists():
+        if old is not None and (old.exists() or old.is_symlink()) and not path.exists():
             os.replace(old, path)
-        if isinstance(e, OSError) and not isinstance(e, WriteError):
+        if isinstance(e, OSError) and not isinstance(e, WriteError) and _ours(e, tmp, path):
             raise _write_error(path, e) from e
         raise
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(old)
 
 
 def clean_stale_temps(folder: PathLike, min_age_s: float = 0.0) -> list[Path]:
@@ -159,16 +186,25 @@ def clean_stale_temps(folder: PathLike, min_age_s: float = 0.0) -> list[Path]:
         return removed
     now = time.time()
     for p in folder.iterdir():
-        if not (p.name.startswith(".") and p.name.endswith(TEMP_SUFFIX)):
+        if not _is_temp_name(p.name):
             continue
         try:
             if now - p.lstat().st_mtime < min_age_s:
                 continue
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p)
-            else:
-                p.unlink()
+            _remove(p, strict=True)
             removed.append(p)
         except OSError:
             continue
     return removed
+
+
+def _remove(p: Path, strict: bool = False) -> None:
+    """Delete a file, link or folder (a link is removed, never followed)."""
+    try:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+    except OSError:
+        if strict:
+            raise

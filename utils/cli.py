@@ -35,20 +35,29 @@ def require(condition: bool, message: str) -> None:
         fail(message)
 
 
+def _cv2_text(text: str) -> str:
+    """``OpenCV(4.x) /src/file.cpp:199: error: (-215:...) msg`` -> ``OpenCV: (-215:...) msg``."""
+    head, sep, tail = text.partition(" error: ")
+    return f"OpenCV: {tail.strip()}" if sep and head.startswith("OpenCV") else text
+
+
 def one_line(exc: BaseException) -> str:
     """A single-line description of ``exc`` that names the file for OS errors."""
     if isinstance(exc, OSError) and exc.strerror:
         where = exc.filename if exc.filename is not None else ""
         text = f"{where}: {exc.strerror}" if where else exc.strerror
+        if exc.filename2 is not None:
+            text += f" (-> {exc.filename2})"
     else:
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        if type(exc).__name__ == "error" and lines:  # cv2.error: the useful part is the last line
-            lines = [lines[-1]]
         text = " ".join(lines) if len(lines) <= 3 else " ".join(lines[:3]) + " ..."
-    if not isinstance(exc, (UserError, RunFailed)) and type(exc).__module__ not in ("builtins",):
-        text = text or type(exc).__name__
-    elif not text:
-        text = type(exc).__name__
+        if type(exc).__module__ == "cv2":
+            text = _cv2_text(text)
+    name = type(exc).__name__
+    if not text:
+        return name
+    if isinstance(exc, (KeyError, IndexError, AttributeError, AssertionError)):
+        return f"{name}: {text}"  # their message alone ('x') does not say what went wrong
     return text
 
 
@@ -63,6 +72,8 @@ def exit_code(exc: BaseException) -> int:
     if isinstance(exc, RunFailed):
         return 1
     if isinstance(exc, (UserError, OSError, ValueError, KeyError, TypeError, RuntimeError)):
+        return 2
+    if type(exc).__module__.split(".")[0] in ("cv2", "yaml"):  # undecodable image, malformed yaml
         return 2
     return 1
 
