@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from utils import atomic
-from utils.atomic import (WriteError, atomic_dir, atomic_path, atomic_write, clean_stale_temps, write_bytes,
-                          write_text)
+from utils.atomic import WriteError, atomic_dir, atomic_path, atomic_write, clean_stale_temps, write_bytes, write_text
 from utils.cli import one_line
 
 ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -69,7 +68,7 @@ def test_other_exception_removes_temp_and_passes_through(tmp_path):
     with pytest.raises(ZeroDivisionError):
         with atomic_write(p, "w") as f:
             f.write("partial")
-            1 / 0
+            raise ZeroDivisionError("simulated")
     assert not p.exists() and leftovers(tmp_path) == []
 
 
