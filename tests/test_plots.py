@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.plots import (Annotator, colors, output_to_target, plot_confusion_matrix, plot_images,
+from utils.plots import (colors, output_to_target, plot_confusion_matrix, plot_images,
                          plot_labels, plot_mc_curve, plot_one_box, plot_pr_curve, plot_results)
 
 
@@ -18,15 +18,13 @@ def test_colors_stable_and_cycling():
     assert len({colors(i) for i in range(colors.n)}) == colors.n
 
 
-def test_plot_one_box_and_annotator_draw():
+def test_plot_one_box_draws():
     img = np.zeros((100, 120, 3), np.uint8)
     plot_one_box([10, 20, 60, 80], img, color=(0, 255, 0), label="cat 0.9")
     assert img[45:55, 8:13, 1].max() > 200 and img[50, 35].sum() == 0  # outline drawn, inside untouched
-    a = Annotator(np.zeros((100, 120, 3), np.uint8))
-    a.box_label([5, 5, 50, 50], "dog", color=(255, 0, 0))
-    assert a.result()[25:35, 3:8, 0].max() > 200
-    with pytest.raises(ValueError):
-        Annotator(np.zeros((10, 10), np.uint8))
+    img = np.zeros((100, 120, 3), np.uint8)
+    plot_one_box([5, 5, 50, 50], img, color=(255, 0, 0), label="dog")
+    assert img[25:35, 3:8, 0].max() > 200
 
 
 def test_plot_images_labels_and_predictions(tmp_path):
@@ -82,3 +80,28 @@ def test_plot_study(tmp_path):
     f = tmp_path / "study_x_y.txt"
     np.savetxt(f, np.array([[256, .1, .2, .3, .2, 0, 0, 0, 1, 5, 1], [384, .1, .2, .35, .25, 0, 0, 0, 1, 8, 1]]))
     assert plot_study(f).stat().st_size > 1000
+
+
+def test_failed_plot_write_keeps_old_file(tmp_path, monkeypatch):
+    """A figure whose write fails leaves the previous file intact and no temp file behind."""
+    from matplotlib.figure import Figure
+
+    f = tmp_path / "confusion_matrix.png"
+    plot_confusion_matrix(np.eye(3) * 5, f, ["a", "b"])
+    before = f.read_bytes()
+
+    def broken(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", broken)
+    with pytest.raises(OSError, match="No space left"):
+        plot_confusion_matrix(np.eye(3), f, ["a", "b"])
+    assert f.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [f.name]
+
+
+def test_names_dict_one_home():
+    from utils.metrics import names_dict
+
+    assert names_dict(["a", "b"]) == {0: "a", 1: "b"}
+    assert names_dict({"1": "b", 0: "a"}) == {0: "a", 1: "b"}
+    assert names_dict(None) == {}

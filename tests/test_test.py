@@ -198,7 +198,6 @@ class LabelDetector(torch.nn.Module):
 
 
 def test_coco128_agreement_with_pycocotools(coco128_dir, tmp_path):
-    pytest.importorskip("pycocotools")
     from utils.datasets import create_dataloader
 
     data = {"path": str(coco128_dir), "train": "images/train2017", "val": "images/val2017", "coco": True,
@@ -221,7 +220,6 @@ def test_coco128_agreement_with_pycocotools(coco128_dir, tmp_path):
 @pytest.mark.slow
 def test_coco128_cli_untrained_model_agreement(coco128_dir, tiny, tmp_path):
     """A real network over coco128 val through the CLI: our mAP and pycocotools' on its detections."""
-    pytest.importorskip("pycocotools")
     from models.yolo import Model
     from utils.checkpoint import save_checkpoint
 

@@ -25,6 +25,16 @@ IOU_THRESHOLDS = torch.linspace(0.5, 0.95, 10, dtype=torch.float64)  # COCO's 0.
 REC_THRESHOLDS = np.linspace(0.0, 1.0, 101)  # COCO's 101 recall points
 
 
+def names_dict(names: Union[Sequence[str], dict, None]) -> dict[int, str]:
+    """Class names as ``{index: name}`` from a list, a dict (keys may be strings) or None (empty).
+
+    The one normaliser of class names for metrics, plots and test.py.
+    """
+    if isinstance(names, dict):
+        return {int(k): str(v) for k, v in names.items()}
+    return {i: str(v) for i, v in enumerate(names or ())}
+
+
 def fitness(x: np.ndarray) -> np.ndarray:
     """Model fitness: weighted sum of [P, R, mAP@.5, mAP@.5:.95] = 0.1 mAP@.5 + 0.9 mAP@.5:.95."""
     w = np.array([0.0, 0.0, 0.1, 0.9])
@@ -122,13 +132,6 @@ def match_detections(detections: torch.Tensor, labels: torch.Tensor,
     return correct, keep
 
 
-def labels_matched(detections: torch.Tensor, labels: torch.Tensor, iouv: torch.Tensor = IOU_THRESHOLDS,
-                   max_det: int = 100) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Convenience wrapper: (correct, conf, cls) numpy arrays of the kept detections of one image."""
-    correct, keep = match_detections(detections, labels, iouv, max_det)
-    return correct[keep].cpu().numpy(), detections[keep, 4].cpu().numpy(), detections[keep, 5].cpu().numpy()
-
-
 # --------------------------------------------------------------------------- AP
 def compute_ap(recall: np.ndarray, precision: np.ndarray, v5_metric: bool = False) -> float:
     """AP of one class at one IoU threshold from cumulative recall/precision in score order.
@@ -207,7 +210,7 @@ def ap_per_class(tp: np.ndarray, conf: np.ndarray, pred_cls: np.ndarray, target_
         py.append(np.interp(px, recall[:, 0], env, right=0))
 
     f1 = 2 * p * r / (p + r + 1e-16)
-    names = _names_dict(names)
+    names = names_dict(names)
     if plot and nc:
         from utils.plots import plot_mc_curve, plot_pr_curve  # plotting is optional at import time
         sub = {int(c): names.get(int(c), str(int(c))) for c in unique_classes}
@@ -219,12 +222,6 @@ def ap_per_class(tp: np.ndarray, conf: np.ndarray, pred_cls: np.ndarray, target_
 
     i = int(f1.mean(0).argmax()) if nc else 0
     return p[:, i], r[:, i], ap, f1[:, i], unique_classes.astype("int32")
-
-
-def _names_dict(names) -> dict:
-    if isinstance(names, dict):
-        return {int(k): str(v) for k, v in names.items()}
-    return {i: str(v) for i, v in enumerate(names or ())}
 
 
 # --------------------------------------------------------------------------- confusion matrix

@@ -2,7 +2,8 @@
 
 Figures are drawn on matplotlib's Agg canvas (``matplotlib.figure.Figure``, no pyplot), so no
 window is ever opened and plotting works on headless machines and in worker threads. Boxes
-on images are drawn with OpenCV.
+on images are drawn with OpenCV by one function, :func:`plot_one_box` (detect.py uses it too).
+Every file is written atomically (whole or absent), as all artifacts of the project.
 """
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ import cv2
 import numpy as np
 import torch
 
+from utils.atomic import atomic_write, write_bytes
 from utils.general import LOGGER, xywh2xyxy, xyxy2xywh
+from utils.metrics import names_dict
 
 PathLike = Union[str, Path]
 
@@ -49,10 +52,21 @@ def _figure(*args, **kwargs):
     return fig
 
 
-def _names(names) -> dict:
-    if isinstance(names, dict):
-        return {int(k): str(v) for k, v in names.items()}
-    return {i: str(v) for i, v in enumerate(names or ())}
+def _save_figure(fig, path: PathLike, dpi: int) -> Path:
+    """Write a figure atomically (format from the suffix): the png is whole or absent."""
+    path = Path(path)
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, dpi=dpi, format=path.suffix.lstrip(".") or "png")
+    return path
+
+
+def _write_image(path: PathLike, img: np.ndarray) -> Path:
+    """Encode an HWC BGR image by the suffix of ``path`` and write it atomically."""
+    path = Path(path)
+    ok, buf = cv2.imencode(path.suffix or ".jpg", img)
+    if not ok:
+        raise ValueError(f"{path}: OpenCV cannot encode an image as {path.suffix!r}")
+    return write_bytes(path, buf.tobytes())
 
 
 # --------------------------------------------------------------------------- drawing on images
@@ -74,22 +88,6 @@ def plot_one_box(x: Sequence[float], img: np.ndarray, color: Sequence[int] | Non
         cv2.putText(img, label, (c1[0], c1[1] - 2 if outside else c1[1] + h + 2), 0, fs, txt,
                     thickness=tf, lineType=cv2.LINE_AA)
     return img
-
-
-class Annotator:
-    """Draws labelled boxes in place on an HWC uint8 image (as detect.py needs); ``result()`` returns it."""
-
-    def __init__(self, im: np.ndarray, line_width: int | None = None):
-        if not isinstance(im, np.ndarray) or im.ndim != 3:
-            raise ValueError("Annotator: expected an HWC numpy image")
-        self.im = np.ascontiguousarray(im)
-        self.lw = line_width or max(round(sum(im.shape[:2]) / 2 * 0.003), 2)
-
-    def box_label(self, box: Sequence[float], label: str = "", color: Sequence[int] = (128, 128, 128)) -> None:
-        plot_one_box(box, self.im, color=color, label=label or None, line_thickness=self.lw)
-
-    def result(self) -> np.ndarray:
-        return self.im
 
 
 def output_to_target(output: Sequence[torch.Tensor]) -> np.ndarray:
@@ -123,7 +121,7 @@ def plot_images(images, targets, paths: Sequence[str] | None = None, fname: Path
         targets = targets.reshape(-1, 6)
     if images.size and images.max() <= 1.0:
         images = images * 255.0
-    names = _names(names)
+    names = names_dict(names)
     bs, _, h, w = images.shape
     bs = min(bs, max_subplots)
     ns = int(math.ceil(bs ** 0.5))  # grid side
@@ -161,8 +159,7 @@ def plot_images(images, targets, paths: Sequence[str] | None = None, fname: Path
                         thickness=max(tl - 1, 1), lineType=cv2.LINE_AA)
         cv2.rectangle(mosaic, (x0, y0), (x0 + ws, y0 + hs), (255, 255, 255), thickness=2)
     if fname:
-        Path(fname).parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(fname), mosaic)
+        _write_image(fname, mosaic)
     return mosaic
 
 
@@ -173,7 +170,7 @@ def plot_labels(labels: np.ndarray, names=(), save_dir: PathLike = "") -> Path:
     ``labels``: (n, 5) [cls, cx, cy, w, h] normalised, all images of the dataset together.
     """
     labels = np.asarray(labels, dtype=np.float32).reshape(-1, 5)
-    names = _names(names)
+    names = names_dict(names)
     c, b = labels[:, 0].astype(int), labels[:, 1:]
     nc = max(int(c.max()) + 1 if len(c) else 0, len(names))
     fig = _figure(figsize=(10, 10), tight_layout=True)
@@ -201,10 +198,7 @@ def plot_labels(labels: np.ndarray, names=(), save_dir: PathLike = "") -> Path:
         a.set_ylabel(yl)
         a.set_xlim(0, 1)
         a.set_ylim(0, 1)
-    f = Path(save_dir) / "labels.jpg"
-    f.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(f, dpi=200)
-    return f
+    return _save_figure(fig, Path(save_dir) / "labels.jpg", dpi=200)
 
 
 def plot_results(csv_file: PathLike | None = None, save_dir: PathLike | None = None) -> Path:
@@ -237,9 +231,7 @@ def plot_results(csv_file: PathLike | None = None, save_dir: PathLike | None = N
         a.set_title(col, fontsize=12)
         a.set_xlabel("epoch")
     ax[-1].legend()
-    out = f.with_name("results.png")
-    fig.savefig(out, dpi=200)
-    return out
+    return _save_figure(fig, f.with_name("results.png"), dpi=200)
 
 
 # --------------------------------------------------------------------------- metric curves
@@ -250,14 +242,12 @@ def _save_unit_curve(fig, ax, xlabel: str, ylabel: str, save_path: PathLike) -> 
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.legend(bbox_to_anchor=(1.04, 1), loc="upper left")
-    Path(save_path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(save_path, dpi=250)
-    return Path(save_path)
+    return _save_figure(fig, save_path, dpi=250)
 
 def plot_pr_curve(px: np.ndarray, py: np.ndarray, ap: np.ndarray, save_path: PathLike = "PR_curve.png",
                   names=()) -> Path:
     """Precision-recall curves (IoU 0.5) per class and their mean; ``py`` (1000, nc), ``ap`` (nc, T)."""
-    names = _names(names)
+    names = names_dict(names)
     fig = _figure(figsize=(9, 6), tight_layout=True)
     ax = fig.subplots(1, 1)
     py = np.asarray(py).reshape(len(px), -1)
@@ -273,7 +263,7 @@ def plot_pr_curve(px: np.ndarray, py: np.ndarray, ap: np.ndarray, save_path: Pat
 def plot_mc_curve(px: np.ndarray, py: np.ndarray, save_path: PathLike = "mc_curve.png", names=(),
                   xlabel: str = "Confidence", ylabel: str = "Metric") -> Path:
     """A metric (F1, P or R) against confidence, per class (``py`` (nc, 1000)) and mean."""
-    names = _names(names)
+    names = names_dict(names)
     fig = _figure(figsize=(9, 6), tight_layout=True)
     ax = fig.subplots(1, 1)
     py = np.asarray(py).reshape(-1, len(px))
@@ -293,7 +283,7 @@ def plot_confusion_matrix(matrix: np.ndarray, save_path: PathLike = "confusion_m
     import seaborn as sn
 
     nc = matrix.shape[0] - 1
-    names = _names(names)
+    names = names_dict(names)
     array = matrix / ((matrix.sum(0).reshape(1, -1) + 1e-9) if normalize else 1)
     array[array < 0.005] = np.nan  # empty cells stay blank
     fig = _figure(figsize=(12, 9), tight_layout=True)
@@ -306,9 +296,7 @@ def plot_confusion_matrix(matrix: np.ndarray, save_path: PathLike = "confusion_m
     ax.set_xlabel("True")
     ax.set_ylabel("Predicted")
     ax.set_title("Confusion matrix" + (" (normalised by true class)" if normalize else ""))
-    Path(save_path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(save_path, dpi=250)
-    return Path(save_path)
+    return _save_figure(fig, save_path, dpi=250)
 
 
 def plot_study(study_txt: PathLike) -> Path:
@@ -324,9 +312,7 @@ def plot_study(study_txt: PathLike) -> Path:
     ax[1].set_ylabel("inference (ms / image)")
     for a in ax:
         a.grid(alpha=0.3)
-    out = Path(study_txt).with_name("study.png")
-    fig.savefig(out, dpi=200)
-    return out
+    return _save_figure(fig, Path(study_txt).with_name("study.png"), dpi=200)
 
 
 def safe_plot(fn, *args, **kwargs):
