@@ -6,9 +6,9 @@ tensors or numpy arrays and return the same kind.
 """
 from __future__ import annotations
 
-import glob
 import logging
 import math
+import os
 import random
 import re
 import time
@@ -71,16 +71,51 @@ def check_img_size(img_size: int, s: int = 32) -> int:
     return new_size
 
 
-def increment_path(path: Union[str, Path], exist_ok: bool = False, sep: str = "") -> Path:
-    """runs/exp -> runs/exp, runs/exp2, runs/exp3, ... (first one that does not exist)."""
+def _taken_numbers(parent: Path, name: str, sep: str) -> list[int]:
+    """The N of every entry ``<name><sep>N`` in ``parent`` (matched literally: no glob patterns)."""
+    pattern = re.compile(rf"{re.escape(name)}{re.escape(sep)}(\d+)")
+    try:
+        entries = os.listdir(parent)
+    except OSError:
+        return []
+    return [int(m.group(1)) for e in entries if (m := pattern.fullmatch(e))]
+
+
+def increment_path(path: Union[str, Path], exist_ok: bool = False, sep: str = "", mkdir: bool = True) -> Path:
+    """A fresh run folder: runs/exp, then runs/exp2, runs/exp3, ... (YOLOv7's numbering).
+
+    The whole last component is the name, dots included (``v1.0`` -> ``v1.0``, ``v1.02``,
+    ``v1.03``; ``exp2`` -> ``exp2``, ``exp22``); the number is one more than the highest taken.
+    With ``mkdir`` (the default) the folder is created exclusively, so two runs started at
+    the same moment never share one; an existing path is never returned unless ``exist_ok``.
+    """
     path = Path(path)
-    if (path.exists() and exist_ok) or not path.exists():
-        return path
-    dirs = glob.glob(f"{path}{sep}*")
-    matches = [re.search(rf"^{re.escape(path.stem)}{re.escape(sep)}(\d+)$", Path(d).stem) for d in dirs]
-    idx = [int(m.group(1)) for m in matches if m]
-    n = max(idx) + 1 if idx else 2
-    return Path(f"{path}{sep}{n}")
+    if path.name in ("", ".", ".."):
+        raise ValueError(f"run folder '{path}' has no name (give --name)")
+    if exist_ok or not (path.exists() or path.is_symlink()):
+        if mkdir:
+            try:
+                path.mkdir(parents=True, exist_ok=exist_ok)
+                return path
+            except FileExistsError:  # created by a concurrent run (or a file): number it below
+                if exist_ok:
+                    raise
+        else:
+            return path
+    parent, name = path.parent, path.name
+    n = max(_taken_numbers(parent, name, sep), default=1) + 1
+    while True:
+        cand = parent / f"{name}{sep}{n}"
+        if not mkdir:
+            if not (cand.exists() or cand.is_symlink()):
+                return cand
+        else:
+            try:
+                cand.mkdir(parents=True)
+                return cand
+            except FileExistsError:
+                pass
+        n += 1
 
 
 def one_cycle(y1: float = 0.0, y2: float = 1.0, steps: int = 100):
@@ -240,14 +275,6 @@ def bbox_iou(box1: torch.Tensor, box2: torch.Tensor, x1y1x2y2: bool = True, GIoU
         return iou - (rho2 / c2 + v * alpha)
     c_area = cw * ch + eps
     return iou - (c_area - union) / c_area
-
-
-def wh_iou(wh1: torch.Tensor, wh2: torch.Tensor) -> torch.Tensor:
-    """IoU of boxes given only widths/heights, both centred: (N, 2) x (M, 2) -> (N, M)."""
-    wh1 = wh1[:, None]
-    wh2 = wh2[None]
-    inter = torch.min(wh1, wh2).prod(2)
-    return inter / (wh1.prod(2) + wh2.prod(2) - inter)
 
 
 # --------------------------------------------------------------------------- NMS
