@@ -1,0 +1,233 @@
+"""Hyperparameter files: safe yaml, ``base`` inheritance, and a check of every value before training.
+
+A hyp yaml is a flat mapping of YOLOv7's keys (``lr0``, ``momentum``, ``box``, ``mosaic``, ...) plus
+this project's ``optimizer``, ``nbs`` and ``loss_ota``. A file may name ``base: other.yaml``
+(relative to its own folder): the base is loaded first and the file's own keys override it.
+
+Each value is checked for type, finiteness, sign and a sane range when the file is read, so a bad
+value ends in one line naming the file and the key, e.g.
+``data/hyp.x.yaml: lr0: must be a finite number > 0 and <= 1 (got nan)``, instead of a crash deep
+inside torch or a silently diverging run. Unknown keys are reported once per file.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+from utils.cli import UserError
+from utils.general import LOGGER
+
+MAX_BASE_DEPTH = 4  # the deepest file of a 'base' chain that may still name a base (6 files at most)
+MAX_HYP_BYTES = 1 << 20  # a hyp yaml is a few dozen lines; anything bigger is not one
+REQUIRED_KEYS = ("lr0", "lrf", "momentum", "weight_decay", "warmup_epochs", "warmup_momentum", "warmup_bias_lr",
+                 "box", "cls", "obj", "anchor_t")
+OPTIMIZERS = ("SGD", "Adam")
+_NUMBER_TEXT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")  # '1e-3': PyYAML reads it as a string
+
+
+class HypError(UserError, ValueError):
+    """A hyperparameter file or value that cannot be used; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What one key accepts: ``kind`` 'float' | 'int' | 'flag' | 'choice'; bounds for numbers."""
+
+    kind: str
+    lo: float = 0.0
+    hi: float = math.inf
+    lo_open: bool = False  # lo itself is refused
+    hi_open: bool = False  # hi itself is refused
+    help: str = ""
+
+
+def _f(lo: float, hi: float, help: str, lo_open: bool = False, hi_open: bool = False) -> Spec:
+    return Spec("float", lo, hi, lo_open, hi_open, help)
+
+
+# Every key the project reads (train.py, utils/loss.py, utils/datasets.py, utils/augmentations.py,
+# utils/evolve.py). The ranges are "sane" limits that catch typos and nonsense, wider than YOLOv7's
+# evolution bounds (utils/evolve.META).
+SPECS: dict[str, Spec] = {
+    # optimiser and schedule (train.py)
+    "lr0": _f(0, 1, "initial learning rate", lo_open=True),
+    "lrf": _f(0, 1, "final learning rate as a fraction of lr0"),
+    "momentum": _f(0, 1, "SGD momentum / Adam beta1", hi_open=True),
+    "weight_decay": _f(0, 1, "optimizer weight decay"),
+    "warmup_epochs": _f(0, 1000, "warmup length in epochs"),
+    "warmup_momentum": _f(0, 1, "momentum at the start of warmup", hi_open=True),
+    "warmup_bias_lr": _f(0, 1, "bias learning rate at the start of warmup"),
+    "optimizer": Spec("choice", help="SGD or Adam"),
+    "nbs": Spec("int", 1, 1 << 16, help="nominal batch size (images per optimizer step)"),
+    # loss (utils/loss.py)
+    "box": _f(0, 1000, "box loss gain"),
+    "cls": _f(0, 1000, "class loss gain"),
+    "cls_pw": _f(0, 1000, "class BCE positive weight", lo_open=True),
+    "obj": _f(0, 1000, "objectness loss gain"),
+    "obj_pw": _f(0, 1000, "objectness BCE positive weight", lo_open=True),
+    "iou_t": _f(0, 1, "IoU training threshold"),
+    "anchor_t": _f(1, 100, "anchor-multiple threshold"),
+    "anchors": _f(0, 100, "anchors per output layer (0: keep the model's)"),
+    "fl_gamma": _f(0, 100, "focal loss gamma (0: plain BCE)"),
+    "label_smoothing": _f(0, 1, "label smoothing epsilon", hi_open=True),
+    "loss_ota": Spec("flag", help="1: ComputeLossOTA, 0: plain ComputeLoss"),
+    # loader augmentations (utils/datasets.py, utils/augmentations.py)
+    "hsv_h": _f(0, 1, "HSV hue gain"),
+    "hsv_s": _f(0, 1, "HSV saturation gain"),
+    "hsv_v": _f(0, 1, "HSV value gain"),
+    "degrees": _f(0, 180, "rotation (+/- degrees)"),
+    "translate": _f(0, 1, "translation (+/- fraction)"),
+    "scale": _f(0, 1, "scale (+/- gain)"),
+    "shear": _f(0, 90, "shear (+/- degrees)", hi_open=True),
+    "perspective": _f(0, 0.1, "perspective (+/- fraction)"),
+    "flipud": _f(0, 1, "up-down flip probability"),
+    "fliplr": _f(0, 1, "left-right flip probability"),
+    "mosaic": _f(0, 1, "mosaic probability"),
+    "mixup": _f(0, 1, "mixup probability"),
+    "copy_paste": _f(0, 1, "segment copy-paste probability"),
+    "paste_in": _f(0, 1, "YOLOv7 paste-in probability"),
+}
+KNOWN_KEYS = frozenset(SPECS) | {"base"}
+_warned_unknown: set[tuple[str, tuple[str, ...]]] = set()
+
+
+def _shown(v: Any) -> str:
+    """A short description of a bad value (never the repr of a container: it may be huge)."""
+    if v is None:
+        return "nothing"
+    if isinstance(v, (bool, int, float)):
+        return "nan" if isinstance(v, float) and math.isnan(v) else repr(v)
+    if isinstance(v, str):
+        if _NUMBER_TEXT.match(v.strip()):
+            return v.strip()
+        return repr(v if len(v) <= 40 else v[:40] + "...")
+    return f"a {'mapping' if isinstance(v, dict) else 'list' if isinstance(v, list) else type(v).__name__}"
+
+
+def _range_text(s: Spec) -> str:
+    lo = f"{'>' if s.lo_open else '>='} {s.lo:g}"
+    return lo if math.isinf(s.hi) else f"{lo} and {'<' if s.hi_open else '<='} {s.hi:g}"
+
+
+def _in_range(x: float, s: Spec) -> bool:
+    lo_ok = x > s.lo if s.lo_open else x >= s.lo
+    hi_ok = x < s.hi if s.hi_open else x <= s.hi
+    return math.isfinite(x) and lo_ok and hi_ok
+
+
+def _as_number(v: Any) -> Optional[float]:
+    """``v`` as a float when it is a number (or number text such as '1e-3'), else None; bools are not numbers."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, (int, float)):
+        return float(v)
+    if isinstance(v, str) and _NUMBER_TEXT.match(v.strip()):
+        return float(v)
+    return None
+
+
+def check_value(key: str, value: Any, source: str = "hyp") -> Any:
+    """The validated value of one known key (number text becomes a float); :class:`HypError` if bad."""
+    s = SPECS[key]
+    where = f"{source}: {key}"
+    if s.kind == "choice":
+        match = [o for o in OPTIMIZERS if isinstance(value, str) and value.lower() == o.lower()]
+        if not match:
+            raise HypError(f"{where}: must be one of {', '.join(OPTIMIZERS)} (got {_shown(value)})")
+        return value
+    if s.kind == "flag":
+        if isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
+            return value
+        raise HypError(f"{where}: must be 0 or 1 (got {_shown(value)})")
+    x = _as_number(value)
+    if s.kind == "int":
+        if x is None or not math.isfinite(x) or x != int(x) or not _in_range(x, s):
+            raise HypError(f"{where}: must be an integer {_range_text(s)} (got {_shown(value)})")
+        return int(x)
+    if x is None or not _in_range(x, s):
+        raise HypError(f"{where}: must be a finite number {_range_text(s)} (got {_shown(value)})")
+    return x if isinstance(value, str) else value
+
+
+def validate_hyp(hyp: dict, source: str = "hyp", required: bool = False, warn_unknown: bool = True) -> dict:
+    """Check every known key of ``hyp`` (and that the required ones are there); return a checked copy.
+
+    Unknown keys are kept and reported once per ``source`` (they may belong to a newer version).
+    """
+    if not isinstance(hyp, dict):
+        raise HypError(f"{source}: expected a mapping of hyperparameters (key: value), got {_shown(hyp)}")
+    out = {}
+    for k, v in hyp.items():
+        out[k] = check_value(k, v, source) if k in SPECS else v
+    if required:
+        missing = [k for k in REQUIRED_KEYS if k not in out]
+        if missing:
+            raise HypError(f"{source}: missing hyperparameter{'s' if len(missing) > 1 else ''} "
+                           f"{', '.join(repr(k) for k in missing)}")
+    unknown = tuple(str(k) for k in out if k not in KNOWN_KEYS)
+    if unknown and warn_unknown and (source, unknown) not in _warned_unknown:
+        _warned_unknown.add((source, unknown))
+        LOGGER.warning(f"WARNING: {source}: unknown hyp key{'s' if len(unknown) > 1 else ''} "
+                       f"{', '.join(unknown)} (not used by this project)")
+    return out
+
+
+def _read_yaml(path: Path) -> dict:
+    """One hyp yaml as a dict; HypError naming the file (and the line for syntax errors)."""
+    if not path.is_file():
+        raise HypError(f"{path}: hyp file not found")
+    if path.stat().st_size > MAX_HYP_BYTES:
+        raise HypError(f"{path}: too large for a hyperparameter file ({path.stat().st_size} bytes)")
+    try:
+        d = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise HypError(f"{path}: not a text (UTF-8) yaml file") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise HypError(f"{path}: {line}invalid yaml: {problem}") from None
+    if not isinstance(d, dict):
+        raise HypError(f"{path}: expected a mapping of hyperparameters (key: value), got {_shown(d)}")
+    return d
+
+
+def _load_file(path: Path, chain: tuple[Path, ...]) -> dict:
+    """A hyp file merged over its ``base`` chain; every file's own keys are checked under its own name."""
+    d = _read_yaml(path)
+    base = d.pop("base", None)
+    d = validate_hyp(d, str(path))
+    if base in (None, ""):
+        return d
+    if not isinstance(base, str):
+        raise HypError(f"{path}: base: must be the name of another hyp yaml (got {_shown(base)})")
+    base_path = path.parent / base
+    seen = [p.resolve() for p in chain + (path,)]
+    if base_path.resolve() in seen:
+        names = " -> ".join(p.name for p in chain + (path, base_path))
+        raise HypError(f"{path}: base: 'base' chain too deep: it is a cycle ({names})")
+    if len(chain) > MAX_BASE_DEPTH:
+        raise HypError(f"{path}: base: 'base' chain too deep (at most {MAX_BASE_DEPTH + 2} files)")
+    return {**_load_file(base_path, chain + (path,)), **d}
+
+
+def load_hyp(hyp: Union[str, Path, dict], source: str = "hyp") -> dict:
+    """Hyperparameters from a yaml file (safe loader, ``base`` inheritance) or a dict, validated.
+
+    ``source`` names a dict's origin in messages (e.g. ``"runs/train/exp/weights/last.pt: hyp"``).
+    Raises :class:`HypError` (a :class:`utils.cli.UserError` and a ``ValueError``) naming the file
+    and the key.
+    """
+    if isinstance(hyp, dict):
+        return validate_hyp(dict(hyp), source, required=True)
+    path = Path(hyp)
+    d = _load_file(path, ())
+    return validate_hyp(d, str(path), required=True, warn_unknown=False)
+
+
+__all__ = ["HypError", "KNOWN_KEYS", "REQUIRED_KEYS", "SPECS", "check_value", "load_hyp", "validate_hyp"]
