@@ -107,7 +107,8 @@ def test_missing_required_keys_are_named(tmp_path):
 def test_base_cycles_and_depth(tmp_path):
     (tmp_path / "a.yaml").write_text("base: b.yaml\nlr0: 0.01\n")
     (tmp_path / "b.yaml").write_text("base: a.yaml\nlr0: 0.02\n")
-    with pytest.raises(HypError, match=r"b.yaml: base: 'base' chain too deep: it is a cycle \(a.yaml -> b.yaml -> a.yaml\)"):
+    cycle = r"b.yaml: base: 'base' chain too deep: it is a cycle \(a.yaml -> b.yaml -> a.yaml\)"
+    with pytest.raises(HypError, match=cycle):
         load_hyp(tmp_path / "a.yaml")
     (tmp_path / "self.yaml").write_text("base: self.yaml\n")
     with pytest.raises(HypError, match="too deep"):
