@@ -1,12 +1,13 @@
 """Tests for utils/dataset_config.py: names/nc, path resolution, clear errors, built-in hook, shipped yamls."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import yaml
 
-from utils.dataset_config import DatasetConfigError, check_dataset, parse_names
+from utils.dataset_config import DatasetConfigError, YamlError, check_data_size, check_dataset, load_yaml, parse_names
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -161,3 +162,81 @@ def test_hyp_files_match_yolov7():
     diff = {k: (tiny[k], p5[k]) for k in tiny if tiny[k] != p5[k]}
     assert diff == {"lrf": (0.01, 0.1), "cls": (0.5, 0.3), "obj": (1.0, 0.7), "translate": (0.1, 0.2),
                     "scale": (0.5, 0.9), "mixup": (0.05, 0.15), "paste_in": (0.05, 0.15)}
+
+
+# --------------------------------------------------------------------------- the safe yaml reader
+def billion_laughs(levels: int = 9) -> str:
+    lines = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    lines += [f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + f"\ntrain: x\nval: y\nnames: *a{levels}\n"
+
+
+def test_load_yaml_refuses_billion_laughs_quickly(tmp_path):
+    y = tmp_path / "bomb.yaml"
+    y.write_text(billion_laughs())
+    assert y.stat().st_size < 1024
+    with pytest.raises(YamlError, match=r"bomb.yaml: refused: .*aliases expand to more than"):
+        load_yaml(y)
+    with pytest.raises(YamlError, match="billion laughs"):  # the dataset checker uses the same reader
+        check_dataset(y)
+    assert isinstance(YamlError("x"), ValueError) and isinstance(YamlError("x"), yaml.YAMLError)
+
+
+def test_load_yaml_small_aliases_still_work(tmp_path):
+    y = tmp_path / "ok.yaml"
+    y.write_text("base: &b {lr0: 0.01, momentum: 0.9}\nother:\n  <<: *b\n  lr0: 0.02\nl: [*b, *b]\n")
+    d = load_yaml(y)
+    assert d["other"] == {"lr0": 0.02, "momentum": 0.9} and d["l"] == [d["base"]] * 2
+    y.write_text(billion_laughs(3))  # 9^4 = 6561 nodes: under the budget, over a tiny one
+    assert len(load_yaml(y)["names"]) == 9
+    with pytest.raises(YamlError, match="more than 1000 nodes"):
+        load_yaml(y, max_nodes=1000)
+
+
+@pytest.mark.parametrize("text, match", [
+    ("a: &a [*a]\n", "refers to itself"),
+    ("a: " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
+    ("a: 1\nb: [1, 2\nc: 3\n", r"bad.yaml:3: invalid yaml"),
+    ("a: !!python/object/apply:os.system ['echo hacked']\n", r"bad.yaml:1: invalid yaml: .*constructor"),
+    ("- a\n- b\n", "expected a mapping at the top level, got list"),
+    ("a: 1\n---\nb: 2\n", "invalid yaml: expected a single document"),
+])
+def test_load_yaml_errors_name_file_and_line(tmp_path, text, match):
+    y = tmp_path / "bad.yaml"
+    y.write_text(text)
+    with pytest.raises(YamlError, match=match):
+        load_yaml(y)
+
+
+def test_load_yaml_size_kind_encoding_and_missing(tmp_path):
+    big = tmp_path / "big.yaml"
+    big.write_text("a: " + "x" * 2000 + "\n")
+    with pytest.raises(YamlError, match="larger than"):
+        load_yaml(big, max_bytes=1000)
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)  # a named pipe would block a plain open(): refused before reading
+    with pytest.raises(YamlError, match="not a regular file"):
+        load_yaml(fifo, "hyp yaml")
+    (tmp_path / "latin1.yaml").write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(YamlError, match="not UTF-8"):
+        load_yaml(tmp_path / "latin1.yaml")
+    with pytest.raises(FileNotFoundError, match="hyp yaml not found"):
+        load_yaml(tmp_path / "none.yaml", "hyp yaml")
+    (tmp_path / "empty.yaml").write_text("")
+    assert load_yaml(tmp_path / "empty.yaml") == {}
+    (tmp_path / "bom.yaml").write_bytes(b"\xef\xbb\xbfnc: 2\n")
+    assert load_yaml(tmp_path / "bom.yaml") == {"nc": 2}
+    assert load_yaml(tmp_path / "empty.yaml", mapping=False) is None
+
+
+def test_check_data_size_for_unpickled_data():
+    x: list = ["lol"] * 9
+    for _ in range(30):
+        x = [x, x]  # shared references: tiny in memory, 2^30 entries when walked
+    with pytest.raises(YamlError, match="ckpt.pt: cfg: refused"):
+        check_data_size({"cfg": x}, "ckpt.pt: cfg")
+    check_data_size({"backbone": [[-1, 1, "Conv", [16, 3, 2]]] * 50}, "model")
+    loop: list = []
+    loop.append(loop)
+    with pytest.raises(YamlError, match="refers to itself"):
+        check_data_size(loop, "cfg")
