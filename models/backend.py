@@ -1,0 +1,442 @@
+"""One runtime for every model file the project writes: load by suffix or folder, run, get predictions.
+
+    from models.backend import load_backend, preprocess, to_tensor
+    model = load_backend("best.pt")                  # or best.torchscript.pt, best.onnx, [a.pt, b.pt]
+    chw, info = preprocess(bgr, 640, model.stride, auto=model.imgsz is None)
+    x = to_tensor(chw, model.device, model.fp16)     # (1, 3, H, W) float in 0..1
+    pred = model(x)                                  # (N, anchors, 5 + nc) decoded, input pixels xywh
+    dets = model.predict(x, conf_thres=0.25)         # per image (n, 6) xyxy, conf, cls (NMS or end2end)
+
+Formats (first matching entry of :data:`BACKENDS` wins; add a format with :func:`register`):
+- ``*.torchscript.pt`` / ``*.torchscript``: ``torch.jit.load`` with export.py's ``config.txt``;
+- ``*.onnx``: ONNX Runtime; decoded output, raw per-level outputs (decoded here from the file's
+  ``anchors`` metadata) or end2end (NMS in the graph); fp32 or int8 QDQ alike;
+- ``*.pt`` / ``*.pth``: a training or fused checkpoint of this project (``attempt_load``, read with
+  ``weights_only=True``).
+Several files make an :class:`Ensemble`: the predictions of all models concatenated, then one NMS.
+
+Threads: :func:`set_threads` sets PyTorch's intra-op threads; ONNX Runtime sessions get the same
+count, sequential execution and no spinning, so a busy machine slows inference gracefully.
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from utils.augmentations import letterbox
+from utils.cli import UserError
+from utils.general import LOGGER, check_img_size, non_max_suppression
+
+PathLike = Union[str, Path]
+Weights = Union[PathLike, Sequence[PathLike]]
+
+
+# --------------------------------------------------------------------------- preprocessing
+@dataclass(frozen=True)
+class LetterboxInfo:
+    """How an original image maps into the network input: ``shape0``/``shape`` (h, w) before and
+    after, ``ratio`` (w, h) resize factors and ``pad`` (w, h) padding per side."""
+    shape0: tuple[int, int]
+    shape: tuple[int, int]
+    ratio: tuple[float, float]
+    pad: tuple[float, float]
+
+    @property
+    def ratio_pad(self) -> tuple[tuple[float, float], tuple[float, float]]:
+        """``scale_coords``' ``ratio_pad``: ((ratio_h, ratio_w), (pad_w, pad_h))."""
+        return (self.ratio[1], self.ratio[0]), self.pad
+
+
+def preprocess(img_bgr: np.ndarray, img_size: Union[int, Sequence[int]], stride: int = 32,
+               auto: bool = True) -> tuple[np.ndarray, LetterboxInfo]:
+    """Letterbox a BGR (H, W, 3) uint8 image and return it as contiguous RGB CHW **uint8** (0..255).
+
+    uint8 keeps batches small until they reach the device; :func:`to_tensor` makes the float
+    0..1 network input. ``auto`` pads to the next multiple of ``stride`` only (dynamic-shape
+    models); ``auto=False`` pads to exactly ``img_size`` (static-shape files).
+    """
+    im, ratio, pad = letterbox(img_bgr, img_size, stride=stride, auto=auto)
+    chw = np.ascontiguousarray(im[:, :, ::-1].transpose(2, 0, 1))
+    info = LetterboxInfo(tuple(img_bgr.shape[:2]), tuple(im.shape[:2]), (float(ratio[0]), float(ratio[1])),
+                         (float(pad[0]), float(pad[1])))
+    return chw, info
+
+
+def to_tensor(chw: Union[np.ndarray, Sequence[np.ndarray]], device: Union[str, torch.device] = "cpu",
+              fp16: bool = False) -> torch.Tensor:
+    """(N, 3, H, W) float (half when ``fp16``) in 0..1 on ``device`` from uint8 CHW or NCHW arrays."""
+    arr = np.stack(chw, 0) if isinstance(chw, (list, tuple)) else chw
+    x = torch.from_numpy(np.ascontiguousarray(arr)).to(device)
+    x = x.half() if fp16 else x.float()
+    x /= 255.0
+    return x[None] if x.ndim == 3 else x
+
+
+# --------------------------------------------------------------------------- threads
+def default_threads() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def set_threads(n: Optional[int] = None) -> int:
+    """Use ``n`` (default: :func:`default_threads`) intra-op threads in PyTorch; returns ``n``.
+
+    Spinning OpenMP workers are what collapse latency when another process competes for the
+    cores; the CLIs set ``OMP_WAIT_POLICY=PASSIVE`` before torch loads, and ONNX Runtime sessions
+    made here never spin.
+    """
+    if n is not None and int(n) < 1:
+        raise UserError(f"--threads {n}: must be at least 1")
+    n = int(n) if n else default_threads()
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
+# --------------------------------------------------------------------------- backends
+def _names(names: Any, nc: Optional[int]) -> list[str]:
+    if isinstance(names, dict):
+        names = [names[k] for k in sorted(names, key=lambda k: int(k))]
+    if names:
+        return [str(n) for n in names]
+    return [str(i) for i in range(int(nc or 0))]
+
+
+def decode_raw(outputs: Sequence[torch.Tensor], anchors: torch.Tensor, strides: Sequence[float]) -> torch.Tensor:
+    """Decoded (B, N, no) from raw per-level head outputs (B, na, ny, nx, no) (export ``--no-grid``).
+
+    ``anchors`` (nl, na, 2) in pixels. Same formula as the Detect head: xy = (2 sigmoid - 0.5 +
+    grid) * stride, wh = (2 sigmoid)^2 * anchor, scores sigmoided.
+    """
+    z = []
+    for i, p in enumerate(outputs):
+        p = p.float()
+        bs, na, ny, nx, no = p.shape
+        yv, xv = torch.meshgrid(torch.arange(ny, device=p.device, dtype=p.dtype),
+                                torch.arange(nx, device=p.device, dtype=p.dtype), indexing="ij")
+        grid = torch.stack((xv, yv), 2).view(1, 1, ny, nx, 2)
+        y = p.sigmoid()
+        xy = (y[..., 0:2] * 2.0 - 0.5 + grid) * float(strides[i])
+        wh = (y[..., 2:4] * 2) ** 2 * anchors[i].to(p).view(1, na, 1, 1, 2)
+        z.append(torch.cat((xy, wh, y[..., 4:]), -1).view(bs, -1, no))
+    return torch.cat(z, 1)
+
+
+def end2end_to_detections(out: Sequence[torch.Tensor], conf_thres: float = 0.0,
+                          classes: Optional[Sequence[int]] = None) -> list[torch.Tensor]:
+    """Per-image (n, 6) [x1, y1, x2, y2, conf, cls] from end2end outputs (num_dets, boxes, scores, classes)."""
+    num, boxes, scores, cls = out
+    dets = []
+    for i in range(boxes.shape[0]):
+        n = int(num[i].reshape(-1)[0])
+        d = torch.cat((boxes[i, :n].float(), scores[i, :n, None].float(), cls[i, :n, None].float()), 1)
+        keep = d[:, 4] > conf_thres
+        if classes is not None:
+            keep &= (d[:, 5:6] == torch.tensor(list(classes), dtype=d.dtype, device=d.device)).any(1)
+        dets.append(d[keep])
+    return dets
+
+
+class Backend:
+    """A loaded model of any format. ``__call__(x)`` takes (N, 3, H, W) float 0..1 and returns the
+    decoded predictions (N, anchors, 5 + nc) as the PyTorch model's inference output (end2end
+    graphs return their four outputs instead; use :meth:`predict`)."""
+
+    format = "?"
+    end2end = False
+    supports_augment = False
+
+    def __init__(self, path: PathLike, device: torch.device):
+        self.path = Path(path)
+        self.device = device
+        self.names: list[str] = []
+        self.stride = 32
+        self.imgsz: Optional[tuple[int, int]] = None  # fixed (h, w) input of static-shape files
+        self.batch: Optional[int] = None  # fixed batch size, or None
+        self.fp16 = False
+        self.meta: dict[str, Any] = {}
+
+    @property
+    def nc(self) -> int:
+        return len(self.names)
+
+    def __call__(self, x: torch.Tensor, augment: bool = False) -> Any:
+        raise NotImplementedError
+
+    def input_size(self, img_size: Union[int, Sequence[int]]) -> tuple[list[int], bool]:
+        """([h, w], letterbox ``auto``) for a requested size: the file's own size when it is fixed."""
+        if self.imgsz is not None:
+            return list(self.imgsz), False
+        s = [img_size, img_size] if isinstance(img_size, int) else list(img_size) * (2 if len(img_size) == 1 else 1)
+        return [check_img_size(int(v), self.stride) for v in s[:2]], True
+
+    def check_batch(self, n: int) -> None:
+        """Refuse a batch size a static graph cannot take."""
+        if self.batch is not None and n != self.batch:
+            raise UserError(f"{self.path}: this {self.format} file takes batches of {self.batch}, got {n}; "
+                            f"re-export with --batch-size {n} or --dynamic")
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, conf_thres: float = 0.25, iou_thres: float = 0.45,
+                classes: Optional[Sequence[int]] = None, agnostic: bool = False, max_det: int = 300,
+                augment: bool = False) -> list[torch.Tensor]:
+        """Final per-image detections (n, 6) [x1, y1, x2, y2, conf, cls] in input pixels."""
+        if self.end2end:
+            return end2end_to_detections(self(x), conf_thres, classes)
+        out = self(x, augment=augment) if self.supports_augment else self(x)
+        return non_max_suppression(out, conf_thres, iou_thres, classes=classes, agnostic=agnostic, max_det=max_det)
+
+    @torch.no_grad()
+    def warmup(self, imgsz: Optional[Sequence[int]] = None) -> None:
+        """One forward on zeros so first-call costs (allocation, kernel selection) are not timed."""
+        h, w = self.imgsz or tuple(imgsz or (640, 640))
+        self(torch.zeros(self.batch or 1, 3, h, w, device=self.device,
+                         dtype=torch.half if self.fp16 else torch.float))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.path}, format={self.format}, nc={self.nc}, stride={self.stride})"
+
+
+class PyTorchBackend(Backend):
+    """A project checkpoint (training or fused) built by ``attempt_load``; fused unless ``fuse=False``."""
+
+    format = "pytorch"
+    supports_augment = True
+
+    def __init__(self, path: PathLike, device: torch.device, fuse: bool = True, half: bool = False, **_: Any):
+        from models.experimental import attempt_load
+
+        super().__init__(path, device)
+        self.model = attempt_load(path, map_location=device, fuse=fuse).eval()
+        self.fp16 = bool(half and device.type == "cuda")
+        if self.fp16:
+            self.model.half()
+        self.stride = int(self.model.stride.max())
+        self.names = _names(getattr(self.model, "names", None), self.model.nc)
+
+    def __call__(self, x: torch.Tensor, augment: bool = False) -> torch.Tensor:
+        x = x.to(self.device, torch.half if self.fp16 else torch.float)
+        y = self.model(x, augment=augment)
+        return y[0] if isinstance(y, (list, tuple)) else y
+
+
+def _read_meta(items: dict[str, str]) -> dict[str, Any]:
+    meta = {}
+    for k, v in items.items():
+        try:
+            meta[k] = json.loads(v)
+        except (TypeError, ValueError):
+            meta[k] = v
+    return meta
+
+
+def _apply_meta(b: Backend, meta: dict[str, Any], nc_from_output: Optional[int]) -> None:
+    b.meta = meta
+    b.stride = int(meta.get("stride", 32))
+    b.names = _names(meta.get("names"), meta.get("nc", nc_from_output))
+
+
+class TorchScriptBackend(Backend):
+    """A ``torch.jit`` file written by export.py (decoded output, traced at a fixed size)."""
+
+    format = "torchscript"
+
+    def __init__(self, path: PathLike, device: torch.device, half: bool = False, **_: Any):
+        super().__init__(path, device)
+        extra = {"config.txt": ""}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                self.model = torch.jit.load(str(path), _extra_files=extra, map_location=device).eval()
+            except RuntimeError as e:
+                raise UserError(f"{path}: not a readable TorchScript file ({str(e).splitlines()[0]})") from e
+        meta = _read_meta({"_": extra["config.txt"]}).get("_") or {}
+        if not isinstance(meta, dict) or not meta:
+            raise UserError(f"{path}: TorchScript file without export.py's config.txt (names, stride); "
+                            f"export it with export.py")
+        if not meta.get("grid", True):
+            raise UserError(f"{path}: raw-output TorchScript (--no-grid) is not runnable here; re-export without --no-grid")
+        _apply_meta(self, meta, None)
+        if not meta.get("dynamic") and meta.get("img_size"):
+            self.imgsz = tuple(int(v) for v in meta["img_size"])
+
+    def __call__(self, x: torch.Tensor, augment: bool = False) -> torch.Tensor:
+        y = self.model(x.to(self.device, torch.float))
+        return y[0] if isinstance(y, (list, tuple)) else y
+
+
+class OnnxBackend(Backend):
+    """An ONNX file run by ONNX Runtime (CUDA provider when the device is CUDA and it is available)."""
+
+    format = "onnx"
+
+    def __init__(self, path: PathLike, device: torch.device, threads: Optional[int] = None, **_: Any):
+        import onnxruntime as ort
+
+        super().__init__(path, device)
+        providers = ["CPUExecutionProvider"]
+        if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=ort_session_options(threads),
+                                                providers=providers)
+        except Exception as e:  # onnxruntime raises its own exception types for damaged files
+            raise UserError(f"{path}: not a loadable ONNX file ({str(e).splitlines()[0][:200]})") from e
+        meta = _read_meta(dict(self.session.get_modelmeta().custom_metadata_map))
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.input_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
+        shape = list(inp.shape)
+        self.batch = shape[0] if isinstance(shape[0], int) else None
+        self.imgsz = tuple(shape[2:4]) if all(isinstance(s, int) for s in shape[2:4]) else None
+        outs = self.session.get_outputs()
+        self.output_names = [o.name for o in outs]
+        self.end2end = "num_dets" in self.output_names
+        self.raw = not self.end2end and len(outs) > 1
+        nc_out = None
+        if not self.end2end and isinstance(outs[0].shape[-1], int):
+            nc_out = int(outs[0].shape[-1]) - 5
+        _apply_meta(self, meta, nc_out)
+        if self.raw:
+            self._anchors = meta.get("anchors")
+            self._strides = meta.get("strides")
+            if not self._anchors or not self._strides or len(self._anchors) != len(outs):
+                raise UserError(f"{path}: {len(outs)} raw per-level outputs ({', '.join(self.output_names)}) "
+                                f"without 'anchors'/'strides' metadata to decode them; re-export without --no-grid")
+
+    def __call__(self, x: torch.Tensor, augment: bool = False) -> Any:
+        self.check_batch(int(x.shape[0]))
+        out = self.session.run(None, {self.input_name: x.detach().cpu().numpy().astype(self.input_dtype, copy=False)})
+        out = [torch.from_numpy(o).to(self.device) for o in out]
+        if self.end2end:
+            return out
+        if self.raw:
+            return decode_raw(out, torch.tensor(self._anchors, dtype=torch.float32), self._strides)
+        return out[0].float()
+
+
+def ort_session_options(threads: Optional[int] = None):
+    """ONNX Runtime options: ``threads`` intra-op threads (default: the usable cores), sequential
+    execution, and worker threads that sleep instead of spinning when idle."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(threads or default_threads())
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    so.log_severity_level = 3
+    return so
+
+
+class Ensemble(Backend):
+    """Several models as one (YOLOv7's ensemble): their predictions concatenated, then one NMS."""
+
+    format = "ensemble"
+
+    def __init__(self, members: Sequence[Backend]):
+        if len(members) < 2:
+            raise UserError("an ensemble needs at least two --weights")
+        super().__init__(members[0].path, members[0].device)
+        self.members = list(members)
+        for m in self.members:
+            if m.end2end:
+                raise UserError(f"{m.path}: an end2end graph (NMS inside) cannot join an ensemble; "
+                                f"export without --end2end")
+            if m.nc != members[0].nc:
+                raise UserError(f"{m.path}: {m.nc} classes, but {members[0].path} has {members[0].nc}; "
+                                f"ensemble members must share their classes")
+        fixed = {m.imgsz for m in self.members if m.imgsz is not None}
+        if len(fixed) > 1:
+            raise UserError(f"ensemble members have different fixed input sizes {sorted(fixed)}")
+        batches = {m.batch for m in self.members if m.batch is not None}
+        if len(batches) > 1:
+            raise UserError(f"ensemble members have different fixed batch sizes {sorted(batches)}")
+        self.names = members[0].names
+        self.stride = max(m.stride for m in self.members)
+        self.imgsz = fixed.pop() if fixed else None
+        self.batch = batches.pop() if batches else None
+        self.fp16 = all(m.fp16 for m in self.members)
+        self.supports_augment = all(m.supports_augment for m in self.members)
+
+    def __call__(self, x: torch.Tensor, augment: bool = False) -> torch.Tensor:
+        outs = [(m(x, augment=augment) if m.supports_augment else m(x)).float() for m in self.members]
+        return torch.cat(outs, 1)
+
+    def __repr__(self) -> str:
+        return f"Ensemble({', '.join(str(m.path) for m in self.members)})"
+
+
+# --------------------------------------------------------------------------- registry
+Matcher = Callable[[Path], bool]
+
+#: (matcher, class) pairs tried in order; the first matcher that accepts the path picks the class.
+BACKENDS: list[tuple[Matcher, type]] = [
+    (lambda p: p.name.lower().endswith((".torchscript.pt", ".torchscript")), TorchScriptBackend),
+    (lambda p: p.suffix.lower() == ".onnx", OnnxBackend),
+    (lambda p: p.suffix.lower() in (".pt", ".pth"), PyTorchBackend),
+]
+
+
+def register(matcher: Matcher, cls: type, first: bool = True) -> None:
+    """Add a format: ``cls(path, device, threads=..., fuse=..., half=...)`` for paths ``matcher`` accepts."""
+    if first:
+        BACKENDS.insert(0, (matcher, cls))
+    else:
+        BACKENDS.append((matcher, cls))
+
+
+def _device(device: Union[str, torch.device]) -> torch.device:
+    if isinstance(device, torch.device):
+        return device
+    from utils.torch_utils import select_device
+
+    return select_device(str(device))
+
+
+def _load_one(path: Path, device: torch.device, threads: Optional[int], fuse: bool, half: bool) -> Backend:
+    for matcher, cls in BACKENDS:
+        if matcher(path):
+            if not path.exists():
+                raise FileNotFoundError(2, "weights not found", str(path))
+            return cls(path, device, threads=threads, fuse=fuse, half=half)
+    raise UserError(f"{path}: unsupported weights format; expected .pt/.pth, .torchscript.pt, .onnx"
+                    f"{''.join(', ' + n for n in extra_format_names())}")
+
+
+def extra_format_names() -> list[str]:
+    """Names of registered formats beyond the built-in ones (for messages)."""
+    builtin = {TorchScriptBackend, OnnxBackend, PyTorchBackend}
+    return [getattr(cls, "format", cls.__name__) for _, cls in BACKENDS if cls not in builtin]
+
+
+def load_backend(weights: Weights, device: Union[str, torch.device] = "cpu", threads: Optional[int] = None,
+                 fuse: bool = True, verbose: bool = False, half: bool = False) -> Backend:
+    """Load ``weights`` (one path, or several for an :class:`Ensemble`) as a :class:`Backend`.
+
+    ``threads``: intra-op threads for PyTorch and ONNX Runtime (default: the usable cores);
+    ``half``: fp16 PyTorch inference on CUDA.
+    """
+    paths = [Path(weights)] if isinstance(weights, (str, Path)) else [Path(w) for w in weights]
+    if not paths:
+        raise UserError("--weights: no model file given")
+    n = set_threads(threads)
+    dev = _device(device)
+    members = [_load_one(p, dev, n, fuse, half) for p in paths]
+    model = members[0] if len(members) == 1 else Ensemble(members)
+    msg = (f"{model.format}: {', '.join(str(p) for p in paths)} ({model.nc} classes, stride {model.stride}, "
+           f"{n} threads, {dev})")
+    (LOGGER.info if verbose else LOGGER.debug)(msg)
+    return model
