@@ -2,14 +2,22 @@
 
 Usage:
     python test.py --weights runs/train/exp/weights/best.pt --data data/my.yaml --img-size 640
+    python test.py --weights best.onnx --data data/my.yaml           # any file models/backend.py loads
+    python test.py --weights a.pt b.pt --data data/my.yaml           # ensemble: predictions joined, one NMS
     python test.py --weights best.pt --data data/coco.yaml --save-json   # + pycocotools COCOeval
     python test.py --weights best.pt --data data/my.yaml --task speed     # conf .25, iou .45 timing
 
 ``test()`` is also the validation step of train.py, which passes its EMA model, dataloader
-and loss; that model is evaluated as given (not fused, not converted to fp16 in place).
+and loss; that model is evaluated as given (not reloaded, not fused, not converted to fp16 in
+place). Files are loaded through :func:`models.backend.load_backend`; a file with a fixed input
+size or batch (static ONNX, TorchScript) is evaluated at that size / batch, square letterboxed.
 """
 from __future__ import annotations
 
+import os
+
+if __name__ == "__main__":  # before torch loads: idle OpenMP threads sleep instead of spinning on a busy CPU
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse
 import contextlib
 import copy
@@ -17,19 +25,66 @@ import io
 import json
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from utils.general import (LOGGER, check_img_size, coco80_to_coco91_class, colorstr, increment_path,
-                           non_max_suppression, scale_coords, set_logging, xywh2xyxy, xyxy2ltwh, xyxy2xywh)
-from utils.metrics import IOU_THRESHOLDS, ConfusionMatrix, ap_per_class, match_detections
+from utils.atomic import write_text
+from utils.cli import require, run_cli
+from utils.general import (
+    LOGGER,
+    check_img_size,
+    coco80_to_coco91_class,
+    colorstr,
+    increment_path,
+    non_max_suppression,
+    scale_coords,
+    set_logging,
+    xywh2xyxy,
+    xyxy2ltwh,
+    xyxy2xywh,
+)
+from utils.metrics import IOU_THRESHOLDS, ConfusionMatrix, ap_per_class, match_detections, names_dict
 from utils.plots import output_to_target, plot_images, safe_plot
 
 MAX_DET = 300  # detections kept per image by NMS (COCO scores the best 100 per image and class)
+STAGES = ("load", "preprocess", "inference", "nms", "metrics", "plots", "json")
+HEADER = ("%20s" + "%12s" * 6) % ("Class", "Images", "Labels", "P", "R", "mAP@.5", "mAP@.5:.95")
+ROW = "%20s" + "%12i" * 2 + "%12.3g" * 4
+
+
+# --------------------------------------------------------------------------- small pieces
+class Timers:
+    """Wall seconds per named stage, summed over a run: ``with timers("nms"): ...``.
+
+    On CUDA a stage ends with a device synchronise, so asynchronous kernels count where they run.
+    """
+
+    def __init__(self, stages: Sequence[str] = STAGES):
+        self.device: Optional[torch.device] = None
+        self.seconds = dict.fromkeys(stages, 0.0)
+        self.start = time.perf_counter()
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.device is not None and self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t0
+
+    def per_image_ms(self, stages: Sequence[str], n: int) -> tuple[float, ...]:
+        return tuple(self.seconds[s] / max(n, 1) * 1e3 for s in stages)
+
+    def report(self) -> dict[str, float]:
+        return dict(self.seconds, total=time.perf_counter() - self.start)
 
 
 def image_id(path: Union[str, Path]) -> Union[int, str]:
@@ -50,6 +105,353 @@ def class_to_category(data: dict, nc: int, is_coco: bool = False) -> list[int]:
     return list(range(nc))
 
 
+def check_settings(imgsz: int, batch_size: int, conf_thres: float, iou_thres: float) -> None:
+    """One-line errors for values no evaluation can use (named by their CLI flags)."""
+    require(int(imgsz) > 0, f"--img-size {imgsz}: must be a positive number of pixels")
+    require(int(batch_size) > 0, f"--batch-size {batch_size}: must be at least 1")
+    for flag, v in (("--conf-thres", conf_thres), ("--iou-thres", iou_thres)):
+        require(np.isfinite(v) and 0.0 <= v <= 1.0, f"{flag} {v}: must be within [0, 1]")
+
+
+# --------------------------------------------------------------------------- the model behind one call
+@dataclass
+class Runner:
+    """The evaluated model behind one call: ``runner(img) -> (decoded predictions, raw head outputs or None)``.
+
+    Built from the caller's in-memory model (:func:`runner_from_model`) or from files through
+    the shared runtime (:func:`runner_from_files`). ``img`` is (N, 3, H, W) float 0..1.
+    """
+
+    call: Callable[[torch.Tensor], tuple[Any, Any]]
+    device: torch.device
+    stride: int
+    names: dict[int, str]
+    nc: int
+    half: bool = False
+    imgsz: Optional[tuple[int, int]] = None  # fixed input (h, w) of a static-shape file
+    batch: Optional[int] = None  # fixed batch of a static-shape file
+    end2end: bool = False  # the file runs NMS itself: call returns final detections per image
+    restore: Callable[[], None] = lambda: None  # give the caller's model its train/eval mode back
+
+    def __call__(self, img: torch.Tensor) -> tuple[Any, Any]:
+        n = img.shape[0]
+        if self.batch is None or n == self.batch:
+            return self.call(img)
+        pad = img.new_zeros((self.batch - n, *img.shape[1:]))  # a short last batch: pad, then drop
+        out, train_out = self.call(torch.cat((img, pad), 0))
+        return (out[:n] if torch.is_tensor(out) else list(out)[:n]), None
+
+
+def runner_from_model(model: torch.nn.Module, half_precision: bool, augment: bool) -> Runner:
+    """Evaluate the caller's model as given (train.py's EMA): fp16 only on a copy, mode restored after."""
+    device = next(model.parameters()).device
+    half = device.type == "cuda" and half_precision
+    net = copy.deepcopy(model).half() if half and next(model.parameters()).dtype != torch.float16 else model
+    was_training = model.training
+    net.eval()
+
+    def call(img: torch.Tensor) -> tuple[Any, Any]:
+        out = net(img, augment=augment)
+        return out if isinstance(out, tuple) else (out, None)
+
+    nc = int(getattr(model, "nc", 0) or 0)
+    return Runner(call, device, max(int(model.stride.max()), 32), names_dict(getattr(model, "names", None)), nc,
+                  half=half, restore=(lambda: model.train()) if was_training else (lambda: None))
+
+
+def runner_from_files(weights: Any, device: Union[str, torch.device], threads: Optional[int],
+                      half_precision: bool, augment: bool) -> Runner:
+    """Load one file (or several: an ensemble) of any supported format through models/backend.py."""
+    from models.backend import load_backend, set_threads
+    from utils.torch_utils import select_device
+
+    paths = [weights] if isinstance(weights, (str, Path)) else list(weights or [])
+    require(len(paths) > 0, "test(): give weights= (one or more model files) or model=")
+    for w in paths:
+        require(Path(w).exists(), f"--weights {w}: not found")
+    set_threads(threads)  # NMS and metrics run in PyTorch too
+    dev = select_device(device)
+    backend = load_backend([str(w) for w in paths] if len(paths) > 1 else str(paths[0]), dev, threads=threads,
+                           half=half_precision and dev.type == "cuda")
+    require(not augment or backend.supports_augment,
+            f"--augment: needs PyTorch checkpoints; {backend.format} files run as exported")
+    if backend.end2end:
+        LOGGER.info(f"{paths[0]}: end2end graph: its own NMS and thresholds decide the detections")
+
+        def call(img: torch.Tensor) -> tuple[Any, Any]:
+            return backend.predict(img, conf_thres=0.0), None
+    else:
+        def call(img: torch.Tensor) -> tuple[Any, Any]:
+            return (backend(img, augment=True) if augment else backend(img)), None
+    imgsz = tuple(int(v) for v in backend.imgsz) if backend.imgsz is not None else None
+    return Runner(call, dev, max(int(backend.stride), 32), names_dict(backend.names), backend.nc,
+                  half=bool(backend.fp16), imgsz=imgsz, batch=backend.batch, end2end=bool(backend.end2end))
+
+
+# --------------------------------------------------------------------------- dataset, loader, settings
+@dataclass
+class Settings:
+    """What one evaluation needs besides the model: split, classes, outputs and thresholds."""
+
+    save_dir: Path
+    conf_thres: float
+    iou_thres: float
+    single_cls: bool
+    save_txt: bool
+    save_conf: bool
+    save_hybrid: bool
+    save_json: bool
+    plots: bool
+    v5_metric: bool
+    verbose: bool
+    training: bool
+    data: dict = field(default_factory=dict)
+    split: str = "val"
+    nc: int = 0
+    names: dict[int, str] = field(default_factory=dict)
+    cat_ids: list[int] = field(default_factory=list)
+
+
+def resolve_dataset(cfg: Settings, data: Any, task: str, names: Any, runner: Runner, is_coco: bool) -> None:
+    """Load the data yaml into ``cfg``: the split to score, nc, class names and json category ids."""
+    from utils.dataset_config import check_dataset
+
+    split = task if task in ("train", "val", "test") else "val"
+    data = check_dataset(data, require=(split,))
+    where = data.get("yaml_file") or "the data"
+    require(bool(data.get(split)), f"{where}: has no '{split}' split to evaluate")
+    nc = 1 if cfg.single_cls else int(data["nc"])
+    if not cfg.single_cls and runner.nc and runner.nc != nc:
+        raise ValueError(f"the model predicts nc={runner.nc} classes but {where} has nc={nc}; "
+                         f"evaluate with the matching data yaml (or --single-cls)")
+    if names is None:
+        names = ["item"] if cfg.single_cls else (data.get("names") or runner.names)
+    names = names_dict(names)
+    names.update({i: str(i) for i in range(nc) if i not in names})
+    cfg.data, cfg.split, cfg.nc, cfg.names = data, split, nc, names
+    cfg.cat_ids = class_to_category(data, nc, bool(is_coco or data.get("coco")))
+
+
+def build_loader(cfg: Settings, runner: Runner, imgsz: int, batch_size: int, workers: int):
+    """The split's dataloader; a fixed-size file gets its own size (square, no rect) and batch."""
+    from utils.datasets import create_dataloader
+
+    rect = True
+    if runner.imgsz is not None:
+        h, w = runner.imgsz
+        require(h == w, f"the model file takes a fixed {h}x{w} input; test.py evaluates square inputs only")
+        if imgsz != h:
+            LOGGER.info(f"the model file has a fixed input of {h}x{w}: evaluating at --img-size {h} (no rect)")
+        imgsz, rect = h, False
+    else:
+        imgsz = check_img_size(imgsz, s=runner.stride)
+    if runner.batch is not None and runner.batch != batch_size:
+        LOGGER.info(f"the model file takes batches of {runner.batch}: evaluating with --batch-size {runner.batch}")
+        batch_size = runner.batch
+    if runner.device.type == "cuda":  # warm up kernels before timing
+        runner(torch.zeros(runner.batch or 1, 3, imgsz, imgsz, device=runner.device,
+                           dtype=torch.float16 if runner.half else torch.float32))
+    loader = create_dataloader(cfg.data[cfg.split], imgsz, batch_size, runner.stride, single_cls=cfg.single_cls,
+                               pad=0.5, rect=rect, workers=workers, prefix=colorstr(f"{cfg.split}: "),
+                               nc=cfg.data["nc"])[0]
+    return loader, imgsz, batch_size
+
+
+# --------------------------------------------------------------------------- per image
+@dataclass
+class Tally:
+    """What the batches leave behind: per-image match statistics, json rows, confusion matrix, loss."""
+
+    confusion: ConfusionMatrix
+    loss: torch.Tensor
+    iouv: torch.Tensor
+    stats: list = field(default_factory=list)  # (correct, conf, pred_cls, target_cls) per image
+    ids: list = field(default_factory=list)  # COCO image id per entry of ``stats``
+    jdict: list = field(default_factory=list)
+    plot_threads: list = field(default_factory=list)
+    seen: int = 0
+    n_txt: int = 0
+
+
+def _shapes(shape_info, img_hw) -> tuple:
+    """(original (h, w), ratio_pad) from a dataloader ``shapes`` entry (None: the network input itself)."""
+    if shape_info is None:
+        return tuple(int(x) for x in img_hw), None
+    return shape_info[0], shape_info[1]
+
+
+def match_image(pred: torch.Tensor, labels: torch.Tensor, img_hw, shape_info, iouv: torch.Tensor):
+    """Scale one image's detections and labels to original pixels and match them at every IoU threshold.
+
+    Returns ``(predn, labelsn, shape0, stat)``: detections (n, 6) and labels (m, 5) [cls, xyxy] in
+    original-image pixels, the original (h, w) and ``stat`` = (correct, conf, cls, label classes)
+    of the detections COCO keeps.
+    """
+    shape0, ratio_pad = _shapes(shape_info, img_hw)
+    predn = pred.float().clone()
+    scale_coords(img_hw, predn[:, :4], shape0, ratio_pad)
+    if len(labels):
+        tbox = xywh2xyxy(labels[:, 1:5].float())
+        scale_coords(img_hw, tbox, shape0, ratio_pad)
+        labelsn = torch.cat((labels[:, 0:1].float(), tbox), 1)
+    else:
+        labelsn = torch.zeros((0, 5), device=pred.device)
+    correct, keep = match_detections(predn, labelsn, iouv)
+    tcls = labels[:, 0].cpu().numpy() if len(labels) else np.zeros(0)
+    stat = (correct[keep].cpu().numpy(), predn[keep, 4].cpu().numpy(), predn[keep, 5].cpu().numpy(), tcls)
+    return predn, labelsn, shape0, stat
+
+
+def save_txt(predn: torch.Tensor, shape0, path: Path, save_conf: bool) -> None:
+    """YOLO label file of one image: ``cls cx cy w h [conf]`` normalised to the original image."""
+    gn = torch.tensor([shape0[1], shape0[0], shape0[1], shape0[0]], dtype=torch.float32)
+    xywh = (xyxy2xywh(predn[:, :4].cpu()) / gn).tolist()
+    lines = []
+    for b, (conf, cls) in zip(xywh, predn[:, 4:6].cpu().tolist()):
+        row = (cls, *b, conf) if save_conf else (cls, *b)
+        lines.append(("%g " * len(row)).rstrip() % row + "\n")
+    write_text(path, "".join(lines))
+
+
+def to_json(predn: torch.Tensor, iid: Union[int, str], cat_ids: Sequence[int]) -> list[dict]:
+    """COCO result rows of one image (ltwh boxes in original pixels; scores unrounded: no ties)."""
+    box = xyxy2ltwh(predn[:, :4]).cpu().tolist()
+    return [{"image_id": iid, "category_id": cat_ids[int(p[5])], "bbox": [round(x, 3) for x in b], "score": p[4]}
+            for p, b in zip(predn.cpu().tolist(), box)]
+
+
+def record_image(pred: torch.Tensor, labels: torch.Tensor, path: Path, shape_info, img_hw, cfg: Settings,
+                 tally: Tally) -> None:
+    """Everything one image contributes: match statistics, confusion matrix, txt and json rows."""
+    if cfg.single_cls:
+        pred[:, 5] = 0
+    predn, labelsn, shape0, stat = match_image(pred, labels, img_hw, shape_info, tally.iouv)
+    tally.seen += 1
+    tally.stats.append(stat)
+    tally.ids.append(image_id(path))
+    if cfg.plots:
+        tally.confusion.process_batch(predn, labelsn)
+    if cfg.save_txt:
+        save_txt(predn, shape0, cfg.save_dir / "labels" / f"{path.stem}.txt", cfg.save_conf)
+        tally.n_txt += 1
+    if cfg.save_json:
+        tally.jdict += to_json(predn, image_id(path), cfg.cat_ids)
+
+
+# --------------------------------------------------------------------------- per batch
+def plot_batch(batch_i: int, img: torch.Tensor, targets: torch.Tensor, out: list, paths, cfg: Settings,
+               tally: Tally) -> None:
+    """val_batch{i}_labels/_pred.jpg of the first three batches, drawn in background threads."""
+    im_cpu, tg_cpu, pr_cpu = img.detach().cpu(), targets.detach().cpu(), output_to_target(out)
+    for suffix, tg in (("labels", tg_cpu), ("pred", pr_cpu)):
+        f = cfg.save_dir / f"val_batch{batch_i}_{suffix}.jpg"
+        th = threading.Thread(target=safe_plot, args=(plot_images, im_cpu, tg, paths, f, cfg.names), daemon=True)
+        th.start()
+        tally.plot_threads.append(th)
+
+
+def run_batch(batch_i: int, batch, runner: Runner, cfg: Settings, tally: Tally, timers: Timers,
+              compute_loss=None) -> None:
+    """Preprocess, infer, (loss), NMS, then record every image of one batch."""
+    img, targets, paths, shapes = batch
+    with timers("preprocess"):
+        img = img.to(runner.device, non_blocking=True)
+        img = (img.half() if runner.half else img.float()) / 255.0
+        targets = targets.to(runner.device)
+    with timers("inference"):
+        out, train_out = runner(img)
+        if compute_loss is not None and train_out is not None:
+            tally.loss += compute_loss([x.float() for x in train_out], targets)[1][:3]
+    nb, _, height, width = img.shape
+    targets[:, 2:] *= torch.tensor([width, height, width, height], device=targets.device)  # to pixels
+    with timers("nms"):
+        if not runner.end2end:
+            lb = [targets[targets[:, 0] == i, 1:] for i in range(nb)] if cfg.save_hybrid else []
+            out = non_max_suppression(out, cfg.conf_thres, cfg.iou_thres, labels=lb, multi_label=True,
+                                      agnostic=cfg.single_cls, max_det=MAX_DET)
+    with timers("metrics"):
+        for si, pred in enumerate(out):
+            record_image(pred, targets[targets[:, 0] == si, 1:], Path(paths[si]), shapes[si], img.shape[2:],
+                         cfg, tally)
+    if cfg.plots and batch_i < 3:
+        with timers("plots"):
+            plot_batch(batch_i, img, targets, out, paths, cfg, tally)
+
+
+def run_batches(loader, runner: Runner, cfg: Settings, tally: Tally, timers: Timers, compute_loss=None,
+                progress: bool = True) -> None:
+    """All batches of ``loader``, behind a tqdm progress bar (train.py's validation shows it too)."""
+    it = iter(tqdm(loader, desc=HEADER, disable=not progress, leave=not cfg.training))
+    for batch_i in range(len(loader)):
+        with timers("load"):
+            batch = next(it, None)
+        if batch is None:
+            break
+        run_batch(batch_i, batch, runner, cfg, tally, timers, compute_loss)
+
+
+# --------------------------------------------------------------------------- results
+@dataclass
+class Summary:
+    """Per-class results (classes that have labels) and their means."""
+
+    p: np.ndarray
+    r: np.ndarray
+    ap50: np.ndarray
+    ap: np.ndarray  # mAP@.5:.95 per class
+    ap_class: np.ndarray
+    nt: np.ndarray  # labels per class (all nc)
+
+    @property
+    def means(self) -> tuple[float, float, float, float]:
+        if not len(self.ap):
+            return 0.0, 0.0, 0.0, 0.0
+        return float(self.p.mean()), float(self.r.mean()), float(self.ap50.mean()), float(self.ap.mean())
+
+    def maps(self, nc: int, fill: float) -> np.ndarray:
+        """mAP@.5:.95 of every class (``fill`` for classes without labels)."""
+        maps = np.zeros(nc) + fill
+        for i, c in enumerate(self.ap_class):
+            maps[c] = self.ap[i]
+        return maps
+
+
+def summarise(tally: Tally, cfg: Settings) -> tuple[Summary, list]:
+    """AP per class at the ten IoU thresholds, P and R at the max-F1 confidence; also the joined stats."""
+    # images in COCO's order (sorted ids), so score ties across images break as in COCOeval
+    order = sorted(range(len(tally.stats)), key=lambda k: (isinstance(tally.ids[k], str), tally.ids[k]))
+    stats = [np.concatenate(x, 0) for x in zip(*[tally.stats[k] for k in order])] if tally.stats else []
+    nt = np.zeros(cfg.nc, dtype=int)
+    empty = np.zeros(0)
+    if not (stats and len(stats[3])):
+        return Summary(empty, empty, empty, empty, np.zeros(0, dtype=int), nt), stats
+    nt = np.bincount(stats[3].astype(int), minlength=cfg.nc)
+    p, r, ap, _, ap_class = ap_per_class(*stats, plot=False, save_dir=cfg.save_dir, names=cfg.names,
+                                         v5_metric=cfg.v5_metric)
+    return Summary(p, r, ap[:, 0], ap.mean(1), ap_class, nt), stats
+
+
+def print_results(s: Summary, cfg: Settings, seen: int) -> None:
+    """The 'all' row, and per class when asked (``verbose``) or outside training for nc < 50 (YOLOv7's rule)."""
+    LOGGER.info(HEADER)
+    LOGGER.info(ROW % ("all", seen, s.nt.sum(), *s.means))
+    if not s.nt.sum():
+        LOGGER.warning(f"WARNING: no labels found in the {cfg.split} split: mAP cannot be computed (reported as 0)")
+    if (cfg.verbose or (cfg.nc < 50 and not cfg.training)) and cfg.nc > 1 and len(s.ap):
+        for i, c in enumerate(s.ap_class):
+            LOGGER.info(ROW % (cfg.names.get(int(c), str(c)), seen, s.nt[c], s.p[i], s.r[i], s.ap50[i], s.ap[i]))
+
+
+def finish_plots(stats: list, cfg: Settings, tally: Tally) -> None:
+    """PR/F1/P/R curves and the confusion matrix; waits for the batch mosaics."""
+    if stats and len(stats[3]):
+        safe_plot(ap_per_class, *stats, plot=True, save_dir=cfg.save_dir, names=cfg.names, v5_metric=cfg.v5_metric)
+    tally.confusion.plot(save_dir=cfg.save_dir, names=[cfg.names[i] for i in range(cfg.nc)])
+    for th in tally.plot_threads:
+        th.join()
+
+
+# --------------------------------------------------------------------------- COCO json
 def labels_to_coco_json(dataset, names: Sequence[str], cat_ids: Sequence[int]) -> dict:
     """COCO ground-truth dict built from a dataset's YOLO labels, boxes in original-image pixels."""
     images, anns = [], []
@@ -70,42 +472,46 @@ def labels_to_coco_json(dataset, names: Sequence[str], cat_ids: Sequence[int]) -
             "images": images, "annotations": anns, "categories": cats}
 
 
-def coco_evaluate(anno: Union[str, Path, dict], preds: list[dict], img_ids: Sequence) -> np.ndarray:
-    """Run pycocotools COCOeval (bbox) on ``preds`` restricted to ``img_ids``; returns its 12 stats.
-
-    String image ids are mapped to integers in memory (COCOeval sorts ids, so they must be of
-    one type); the json files keep the ids as written.
-    """
+def _coco_index(dataset: dict):
     from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
 
     with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(str(anno)) if not isinstance(anno, dict) else COCO()
-        if isinstance(anno, dict):
-            gt.dataset = copy.deepcopy(anno)
-            gt.createIndex()
-    ids = list(gt.imgs)
-    if any(not isinstance(i, int) for i in ids):
-        remap = {i: k for k, i in enumerate(ids)}
-        ds = copy.deepcopy(gt.dataset)
-        for im in ds["images"]:
-            im["id"] = remap[im["id"]]
-        for a in ds["annotations"]:
-            a["image_id"] = remap[a["image_id"]]
-        with contextlib.redirect_stdout(io.StringIO()):
-            gt = COCO()
-            gt.dataset = ds
-            gt.createIndex()
-        preds = [dict(p, image_id=remap[p["image_id"]]) for p in preds if p["image_id"] in remap]
-        img_ids = [remap[i] for i in img_ids if i in remap]
+        gt = COCO()
+        gt.dataset = dataset
+        gt.createIndex()
+    return gt
+
+
+def _integer_ids(gt, preds: list[dict], img_ids: Sequence) -> tuple:
+    """COCOeval sorts image ids, so string ids are mapped to integers in memory (the files keep them)."""
+    remap = {i: k for k, i in enumerate(gt.imgs)}
+    ds = copy.deepcopy(gt.dataset)
+    for im in ds["images"]:
+        im["id"] = remap[im["id"]]
+    for a in ds["annotations"]:
+        a["image_id"] = remap[a["image_id"]]
+    preds = [dict(p, image_id=remap[p["image_id"]]) for p in preds if p["image_id"] in remap]
+    return _coco_index(ds), preds, [remap[i] for i in img_ids if i in remap]
+
+
+def coco_evaluate(anno: Union[str, Path, dict], preds: list[dict], img_ids: Sequence) -> np.ndarray:
+    """Run pycocotools COCOeval (bbox) on ``preds`` restricted to ``img_ids``; returns its 12 stats."""
+    from pycocotools.cocoeval import COCOeval
+
+    if isinstance(anno, dict):
+        gt = _coco_index(copy.deepcopy(anno))
+    else:
+        with open(anno, encoding="utf-8") as f:
+            gt = _coco_index(json.load(f))
+    if any(not isinstance(i, int) for i in gt.imgs):
+        gt, preds, img_ids = _integer_ids(gt, preds, img_ids)
     missing = {p["image_id"] for p in preds} - set(gt.imgs)
     if missing:
         raise ValueError(f"--save-json: {len(missing)} predicted image ids are not in the ground-truth json "
                          f"(e.g. {sorted(map(str, missing))[:3]}); image ids must be the image file stems")
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        dt = gt.loadRes(preds)
-        ev = COCOeval(gt, dt, "bbox")
+        ev = COCOeval(gt, gt.loadRes(preds), "bbox")
         ev.params.imgIds = list(img_ids)
         ev.evaluate()
         ev.accumulate()
@@ -116,19 +522,45 @@ def coco_evaluate(anno: Union[str, Path, dict], preds: list[dict], img_ids: Sequ
     return np.asarray(ev.stats)
 
 
-def _load_model(weights, device: torch.device):
-    from models.experimental import attempt_load  # imported here: training passes its model in
+def ground_truth_json(cfg: Settings, dataset, nt_sum: int) -> Optional[Union[str, Path]]:
+    """The annotation json to score against: the yaml's ``coco_json`` (val) or one built from the labels."""
+    anno = cfg.data.get("coco_json") if cfg.split == "val" else None  # the yaml's json describes val
+    if anno:
+        LOGGER.info(f"Evaluating pycocotools mAP with {anno}...")
+        return anno
+    if not nt_sum:
+        LOGGER.info(f"No labels in the {cfg.split} split: predictions saved for submission, pycocotools skipped")
+        return None
+    anno = cfg.save_dir / f"{Path(str(cfg.data.get('yaml_file') or 'data')).stem}_{cfg.split}_gt.json"
+    write_text(anno, json.dumps(labels_to_coco_json(dataset, [cfg.names[i] for i in range(cfg.nc)], cfg.cat_ids)))
+    LOGGER.info(f"Evaluating pycocotools mAP with ground truth built from the YOLO labels: {anno}")
+    return anno
 
-    if isinstance(weights, (list, tuple)):
-        if len(weights) != 1:
-            raise ValueError(f"test.py evaluates one model at a time, got --weights {list(weights)} "
-                             f"(use --task speed/study to loop over several)")
-        weights = weights[0]
-    if weights is None:
-        raise ValueError("test(): give weights= (a checkpoint) or model=")
-    return attempt_load(weights, map_location=device)  # fused, eval mode
+
+def coco_eval(cfg: Settings, tally: Tally, dataset, weights: Any, nt_sum: int,
+              report: Optional[dict]) -> Optional[np.ndarray]:
+    """Write ``<weights>_predictions.json`` and score it with pycocotools; None when it cannot be scored."""
+    w = weights[0] if isinstance(weights, (list, tuple)) and weights else weights
+    pred_json = cfg.save_dir / f"{Path(w).stem if w is not None else ''}_predictions.json"
+    write_text(pred_json, json.dumps(tally.jdict))
+    LOGGER.info(f"Saved {len(tally.jdict)} detections to {pred_json}")
+    anno = ground_truth_json(cfg, dataset, nt_sum)
+    if not anno:
+        return None
+    if not tally.jdict:
+        LOGGER.warning("WARNING: no detections: pycocotools mAP is 0")
+        return None
+    try:
+        cstats = coco_evaluate(anno, tally.jdict, [image_id(f) for f in dataset.img_files])
+    except Exception as e:  # report, but keep this evaluator's numbers
+        LOGGER.warning(f"WARNING: pycocotools evaluation failed: {e}")
+        return None
+    if report is not None:
+        report.update(coco_stats=cstats, pred_json=str(pred_json), anno_json=str(anno))
+    return cstats
 
 
+# --------------------------------------------------------------------------- the evaluation
 @torch.no_grad()
 def test(data: Union[str, Path, dict], weights=None, batch_size: int = 32, imgsz: int = 640,
          conf_thres: float = 0.001, iou_thres: float = 0.65, save_json: bool = False, single_cls: bool = False,
@@ -136,272 +568,74 @@ def test(data: Union[str, Path, dict], weights=None, batch_size: int = 32, imgsz
          save_dir: Path = Path(""), save_txt: bool = False, save_hybrid: bool = False, save_conf: bool = False,
          plots: bool = True, compute_loss=None, half_precision: bool = True, is_coco: bool = False,
          v5_metric: bool = False, names=None, task: str = "val", device: str = "", workers: int = 8,
-         report: Optional[dict] = None):
-    """Evaluate ``model`` (or the checkpoint ``weights``) on ``data``'s ``task`` split.
+         report: Optional[dict] = None, threads: Optional[int] = None, progress: bool = True):
+    """Evaluate ``model`` (in memory) or ``weights`` (one file of any format, or several = ensemble) on ``data``.
 
     Returns ``((mp, mr, map50, map, box_loss, obj_loss, cls_loss), maps, times)``: mean P and R
     at the max-F1 confidence, mAP@.5 and mAP@.5:.95 (COCO's matching and 101-point AP), the
     validation losses when ``compute_loss`` is given (else 0), ``maps`` (nc,) mAP@.5:.95 per
     class, and ``times`` = (pre-process, inference, NMS ms per image, imgsz, imgsz, batch_size).
-    ``report``, when a dict is passed, receives ``timings`` (wall seconds per stage: load,
-    preprocess, inference, nms, metrics, plots, json, total), ``images``, this evaluator's
-    ``map50``/``map``, and with ``save_json`` the pycocotools ``coco_stats`` (12 values) and the
-    json paths. With ``save_json`` the returned mAPs are pycocotools' (as YOLOv7 reports).
+    ``verbose`` prints the per-class table; ``progress`` shows the tqdm bar. ``report``, when a
+    dict is passed, receives ``timings`` (wall seconds per stage: load, preprocess, inference,
+    nms, metrics, plots, json, total), ``images``, this evaluator's ``map50``/``map``, and with
+    ``save_json`` the pycocotools ``coco_stats`` (12 values) and the json paths. With
+    ``save_json`` the returned mAPs are pycocotools' (as YOLOv7 reports).
     """
-    t_start = time.time()
-    training = model is not None
-    if training:  # called by train.py: evaluate the given (EMA) model as it is
-        device = next(model.parameters()).device
-        was_training = model.training
-    else:
+    check_settings(imgsz, batch_size, conf_thres, iou_thres)
+    timers = Timers()
+    if model is None:
         set_logging()
-        from utils.torch_utils import select_device
-
-        device = select_device(device, batch_size=batch_size)
-        model = _load_model(weights, device)
-        was_training = False
-
-    save_dir = Path(save_dir)
-    if plots or save_json or save_txt:
-        (save_dir / "labels" if save_txt else save_dir).mkdir(parents=True, exist_ok=True)
-    from utils.dataset_config import check_dataset
-
-    split = task if task in ("train", "val", "test") else "val"
-    data = check_dataset(data, require=(split,))
-    if not data.get(split):
-        raise ValueError(f"{data.get('yaml_file') or 'data'}: has no '{split}' split to evaluate")
-    nc = 1 if single_cls else int(data["nc"])
-    model_nc = int(getattr(model, "nc", nc))
-    if not single_cls and model_nc != nc:
-        raise ValueError(f"the model predicts nc={model_nc} classes but {data.get('yaml_file') or 'the data'} "
-                         f"has nc={nc}; evaluate with the matching data yaml (or --single-cls)")
-    if names is None:
-        names = ["item"] if single_cls else (data.get("names") or getattr(model, "names", None))
-    names = {i: str(n) for i, n in (names.items() if isinstance(names, dict) else enumerate(names))}
-    if len(names) < nc:
-        names.update({i: str(i) for i in range(len(names), nc)})
-    is_coco = bool(is_coco or data.get("coco"))
-    cat_ids = class_to_category(data, nc, is_coco)
-
-    half = device.type == "cuda" and half_precision
-    eval_model = model
-    if half and next(model.parameters()).dtype != torch.float16:
-        eval_model = copy.deepcopy(model).half()  # never change the caller's (EMA) model in place
-    eval_model.eval()
-    gs = max(int(model.stride.max()), 32)
-
+    runner = (runner_from_model(model, half_precision, augment) if model is not None
+              else runner_from_files(weights, device, threads, half_precision, augment))
+    timers.device = runner.device
+    cfg = Settings(Path(save_dir), conf_thres, iou_thres, single_cls, save_txt, save_conf, save_hybrid, save_json,
+                   plots, v5_metric, verbose, training=model is not None)
+    resolve_dataset(cfg, data, task, names, runner, is_coco)
     if dataloader is None:
-        imgsz = check_img_size(imgsz, s=gs)
-        if device.type == "cuda":  # warm up kernels before timing
-            eval_model(torch.zeros(1, 3, imgsz, imgsz, device=device, dtype=torch.float16 if half else torch.float32))
-        from utils.datasets import create_dataloader
+        dataloader, imgsz, batch_size = build_loader(cfg, runner, imgsz, batch_size, workers)
+    if plots or save_json or save_txt:
+        (cfg.save_dir / "labels" if save_txt else cfg.save_dir).mkdir(parents=True, exist_ok=True)
+    iouv = IOU_THRESHOLDS.to(runner.device) if runner.device.type != "mps" else IOU_THRESHOLDS
+    tally = Tally(ConfusionMatrix(nc=cfg.nc), torch.zeros(3, device=runner.device), iouv)
 
-        dataloader = create_dataloader(data[split], imgsz, batch_size, gs, single_cls=single_cls, pad=0.5,
-                                       rect=True, workers=workers, prefix=colorstr(f"{split}: "), nc=data["nc"])[0]
-
-    iouv = IOU_THRESHOLDS.to(device) if device.type != "mps" else IOU_THRESHOLDS
-    confusion_matrix = ConfusionMatrix(nc=nc)
-    seen = 0
-    s = ("%20s" + "%12s" * 6) % ("Class", "Images", "Labels", "P", "R", "mAP@.5", "mAP@.5:.95")
-    t = {k: 0.0 for k in ("load", "preprocess", "inference", "nms", "metrics", "plots", "json")}
-    loss = torch.zeros(3, device=device)
-    jdict, stats, stat_ids = [], [], []
-    plot_threads: list[threading.Thread] = []
-    n_txt = 0
-    it = iter(tqdm(dataloader, desc=s, disable=training and not verbose, leave=False))
-    batch_i = -1
-    while True:
-        t0 = time.time()
-        try:
-            img, targets, paths, shapes = next(it)
-        except StopIteration:
-            break
-        batch_i += 1
-        t1 = time.time()
-        t["load"] += t1 - t0
-        img = img.to(device, non_blocking=True)
-        img = (img.half() if half else img.float()) / 255.0
-        targets = targets.to(device)
-        nb, _, height, width = img.shape
-        t2 = _sync(device)
-        t["preprocess"] += t2 - t1
-
-        out = eval_model(img, augment=augment)
-        out, train_out = (out if isinstance(out, tuple) else (out, None))
-        t3 = _sync(device)
-        t["inference"] += t3 - t2
-        if compute_loss is not None and train_out is not None:
-            loss += compute_loss([x.float() for x in train_out], targets)[1][:3]
-
-        targets[:, 2:] *= torch.tensor([width, height, width, height], device=device)  # to pixels
-        lb = [targets[targets[:, 0] == i, 1:] for i in range(nb)] if save_hybrid else []
-        out = non_max_suppression(out, conf_thres, iou_thres, labels=lb, multi_label=True,
-                                  agnostic=single_cls, max_det=MAX_DET)
-        t4 = _sync(device)
-        t["nms"] += t4 - t3
-
-        for si, pred in enumerate(out):
-            labels = targets[targets[:, 0] == si, 1:]
-            nl = len(labels)
-            tcls = labels[:, 0].cpu().numpy() if nl else np.zeros(0)
-            path = Path(paths[si])
-            seen += 1
-            if single_cls:
-                pred[:, 5] = 0
-            shape0, ratio_pad = _shapes(shapes[si], img.shape[2:])
-            predn = pred.float().clone()
-            scale_coords(img.shape[2:], predn[:, :4], shape0, ratio_pad)  # original-image pixels
-            if nl:
-                tbox = xywh2xyxy(labels[:, 1:5].float())
-                scale_coords(img.shape[2:], tbox, shape0, ratio_pad)
-                labelsn = torch.cat((labels[:, 0:1].float(), tbox), 1)
-            else:
-                labelsn = torch.zeros((0, 5), device=device)
-            correct, keep = match_detections(predn, labelsn, iouv)
-            stats.append((correct[keep].cpu().numpy(), predn[keep, 4].cpu().numpy(),
-                          predn[keep, 5].cpu().numpy(), tcls))
-            stat_ids.append(image_id(path))
-            if plots:
-                confusion_matrix.process_batch(predn, labelsn)
-
-            if save_txt:  # YOLO format: cls cx cy w h [conf], normalised to the original image
-                gn = torch.tensor([shape0[1], shape0[0], shape0[1], shape0[0]], dtype=torch.float32)
-                xywh = (xyxy2xywh(predn[:, :4].cpu()) / gn).tolist()
-                with open(save_dir / "labels" / (path.stem + ".txt"), "w") as f:
-                    for b, (conf, cls) in zip(xywh, predn[:, 4:6].cpu().tolist()):
-                        line = (cls, *b, conf) if save_conf else (cls, *b)
-                        f.write(("%g " * len(line)).rstrip() % line + "\n")
-                n_txt += 1
-            if save_json:
-                iid = image_id(path)
-                box = xyxy2ltwh(predn[:, :4]).cpu()
-                for p, b in zip(predn.cpu().tolist(), box.tolist()):
-                    jdict.append({"image_id": iid, "category_id": cat_ids[int(p[5])],
-                                  "bbox": [round(x, 3) for x in b], "score": p[4]})  # score unrounded: no ties
-        t5 = time.time()
-        t["metrics"] += t5 - t4
-
-        if plots and batch_i < 3:  # drawn in the background while the next batches run
-            im_cpu, tg_cpu, pr_cpu = img.detach().cpu(), targets.detach().cpu(), output_to_target(out)
-            for suffix, tg in (("labels", tg_cpu), ("pred", pr_cpu)):
-                th = threading.Thread(target=safe_plot, args=(plot_images, im_cpu, tg, paths,
-                                                              save_dir / f"val_batch{batch_i}_{suffix}.jpg", names),
-                                      daemon=True)
-                th.start()
-                plot_threads.append(th)
-        t["plots"] += time.time() - t5
-
-    # ---- metrics
-    t6 = time.time()
-    # images in COCO's order (sorted ids), so score ties across images break as in COCOeval
-    order = sorted(range(len(stats)), key=lambda k: (isinstance(stat_ids[k], str), stat_ids[k]))
-    stats = [np.concatenate(x, 0) for x in zip(*[stats[k] for k in order])] if stats else []
-    p = r = f1 = np.zeros(0)
-    ap = np.zeros((0, iouv.numel()))
-    ap_class = np.zeros(0, dtype=int)
-    nt = np.zeros(nc, dtype=int)
-    if stats and len(stats[3]):
-        nt = np.bincount(stats[3].astype(int), minlength=nc)
-        p, r, ap, f1, ap_class = ap_per_class(*stats, plot=False, save_dir=save_dir, names=names,
-                                              v5_metric=v5_metric)
-    t["metrics"] += time.time() - t6
-    if plots and stats and len(stats[3]):
-        t7 = time.time()
-        safe_plot(ap_per_class, *stats, plot=True, save_dir=save_dir, names=names, v5_metric=v5_metric)
-        t["plots"] += time.time() - t7
-    ap50, ap = (ap[:, 0], ap.mean(1)) if len(ap) else (np.zeros(0), np.zeros(0))
-    mp, mr, map50, map_ = ((p.mean(), r.mean(), ap50.mean(), ap.mean()) if len(ap) else (0.0, 0.0, 0.0, 0.0))
+    run_batches(dataloader, runner, cfg, tally, timers, compute_loss, progress)
+    with timers("metrics"):
+        summary, stats = summarise(tally, cfg)
+    mp, mr, map50, map_ = summary.means
     if report is not None:
-        report.update(map50=float(map50), map=float(map_), images=seen)
-
-    pf = "%20s" + "%12i" * 2 + "%12.3g" * 4
-    LOGGER.info(s)
-    LOGGER.info(pf % ("all", seen, nt.sum(), mp, mr, map50, map_))
-    if not nt.sum():
-        LOGGER.warning(f"WARNING: no labels found in the {split} split: mAP cannot be computed (reported as 0)")
-    if (verbose or (nc < 50 and not training)) and nc > 1 and len(ap):
-        for i, c in enumerate(ap_class):
-            LOGGER.info(pf % (names.get(int(c), str(c)), seen, nt[c], p[i], r[i], ap50[i], ap[i]))
-
-    times = tuple(t[k] / max(seen, 1) * 1e3 for k in ("preprocess", "inference", "nms"))
-    times = times + (imgsz, imgsz, batch_size)
-    if not training:
+        report.update(map50=map50, map=map_, images=tally.seen)
+    print_results(summary, cfg, tally.seen)
+    times = timers.per_image_ms(("preprocess", "inference", "nms"), tally.seen) + (imgsz, imgsz, batch_size)
+    if not cfg.training:
         LOGGER.info("Speed: %.1f/%.1f/%.1f ms pre-process/inference/NMS per %gx%g image at batch-size %g" % times)
-
     if plots:
-        t7 = time.time()
-        confusion_matrix.plot(save_dir=save_dir, names=[names[i] for i in range(nc)])
-        for th in plot_threads:
-            th.join()
-        t["plots"] += time.time() - t7
-
-    if save_json and seen:
-        t8 = time.time()
-        w = Path(weights[0] if isinstance(weights, (list, tuple)) else weights).stem if weights is not None else ""
-        pred_json = save_dir / f"{w}_predictions.json"
-        with open(pred_json, "w") as f:
-            json.dump(jdict, f)
-        LOGGER.info(f"Saved {len(jdict)} detections to {pred_json}")
-        ds = dataloader.dataset
-        anno = data.get("coco_json") if split == "val" else None  # the yaml's json describes val
-        if not anno and not nt.sum():
-            LOGGER.info(f"No labels in the {split} split: predictions saved for submission, pycocotools skipped")
-        elif anno:
-            LOGGER.info(f"Evaluating pycocotools mAP with {anno}...")
-        else:
-            anno_dict = labels_to_coco_json(ds, [names[i] for i in range(nc)], cat_ids)
-            anno = save_dir / f"{Path(str(data.get('yaml_file') or 'data')).stem}_{split}_gt.json"
-            with open(anno, "w") as f:
-                json.dump(anno_dict, f)
-            LOGGER.info(f"Evaluating pycocotools mAP with ground truth built from the YOLO labels: {anno}")
-        try:
-            if not anno:
-                pass
-            elif not jdict:
-                LOGGER.warning("WARNING: no detections: pycocotools mAP is 0")
-            else:
-                cstats = coco_evaluate(anno, jdict, [image_id(f) for f in ds.img_files])
-                if report is not None:
-                    report.update(coco_stats=cstats, pred_json=str(pred_json), anno_json=str(anno))
-                LOGGER.info(f"pycocotools mAP@.5:.95 {cstats[0]:.4f} mAP@.5 {cstats[1]:.4f} "
-                            f"(this evaluator: {map_:.4f} {map50:.4f})")
-                map_, map50 = float(cstats[0]), float(cstats[1])
-        except Exception as e:  # report, but keep this evaluator's numbers
-            LOGGER.warning(f"WARNING: pycocotools evaluation failed: {e}")
-        t["json"] += time.time() - t8
-
-    if not training:
+        with timers("plots"):
+            finish_plots(stats, cfg, tally)
+    if save_json and tally.seen:
+        with timers("json"):
+            cstats = coco_eval(cfg, tally, dataloader.dataset, weights, int(summary.nt.sum()), report)
+        if cstats is not None:
+            LOGGER.info(f"pycocotools mAP@.5:.95 {cstats[0]:.4f} mAP@.5 {cstats[1]:.4f} "
+                        f"(this evaluator: {map_:.4f} {map50:.4f})")
+            map_, map50 = float(cstats[0]), float(cstats[1])
+    if not cfg.training:
         if save_txt:
-            LOGGER.info(f"{n_txt} label files saved to {save_dir / 'labels'}")
-        LOGGER.info(f"Results saved to {colorstr('bold', save_dir)}")
-    elif was_training:
-        model.train()
-
-    maps = np.zeros(nc) + map_
-    for i, c in enumerate(ap_class):
-        maps[c] = ap[i]
+            LOGGER.info(f"{tally.n_txt} label files saved to {cfg.save_dir / 'labels'}")
+        LOGGER.info(f"Results saved to {colorstr('bold', cfg.save_dir)}")
+    runner.restore()
     if report is not None:
-        report["timings"] = dict(t, total=time.time() - t_start)
-    val_loss = (loss.cpu() / max(len(dataloader), 1)).tolist()
-    return (float(mp), float(mr), float(map50), float(map_), *val_loss), maps, times
+        report["timings"] = timers.report()
+    val_loss = (tally.loss.cpu() / max(len(dataloader), 1)).tolist()
+    return (mp, mr, map50, map_, *val_loss), summary.maps(cfg.nc, map_), times
 
 
-def _sync(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.time()
-
-
-def _shapes(shape_info, img_hw) -> tuple:
-    """(original (h, w), ratio_pad) from a dataloader ``shapes`` entry (None: the network input itself)."""
-    if shape_info is None:
-        return tuple(int(x) for x in img_hw), None
-    return shape_info[0], shape_info[1]
-
-
+# --------------------------------------------------------------------------- CLI
 def parse_opt(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="test.py", description="Evaluate a detector: P, R, mAP (COCO rules).")
-    parser.add_argument("--weights", nargs="+", type=str, default=["yolov7-tiny-ms0.pt"], help="model checkpoint(s)")
+    """YOLOv7's test.py flags (same names and meanings), plus --workers and --threads."""
+    parser = argparse.ArgumentParser(prog="test.py", description="Evaluate a detector: P, R, mAP (COCO rules).",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--weights", nargs="+", type=str, default=["yolov7-tiny-ms0.pt"],
+                        help="model file(s): .pt, .torchscript.pt, .onnx, ...; several = ensemble")
     parser.add_argument("--data", type=str, default="data/coco128.yaml", help="dataset yaml")
     parser.add_argument("--batch-size", type=int, default=32, help="images per batch")
     parser.add_argument("--img-size", type=int, default=640, help="inference size (pixels)")
@@ -412,7 +646,7 @@ def parse_opt(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--device", default="", help="cuda device, i.e. 0 or 0,1,2,3 or cpu")
     parser.add_argument("--single-cls", action="store_true", help="treat as single-class dataset")
     parser.add_argument("--augment", action="store_true", help="augmented inference (flip + scales)")
-    parser.add_argument("--verbose", action="store_true", help="report mAP by class")
+    parser.add_argument("--verbose", action="store_true", help="report mAP by class (and tracebacks on errors)")
     parser.add_argument("--save-txt", action="store_true", help="save results to *.txt")
     parser.add_argument("--save-hybrid", action="store_true", help="save label+prediction hybrid results to *.txt")
     parser.add_argument("--save-conf", action="store_true", help="save confidences in --save-txt labels")
@@ -420,27 +654,21 @@ def parse_opt(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--project", default="runs/test", help="save to project/name")
     parser.add_argument("--name", default="exp", help="save to project/name")
     parser.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
+    parser.add_argument("--no-trace", action="store_true", help="accepted for YOLOv7 compatibility (nothing is traced)")
     parser.add_argument("--v5-metric", action="store_true", help="use YOLOv5's AP rule instead of COCO's")
+    parser.add_argument("--workers", type=int, default=8, help="dataloader worker processes")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for PyTorch / ONNX Runtime (default: the cores this process may use)")
     opt = parser.parse_args(argv)
     opt.save_txt |= opt.save_hybrid
+    check_settings(opt.img_size, opt.batch_size, opt.conf_thres, opt.iou_thres)
+    require(opt.workers >= 0, f"--workers {opt.workers}: must be 0 or more")
+    require(opt.threads is None or opt.threads >= 1, f"--threads {opt.threads}: must be at least 1")
     return opt
 
 
-def main(argv: Optional[Sequence[str]] = None) -> Any:
-    opt = parse_opt(argv)
-    set_logging()
-    LOGGER.info(colorstr("test: ") + ", ".join(f"{k}={v}" for k, v in vars(opt).items()))
-    save_dir = increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok)
-    common = dict(batch_size=opt.batch_size, imgsz=opt.img_size, single_cls=opt.single_cls, augment=opt.augment,
-                  device=opt.device, v5_metric=opt.v5_metric)
-    if opt.task in ("train", "val", "test"):
-        return test(opt.data, opt.weights, conf_thres=opt.conf_thres, iou_thres=opt.iou_thres,
-                    save_json=opt.save_json, verbose=opt.verbose, save_dir=save_dir, save_txt=opt.save_txt,
-                    save_hybrid=opt.save_hybrid, save_conf=opt.save_conf, task=opt.task, **common)
-    if opt.task == "speed":  # YOLOv7: deployment thresholds, no plots
-        return [test(opt.data, w, conf_thres=0.25, iou_thres=0.45, save_json=False, plots=False,
-                     save_dir=save_dir, **common) for w in opt.weights]
-    # study: mAP and speed against image size
+def study(opt: argparse.Namespace, save_dir: Path, common: dict) -> Path:
+    """``--task study``: mAP and speed against image size, a table and study.png per weights file."""
     from utils.plots import plot_study
 
     save_dir.mkdir(parents=True, exist_ok=True)
@@ -453,11 +681,38 @@ def main(argv: Optional[Sequence[str]] = None) -> Any:
             r, _, times = test(opt.data, w, conf_thres=opt.conf_thres, iou_thres=opt.iou_thres, plots=False,
                                save_dir=save_dir, **dict(common, imgsz=size))
             rows.append([size, *r, *times[:3]])
-        np.savetxt(f, np.array(rows), fmt="%10.4g",
+        buf = io.StringIO()
+        np.savetxt(buf, np.array(rows), fmt="%10.4g",
                    header="img_size P R mAP@.5 mAP@.5:.95 box_loss obj_loss cls_loss pre_ms inf_ms nms_ms")
+        write_text(f, buf.getvalue())
         safe_plot(plot_study, f)
     return save_dir
 
 
+def main(argv: Optional[Sequence[str]] = None) -> Any:
+    opt = parse_opt(argv)
+    set_logging()
+    LOGGER.info(colorstr("test: ") + ", ".join(f"{k}={v}" for k, v in vars(opt).items()))
+    if opt.no_trace:
+        LOGGER.info("--no-trace: test.py never traces the model; nothing to turn off")
+    save_dir = increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok)
+    common = dict(batch_size=opt.batch_size, imgsz=opt.img_size, single_cls=opt.single_cls, augment=opt.augment,
+                  device=opt.device, v5_metric=opt.v5_metric, workers=opt.workers, threads=opt.threads)
+    if opt.task in ("train", "val", "test"):
+        return test(opt.data, opt.weights, conf_thres=opt.conf_thres, iou_thres=opt.iou_thres,
+                    save_json=opt.save_json, verbose=opt.verbose, save_dir=save_dir, save_txt=opt.save_txt,
+                    save_hybrid=opt.save_hybrid, save_conf=opt.save_conf, task=opt.task, **common)
+    if opt.task == "speed":  # YOLOv7: deployment thresholds, no plots, each file on its own
+        return [test(opt.data, w, conf_thres=0.25, iou_thres=0.45, save_json=False, plots=False,
+                     save_dir=save_dir, **common) for w in opt.weights]
+    return study(opt, save_dir, common)
+
+
+def cli(argv: Optional[Sequence[str]] = None) -> int:
+    """:func:`main` as a command: 0 on success (``main`` itself returns the results)."""
+    main(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_cli(cli, prog="test.py"))

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.metrics import (ConfusionMatrix, ap_per_class, compute_ap, fitness,
-                           match_detections, topk_per_class)
+from utils.metrics import ConfusionMatrix, ap_per_class, compute_ap, fitness, match_detections, topk_per_class
 
 
 # --------------------------------------------------------------------------- helpers
@@ -17,7 +16,8 @@ def evaluate_ours(dets: list[np.ndarray], labels: list[np.ndarray], v5_metric: b
     """dets[i]: (n, 6) [x1, y1, x2, y2, conf, cls]; labels[i]: (m, 5) [cls, x1, y1, x2, y2]."""
     stats = []
     for d, lb in zip(dets, labels):
-        d, lb = torch.as_tensor(d, dtype=torch.float32).reshape(-1, 6), torch.as_tensor(lb, dtype=torch.float32).reshape(-1, 5)
+        d = torch.as_tensor(d, dtype=torch.float32).reshape(-1, 6)
+        lb = torch.as_tensor(lb, dtype=torch.float32).reshape(-1, 5)
         correct, keep = match_detections(d, lb)
         stats.append((correct[keep].numpy(), d[keep, 4].numpy(), d[keep, 5].numpy(), lb[:, 0].numpy()))
     tp, conf, pcls, tcls = (np.concatenate(x, 0) for x in zip(*stats))
@@ -81,7 +81,7 @@ def generated_case(seed: int, n_img: int = 12, nc: int = 4):
         parts = []
         if m:
             found = rng.random(m) > 0.25  # missed objects
-            for k in range(int(rng.integers(1, 3))):  # perturbed copies (duplicates too)
+            for _ in range(int(rng.integers(1, 3))):  # perturbed copies (duplicates too)
                 b = jitter(rng, gt[found], rng.choice([0.02, 0.06, 0.12]))
                 c = gcls[found].copy()
                 flip = rng.random(len(c)) < 0.1  # wrong class

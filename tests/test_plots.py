@@ -8,8 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from utils.plots import (colors, output_to_target, plot_confusion_matrix, plot_images,
-                         plot_labels, plot_mc_curve, plot_one_box, plot_pr_curve, plot_results)
+from utils.plots import (
+    colors,
+    output_to_target,
+    plot_confusion_matrix,
+    plot_images,
+    plot_labels,
+    plot_mc_curve,
+    plot_one_box,
+    plot_pr_curve,
+    plot_results,
+)
 
 
 def test_colors_stable_and_cycling():

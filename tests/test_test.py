@@ -25,11 +25,12 @@ def make_dataset(root: Path, nc: int = 2) -> Path:
     for stem, h, w in specs:
         im = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
         lines = []
-        for k in range(int(rng.integers(1, 4))):
+        for _ in range(int(rng.integers(1, 4))):
             c = int(rng.integers(0, nc))
             bw, bh = rng.uniform(0.2, 0.5, 2)
             cx, cy = rng.uniform(0.3, 0.7, 2)
-            x1, y1, x2, y2 = int((cx - bw / 2) * w), int((cy - bh / 2) * h), int((cx + bw / 2) * w), int((cy + bh / 2) * h)
+            x1, y1 = int((cx - bw / 2) * w), int((cy - bh / 2) * h)
+            x2, y2 = int((cx + bw / 2) * w), int((cy + bh / 2) * h)
             im[y1:y2, x1:x2] = (255, 0, 0) if c else (0, 255, 0)
             lines.append(f"{c} {cx:.6f} {cy:.6f} {bw:.6f} {bh:.6f}")
         cv2.imwrite(str(root / "images" / f"{stem}.jpg"), im)
@@ -184,7 +185,8 @@ class LabelDetector(torch.nn.Module):
                 rows.append((int(i), box, float(self.rng.uniform(0.05, 1.0)), cls))
         for i in range(b):  # false positives
             for _ in range(int(self.rng.integers(0, 4))):
-                box = [self.rng.uniform(0, w), self.rng.uniform(0, h), self.rng.uniform(8, w / 2), self.rng.uniform(8, h / 2)]
+                box = [self.rng.uniform(0, w), self.rng.uniform(0, h),
+                       self.rng.uniform(8, w / 2), self.rng.uniform(8, h / 2)]
                 rows.append((i, box, float(self.rng.uniform(0.01, 0.6)), int(self.rng.integers(0, self.nc))))
         n = max([sum(r[0] == i for r in rows) for i in range(b)] + [1])
         out = torch.zeros(b, n, 5 + self.nc)
