@@ -15,19 +15,18 @@
 from __future__ import annotations
 
 import argparse
-import glob
 import hashlib
 import logging
 import math
 import os
 import random
+import stat
 import sys
 import time
 from dataclasses import dataclass, field
 from itertools import repeat
 from multiprocessing.pool import ThreadPool
 from pathlib import Path
-from threading import Thread
 from typing import Any, Optional, Sequence, Union
 
 import cv2
@@ -37,9 +36,11 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, distributed
 from tqdm import tqdm
 
+from utils.atomic import atomic_write
 from utils.augmentations import augment_hsv, check_hyp, flip_labels, letterbox, mixup, random_perspective
+from utils.cli import one_line, run_cli
+from utils.distributed import torch_distributed_zero_first
 from utils.general import LOGGER, xywhn2xyxy, xyxy2xywhn
-from utils.torch_utils import torch_distributed_zero_first
 
 IMG_FORMATS = ("bmp", "jpg", "jpeg", "png", "tif", "tiff", "webp", "mpo")  # what both PIL and OpenCV decode
 VID_FORMATS = ("mov", "avi", "mp4", "mpg", "mpeg", "m4v", "wmv", "mkv")
@@ -49,11 +50,13 @@ CACHE_VERSION = 1
 BOX_TOLERANCE = 0.02  # box corners up to 2 % outside [0, 1] are clipped; further out is rejected
 FLOAT_NOISE = 1e-6  # overshoot below this is float rounding: clipped without a message
 MIN_IMAGE_SIZE = 10  # px
+MAX_IMAGE_PIXELS = 178_956_970  # PIL's decompression-bomb error limit: 20000x20000 (400 Mpx) is refused
 PathArg = Union[str, Path, Sequence[Union[str, Path]]]
 
 __all__ = ["IMG_FORMATS", "VID_FORMATS", "img2label_paths", "letterbox", "scan_dataset", "DatasetReport",
            "LoadImagesAndLabels", "create_dataloader", "collate_fn", "LoadImages", "LoadStreams",
-           "NoUsableImagesError", "exif_size", "user_cache_dir", "is_writable_dir"]
+           "NoUsableImagesError", "exif_size", "user_cache_dir", "is_writable_dir", "MAX_IMAGE_PIXELS",
+           "check_image_size", "read_image", "ImageReadError"]
 
 
 # --------------------------------------------------------------------------- paths
@@ -93,49 +96,167 @@ def _fallback_path(path: Path) -> Path:
     return user_cache_dir() / f"{path.stem}-{key}{path.suffix}"
 
 
+def _folder_entries(root: Path, skipped: list[str]) -> list[Path]:
+    """Files named ``*.*`` under ``root`` (hidden names excluded), each folder visited once.
+
+    Symlinked folders are followed, but a folder already seen (same device and inode, e.g.
+    ``loop -> .`` or ``up -> ../train``) is not entered again, so a link loop cannot make the
+    walk endless.
+    """
+    seen_dirs: set[tuple[int, int]] = set()
+    found: list[Path] = []
+
+    def onerror(e: OSError) -> None:
+        skipped.append(f"{e.filename}: cannot list folder ({e.strerror or e})")
+
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=onerror):
+        try:
+            st = os.stat(dirpath)
+        except OSError:
+            dirnames[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen_dirs:
+            dirnames[:] = []
+            continue
+        seen_dirs.add((st.st_dev, st.st_ino))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found += [Path(dirpath) / f for f in filenames if not f.startswith(".") and "." in f[1:]]
+    return sorted(found, key=str)
+
+
+def _regular_file(fp: Path) -> tuple[Optional[os.stat_result], str]:
+    """(stat, '') for a regular file (links followed), else (None, why not): only those are read."""
+    try:
+        st = os.stat(fp)
+    except FileNotFoundError:
+        return None, "does not exist" + (" (broken link)" if fp.is_symlink() else "")
+    except OSError as e:
+        return None, f"cannot be read ({e.strerror or e})"
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a folder" if stat.S_ISDIR(st.st_mode) else "a named pipe" if stat.S_ISFIFO(st.st_mode) \
+            else "a device or socket"
+        return None, f"is not a regular file ({kind})"
+    return st, ""
+
+
+def _list_folder(p: Path, seen: set, images: list[str], skipped: list[str]) -> None:
+    """Append the images of folder ``p`` (each real file once) and report the other files."""
+    for fp in _folder_entries(p, skipped):
+        ext = fp.suffix[1:].lower()
+        if ext in ("cache", "npy"):  # this loader's own caches
+            continue
+        st, why = _regular_file(fp)
+        if st is None:
+            skipped.append(f"{fp}: {why}")
+            continue
+        if ext not in IMG_FORMATS:
+            skipped.append(f"{fp}: not a supported image format '.{ext}' (supported: {', '.join(IMG_FORMATS)})")
+            continue
+        if (st.st_dev, st.st_ino) in seen:  # the same file reached through a link
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        images.append(str(fp.resolve()))
+
+
+def _list_txt(p: Path, images: list[str], problems: list[str]) -> None:
+    """Append the images listed in ``p`` (one path per line, relative to the list's folder)."""
+    parent = p.resolve().parent
+    with open(p, errors="replace") as fh:
+        for ln, line in enumerate(fh.read().splitlines(), 1):
+            s = line.strip()
+            if not s or s.startswith("#"):
+                continue
+            fp = Path(s).expanduser()
+            fp = fp if fp.is_absolute() else parent / fp
+            ext = fp.suffix[1:].lower()
+            st, why = _regular_file(fp)
+            if ext not in IMG_FORMATS:
+                problems.append(f"{p}:{ln}: unsupported image format '.{ext}' ({s})")
+            elif st is None and why.startswith("does not exist"):
+                problems.append(f"{p}:{ln}: listed image does not exist ({s})")
+            elif st is None:
+                problems.append(f"{p}:{ln}: listed image {why} ({s})")
+            else:
+                images.append(str(fp.resolve()))
+
+
 def list_image_files(path: PathArg, prefix: str = "") -> tuple[list[str], list[str], list[str]]:
-    """Image files of a split: a folder (recursive), a .txt list of paths, or a list of either.
+    """Image files of a split: a folder (recursive), a .txt list of paths, an image, or a list of these.
 
     Returns ``(images, problems, skipped)``: ``problems`` are listed entries that cannot be
-    used (unsupported extension, file missing); ``skipped`` are other files found in an image
-    folder (not images). Both are reported, so that nothing disappears silently.
+    used (unsupported extension, file missing or not a regular file); ``skipped`` are other
+    files found in an image folder (not images, named pipes, broken links). Both are
+    reported, so that nothing disappears silently. Only regular files are ever opened, and a
+    file reached through several links counts once (a list may repeat a line on purpose).
     """
-    images, problems, skipped = [], [], []
+    images: list[str] = []
+    problems: list[str] = []
+    skipped: list[str] = []
+    seen: set[tuple[int, int]] = set()
     for p in (path if isinstance(path, (list, tuple)) else [path]):
         p = Path(p).expanduser()
+        st, why = _regular_file(p)
         if p.is_dir():
-            for f in sorted(glob.glob(str(p / "**" / "*.*"), recursive=True)):
-                fp = Path(f)
-                if not fp.is_file() or fp.name.startswith("."):
-                    continue
-                ext = fp.suffix[1:].lower()
-                if ext in IMG_FORMATS:
-                    images.append(str(fp.resolve()))
-                elif ext not in ("cache", "npy"):  # those are this loader's own caches
-                    skipped.append(f"{fp}: not a supported image format '.{ext}' (supported: "
-                                   f"{', '.join(IMG_FORMATS)})")
-        elif p.is_file():
-            parent = p.resolve().parent
-            with open(p, errors="replace") as fh:
-                for ln, line in enumerate(fh.read().splitlines(), 1):
-                    s = line.strip()
-                    if not s or s.startswith("#"):
-                        continue
-                    fp = Path(s).expanduser()
-                    fp = fp if fp.is_absolute() else parent / fp
-                    ext = fp.suffix[1:].lower()
-                    if ext not in IMG_FORMATS:
-                        problems.append(f"{p}:{ln}: unsupported image format '.{ext}' ({s})")
-                    elif not fp.is_file():
-                        problems.append(f"{p}:{ln}: listed image does not exist ({s})")
-                    else:
-                        images.append(str(fp.resolve()))
-        else:
+            _list_folder(p, seen, images, skipped)
+        elif st is not None and p.suffix[1:].lower() in IMG_FORMATS:
+            images.append(str(p.resolve()))
+        elif st is not None:
+            _list_txt(p, images, problems)
+        elif why.startswith("does not exist"):
             raise FileNotFoundError(f"{prefix}{p} does not exist")
+        else:
+            raise FileNotFoundError(f"{prefix}{p} is not an image folder or a .txt list: it {why}")
     return images, problems, skipped
 
 
 # --------------------------------------------------------------------------- verification
+class ImageReadError(ValueError):
+    """An image file that cannot be used (not a regular file, too large, undecodable); names the file."""
+
+
+def check_image_size(path: Union[str, Path], max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int, int]:
+    """(w, h) of an image from its header only, refusing files over ``max_pixels`` before any decode.
+
+    The decompression-bomb guard of every image read (training, evaluation, the checker;
+    detection should call it too): a small file cannot make a reader allocate gigabytes.
+    Also refuses anything that is not a regular file (a named pipe would block the reader).
+    """
+    st, why = _regular_file(Path(path))
+    if st is None:
+        raise ImageReadError(f"{path}: {why}")
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except Image.DecompressionBombError as e:
+        raise ImageReadError(f"{path}: refused: image too large ({e})") from None
+    except UnidentifiedImageError:
+        raise ImageReadError(f"{path}: not an image (cannot identify the format)") from None
+    except Exception as e:  # truncated headers raise OSError, SyntaxError, ValueError ...
+        raise ImageReadError(f"{path}: unreadable or corrupt image ({type(e).__name__}: {e})") from None
+    if w * h > max_pixels:
+        raise ImageReadError(f"{path}: refused: {w}x{h} = {w * h / 1e6:.0f} megapixels is over the "
+                             f"{max_pixels / 1e6:.0f}-megapixel limit (decompression-bomb guard)")
+    return w, h
+
+
+def read_image(path: Union[str, Path], checked: bool = False) -> np.ndarray:
+    """The one image reader of training and evaluation: BGR uint8 (h, w, 3), EXIF orientation applied.
+
+    Runs :func:`check_image_size` first unless ``checked``; raises :class:`ImageReadError`
+    when OpenCV cannot decode the file (e.g. float32 TIFF, 32-bit samples) or gives
+    something other than an 8-bit, 3-channel image.
+    """
+    if not checked:
+        check_image_size(path)
+    im = cv2.imread(str(path))  # BGR; applies EXIF orientation; grey/alpha -> 3 channels
+    if im is None:
+        raise ImageReadError(f"{path}: OpenCV cannot decode this image (unsupported pixel type such as "
+                             f"float or 32-bit samples, or corrupt data)")
+    if im.dtype != np.uint8 or im.ndim != 3 or im.shape[2] != 3:
+        raise ImageReadError(f"{path}: decoded as {im.dtype} with shape {im.shape}, expected 8-bit 3-channel")
+    return im
+
+
 def exif_size(img: Image.Image) -> tuple[int, int]:
     """(w, h) of a PIL image after its EXIF orientation is applied (90/270-degree turns swap)."""
     w, h = img.size
@@ -147,37 +268,57 @@ def exif_size(img: Image.Image) -> tuple[int, int]:
 
 
 def _check_image(im_file: str) -> tuple[Optional[tuple[int, int]], list[str], Optional[str]]:
-    """Return ((w, h) or None, notes, error or None) for one image file."""
+    """Return ((w, h) or None, notes, error or None) for one image file.
+
+    An image passes only if the training reader (:func:`read_image`) decodes it, so what the
+    checker accepts, training can read.
+    """
     notes: list[str] = []
     ext = Path(im_file).suffix[1:].lower()
     if ext not in IMG_FORMATS:
         return None, notes, f"{im_file}: unsupported image format '.{ext}'"
     try:
+        check_image_size(im_file)
         with Image.open(im_file) as im:
             im.verify()
         with Image.open(im_file) as im:
             fmt = (im.format or "").lower()
-            shape = exif_size(im)
+    except ImageReadError as e:
+        return None, notes, str(e)
     except UnidentifiedImageError:
         return None, notes, f"{im_file}: not an image (cannot identify the format)"
     except Exception as e:  # truncated / corrupt files raise OSError, SyntaxError, ValueError ...
         return None, notes, f"{im_file}: unreadable or corrupt image ({type(e).__name__}: {e})"
     if fmt not in PIL_FORMATS:
         return None, notes, f"{im_file}: unsupported image format '{fmt}'"
+    if fmt in ("jpeg", "mpo"):
+        err = _check_jpeg_end(im_file, notes)
+        if err:
+            return None, notes, err
+    try:
+        decoded = read_image(im_file, checked=True)
+    except ImageReadError as e:
+        return None, notes, str(e)
+    shape = (decoded.shape[1], decoded.shape[0])  # (w, h) as training sees it
     if shape[0] < MIN_IMAGE_SIZE or shape[1] < MIN_IMAGE_SIZE:
         return None, notes, f"{im_file}: image size {shape[0]}x{shape[1]} is below {MIN_IMAGE_SIZE} px"
-    if fmt in ("jpeg", "mpo"):
-        with open(im_file, "rb") as f:
-            f.seek(-2, 2)
-            tail = f.read()
-        if tail != b"\xff\xd9":  # no end-of-image marker: decode fully to tell padding from truncation
-            try:
-                with Image.open(im_file) as im:
-                    im.load()
-            except Exception as e:
-                return None, notes, f"{im_file}: truncated JPEG ({type(e).__name__}: {e})"
-            notes.append(f"{im_file}: JPEG has data after its end-of-image marker; decodes fully, kept")
     return shape, notes, None
+
+
+def _check_jpeg_end(im_file: str, notes: list[str]) -> Optional[str]:
+    """An error for a truncated JPEG (OpenCV would grey-fill it silently); a note for trailing data."""
+    with open(im_file, "rb") as f:
+        f.seek(-2, 2)
+        tail = f.read()
+    if tail == b"\xff\xd9":
+        return None
+    try:  # no end-of-image marker: decode fully to tell padding from truncation
+        with Image.open(im_file) as im:
+            im.load()
+    except Exception as e:
+        return f"{im_file}: truncated JPEG ({type(e).__name__}: {e})"
+    notes.append(f"{im_file}: JPEG has data after its end-of-image marker; decodes fully, kept")
+    return None
 
 
 def _check_labels(lb_file: str, nc: Optional[int]) -> tuple[str, np.ndarray, list[str], list[str]]:
@@ -357,28 +498,31 @@ def _load_cache(files: Sequence[Path], key: str) -> Optional[dict]:
 
 
 def _save_cache(files: Sequence[Path], data: dict, prefix: str) -> Optional[str]:
-    """Atomically write the cache to the first location that accepts it; return its path."""
+    """Atomically write the cache to the first location that accepts it; return its path.
+
+    A failed write (full disk, read-only folder) leaves any previous cache file intact and no
+    temp file behind; it is logged with the path and the cause, and the next location is tried.
+    """
+    failures = []
     for f in files:
         folder = f.parent
         if f is files[-1]:
             try:
                 folder.mkdir(parents=True, exist_ok=True)
-            except OSError:
+            except OSError as e:
+                failures.append(f"{folder}: {e.strerror or e}")
                 continue
         if not is_writable_dir(folder):
+            failures.append(f"{folder}: not writable")
             continue
-        tmp = f.with_name(f".{f.name}.{os.getpid()}.tmp")
         try:
-            torch.save(data, tmp)
-            os.replace(tmp, f)
+            with atomic_write(f, "wb") as fh:
+                torch.save(data, fh)
             return str(f)
         except OSError as e:
-            LOGGER.debug(f"{prefix}cannot write cache {f}: {e}")
-            try:
-                tmp.unlink()
-            except OSError:
-                pass
-    LOGGER.warning(f"{prefix}WARNING: could not write a label cache anywhere (tried {', '.join(map(str, files))})")
+            failures.append(one_line(e))
+    LOGGER.warning(f"{prefix}WARNING: could not write a label cache ({'; '.join(failures)}); "
+                   f"the next run verifies the images again")
     return None
 
 
@@ -561,10 +705,8 @@ class LoadImagesAndLabels(Dataset):
             if mode == "disk":
                 f = self.npy_files[i]
                 if not f.exists():
-                    im = self._read(i)
-                    tmp = f.with_name(f".{f.stem}.{os.getpid()}.tmp.npy")
-                    np.save(tmp, im)
-                    os.replace(tmp, f)
+                    with atomic_write(f, "wb") as fh:  # complete or absent, even when killed
+                        np.save(fh, self._read(i))
                 return f.stat().st_size
             im, hw0, hw = self.load_image(i)
             self.imgs[i], self.img_hw0[i], self.img_hw[i] = im, hw0, hw
@@ -581,21 +723,30 @@ class LoadImagesAndLabels(Dataset):
         return int(w * r) * int(h * r) * 3
 
     def _read(self, i: int) -> np.ndarray:
-        f = self.img_files[i]
-        im = cv2.imread(f)  # BGR; applies EXIF orientation; grey/alpha -> 3 channels
-        if im is None:
-            raise FileNotFoundError(f"{self.prefix}image not readable: {f}")
-        return im
+        try:
+            return read_image(self.img_files[i])
+        except ImageReadError as e:  # changed since the scan: the checker accepted it
+            raise ImageReadError(f"{self.prefix}{e}") from None
+
+    def _load_npy(self, i: int) -> Optional[np.ndarray]:
+        """The --cache-images disk copy of image i, or None (absent or unusable: the image is read)."""
+        npy = self.npy_files[i]
+        if npy is None or not npy.is_file():
+            return None
+        try:
+            im = np.load(npy, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            LOGGER.warning(f"{self.prefix}WARNING: ignoring unreadable image cache {npy} ({e})")
+            return None
+        return im if (im.dtype == np.uint8 and im.ndim == 3 and im.shape[2] == 3) else None
 
     def load_image(self, i: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
         """Image i (BGR) resized so its long side is img_size; returns (img, (h0, w0), (h, w))."""
         im = self.imgs[i]
         if im is not None:
             return im, self.img_hw0[i], self.img_hw[i]
-        npy = self.npy_files[i]
-        if npy is not None and npy.exists():
-            im = np.load(npy)
-        else:
+        im = self._load_npy(i)
+        if im is None:
             im = self._read(i)
         h0, w0 = im.shape[:2]
         r = self.img_size / max(h0, w0)
@@ -731,168 +882,7 @@ def create_dataloader(path: PathArg, imgsz: int, batch_size: int, stride: int, s
 
 
 # --------------------------------------------------------------------------- inference sources
-class LoadImages:
-    """Iterate images and video frames from a file, folder, glob or list.
-
-    Yields ``(path, img (3, H, W) RGB letterboxed, img0 BGR original, vid_cap or None, info)``.
-    """
-
-    def __init__(self, path: PathArg, img_size: int = 640, stride: int = 32, auto: bool = True):
-        files: list[str] = []
-        for p in (path if isinstance(path, (list, tuple)) else [path]):
-            p = os.path.expanduser(str(p))
-            if any(ch in p for ch in "*?["):
-                files.extend(sorted(glob.glob(p, recursive=True)))
-            elif os.path.isdir(p):
-                files.extend(sorted(glob.glob(os.path.join(p, "*.*"))))
-            elif os.path.isfile(p):
-                files.append(p)
-            else:
-                raise FileNotFoundError(f"{p} does not exist")
-        images = [x for x in files if x.rsplit(".", 1)[-1].lower() in IMG_FORMATS]
-        videos = [x for x in files if x.rsplit(".", 1)[-1].lower() in VID_FORMATS]
-        skipped = [x for x in files if x not in images and x not in videos and os.path.isfile(x)]
-        if skipped:
-            LOGGER.warning(f"WARNING: skipping {len(skipped)} files that are neither images nor videos: "
-                           f"{', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}")
-        self.img_size, self.stride, self.auto = img_size, stride, auto
-        self.files = images + videos
-        self.nf = len(self.files)
-        self.video_flag = [False] * len(images) + [True] * len(videos)
-        self.mode = "image"
-        self.cap = None
-        self._cap_path: Optional[str] = None
-        self.frame, self.frames = 0, 0
-        if not self.nf:
-            raise FileNotFoundError(f"No images or videos found in {path}. Supported: images {IMG_FORMATS}, "
-                                    f"videos {VID_FORMATS}")
-        if videos:
-            self._new_video(videos[0])
-
-    def _new_video(self, path: str) -> None:
-        self._cap_path = path
-        self.frame = 0
-        self.cap = cv2.VideoCapture(path)
-        if not self.cap.isOpened():
-            LOGGER.warning(f"WARNING: cannot open video {path}")
-        self.frames = int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT))
-
-    def __iter__(self):
-        self.count = 0
-        return self
-
-    def __next__(self):
-        while True:
-            if self.count >= self.nf:
-                raise StopIteration
-            path = self.files[self.count]
-            if self.video_flag[self.count]:
-                self.mode = "video"
-                if self.cap is None or self._cap_path != path:
-                    self._new_video(path)
-                ok, img0 = self.cap.read()
-                if not ok:
-                    self.cap.release()
-                    self.count += 1
-                    continue
-                self.frame += 1
-                info = f"video {self.count + 1}/{self.nf} ({self.frame}/{self.frames}) {path}: "
-                cap = self.cap
-            else:
-                self.mode = "image"
-                self.count += 1
-                img0 = cv2.imread(path)
-                if img0 is None:
-                    LOGGER.warning(f"WARNING: skipping unreadable image {path}")
-                    continue
-                info = f"image {self.count}/{self.nf} {path}: "
-                cap = None
-            img = letterbox(img0, self.img_size, stride=self.stride, auto=self.auto)[0]
-            img = np.ascontiguousarray(img[:, :, ::-1].transpose(2, 0, 1))
-            return path, img, img0, cap, info
-
-    def __len__(self) -> int:
-        return self.nf
-
-
-class LoadStreams:
-    """Read webcams (index), stream URLs or video files in background threads, newest frame first.
-
-    ``sources``: one source, a list, or a .txt file with one source per line. Yields
-    ``(sources, img (n, 3, H, W) RGB letterboxed, img0 list of BGR frames, None, '')``.
-    """
-
-    def __init__(self, sources: Union[str, Sequence[str]] = "0", img_size: int = 640, stride: int = 32,
-                 auto: bool = True):
-        if isinstance(sources, (list, tuple)):
-            srcs = [str(s) for s in sources]
-        elif os.path.isfile(str(sources)) and str(sources).endswith(".txt"):
-            srcs = [x.strip() for x in Path(sources).read_text().splitlines() if x.strip()]
-        else:
-            srcs = [str(sources)]
-        self.mode = "stream"
-        self.img_size, self.stride, self.auto = img_size, stride, auto
-        self.sources = srcs
-        n = len(srcs)
-        self.imgs: list[Optional[np.ndarray]] = [None] * n
-        self.fps, self.frames, self.threads = [0.0] * n, [0] * n, [None] * n
-        self._stop = False
-        for i, s in enumerate(srcs):
-            src: Union[int, str] = int(s) if s.isnumeric() else s
-            cap = cv2.VideoCapture(src)
-            if not cap.isOpened():
-                raise ConnectionError(f"{i + 1}/{n}: failed to open stream {s}")
-            w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
-            fps = cap.get(cv2.CAP_PROP_FPS)
-            self.fps[i] = fps if (fps and math.isfinite(fps) and fps > 0) else 30.0
-            frames = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-            self.frames[i] = frames if frames > 0 else float("inf")
-            ok, self.imgs[i] = cap.read()
-            if not ok:
-                raise ConnectionError(f"{i + 1}/{n}: no frame from stream {s}")
-            self.threads[i] = Thread(target=self._update, args=(i, cap, s), daemon=True)
-            LOGGER.info(f"{i + 1}/{n}: {s} {w}x{h} at {self.fps[i]:.0f} FPS")
-            self.threads[i].start()
-        shapes = {letterbox(x, img_size, stride=stride, auto=auto)[0].shape for x in self.imgs}
-        self.rect = len(shapes) == 1
-        if not self.rect:
-            LOGGER.warning("WARNING: streams differ in shape; letterboxing all to a square for one batch")
-
-    def _update(self, i: int, cap: "cv2.VideoCapture", stream: str) -> None:
-        n = 1
-        while cap.isOpened() and n < self.frames[i] and not self._stop:
-            n += 1
-            if cap.grab():
-                ok, im = cap.retrieve()
-                if ok:
-                    self.imgs[i] = im
-                else:
-                    LOGGER.warning(f"WARNING: stream {stream} unresponsive; reopening")
-                    cap.open(int(stream) if stream.isnumeric() else stream)
-            else:
-                break
-            time.sleep(1 / self.fps[i])
-        cap.release()
-
-    def __iter__(self):
-        self.count = -1
-        return self
-
-    def __next__(self):
-        self.count += 1
-        if not any(t.is_alive() for t in self.threads) and self.count > 0:
-            raise StopIteration
-        img0 = [x.copy() for x in self.imgs]
-        img = [letterbox(x, self.img_size, stride=self.stride, auto=self.rect and self.auto)[0] for x in img0]
-        img = np.ascontiguousarray(np.stack(img, 0)[..., ::-1].transpose(0, 3, 1, 2))
-        return self.sources, img, img0, None, ""
-
-    def close(self) -> None:
-        """Stop the reader threads."""
-        self._stop = True
-
-    def __len__(self) -> int:
-        return 10 ** 12
+from utils.sources import LoadImages, LoadStreams  # noqa: F401,E402
 
 
 # --------------------------------------------------------------------------- check CLI
@@ -918,14 +908,14 @@ def check_splits(data: Any, img_size: int = 640) -> tuple[bool, list[str]]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from utils.dataset_config import DatasetConfigError
+    from utils.dataset_config import DatasetConfigError, YamlError
     ap = argparse.ArgumentParser(description="Check a YOLO dataset yaml: every image and label of every split")
     ap.add_argument("--data", required=True, help="dataset yaml")
     ap.add_argument("--img-size", type=int, default=640, help="image size (reported)")
     args = ap.parse_args(argv)
     try:
         ok, lines = check_splits(args.data, args.img_size)
-    except (DatasetConfigError, FileNotFoundError) as e:
+    except (DatasetConfigError, YamlError, FileNotFoundError) as e:
         print(f"ERROR: {e}")
         return 1
     print("\n".join(lines))
@@ -934,4 +924,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, prog="python -m utils.datasets"))
