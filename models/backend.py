@@ -265,7 +265,8 @@ class TorchScriptBackend(Backend):
             raise UserError(f"{path}: TorchScript file without export.py's config.txt (names, stride); "
                             f"export it with export.py")
         if not meta.get("grid", True):
-            raise UserError(f"{path}: raw-output TorchScript (--no-grid) is not runnable here; re-export without --no-grid")
+            raise UserError(f"{path}: raw-output TorchScript (--no-grid) is not runnable here; "
+                            f"re-export without --no-grid")
         _apply_meta(self, meta, None)
         if not meta.get("dynamic") and meta.get("img_size"):
             self.imgsz = tuple(int(v) for v in meta["img_size"])
