@@ -7,9 +7,13 @@ Module and attribute names follow YOLOv7 and Apple's MobileOne exactly, so state
 
 Every BatchNorm2d is created with YOLOv7's ``eps=1e-3, momentum=0.03``.
 
-Re-parameterization (``Conv.fuse``, ``RepConv.fuse_repvgg_block``, ``MobileOneBlock.reparameterize``)
-is exact up to rounding: kernels and biases are folded in float64 where the device supports it and
-cast back to the parameters' dtype; the results live on the parameters' device.
+Re-parameterization has one verb and one walker: every block that has a train-time form
+(``Conv``, ``RepConv``, ``MobileOneBlock``, and the heads ``Detect`` / ``IDetect`` in models/yolo.py)
+defines ``reparameterize()`` (in place, idempotent, returns the block), and
+:func:`reparameterize_model` applies it to every such module of a network (``Model.fuse()`` is its
+in-place call). A block's forward picks its path from one fact: whether its fused conv exists.
+Folding is exact up to rounding: kernels and biases are folded in float64 where the device supports
+it (:func:`utils.torch_utils.fuse_bn_tensor`) and cast back to the parameters' dtype.
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils.torch_utils import fuse_conv_and_bn
+from utils.torch_utils import conv_like, fold_dtype, fuse_bn_tensor, fuse_conv_and_bn
 
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.03
@@ -38,50 +42,21 @@ def autopad(k: Union[int, Sequence[int]], p: Optional[Union[int, Sequence[int]]]
     return p
 
 
-def _fold_dtype(t: torch.Tensor) -> torch.dtype:
-    """float64 for exact folding where the device has it (CPU, CUDA), else the tensor's dtype."""
-    return torch.float64 if t.device.type in ("cpu", "cuda") else t.dtype
-
-
-def fuse_bn_tensor(kernel: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fold an eval-mode BatchNorm into the preceding (bias-free) conv kernel.
-
-    Returns ``(kernel * gamma / std, beta - mean * gamma / std)`` in float64 (see ``_fold_dtype``);
-    callers cast back once after summing all branches.
-    """
-    dt = _fold_dtype(kernel)
-    std = (bn.running_var.to(dt) + bn.eps).sqrt()
-    gamma = bn.weight.to(dt) if bn.weight is not None else torch.ones_like(std)
-    beta = bn.bias.to(dt) if bn.bias is not None else torch.zeros_like(std)
-    t = gamma / std
-    return kernel.to(dt) * t.reshape(-1, 1, 1, 1), beta - bn.running_mean.to(dt) * t
-
-
 def identity_kernel(channels: int, groups: int, kernel_size: int, like: torch.Tensor) -> torch.Tensor:
     """Kernel of a (grouped) conv that copies its input: a centred 1 per output channel."""
     input_dim = channels // groups
-    k = torch.zeros((channels, input_dim, kernel_size, kernel_size), dtype=_fold_dtype(like), device=like.device)
+    k = torch.zeros((channels, input_dim, kernel_size, kernel_size), dtype=fold_dtype(like), device=like.device)
     idx = torch.arange(channels, device=like.device)
     k[idx, idx % input_dim, kernel_size // 2, kernel_size // 2] = 1
     return k
-
-
-def _new_conv_like(conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor, dtype: torch.dtype) -> nn.Conv2d:
-    """A biased Conv2d with ``conv``'s geometry holding ``weight``/``bias`` (cast to ``dtype``)."""
-    new = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
-                    padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True,
-                    padding_mode=conv.padding_mode, device=weight.device, dtype=dtype)
-    with torch.no_grad():
-        new.weight.copy_(weight.to(dtype))
-        new.bias.copy_(bias.to(dtype))
-    return new
 
 
 # ----------------------------------------------------------------------------- YOLOv7 blocks
 class Conv(nn.Module):
     """Conv2d + BatchNorm2d + activation (SiLU by default; ``act`` may be a module or False).
 
-    ``fuse()`` folds the BatchNorm into the conv (``self.bn`` becomes None, the conv gets a bias).
+    ``reparameterize()`` folds the BatchNorm into the conv: ``self.bn`` becomes None (the fused
+    state) and the conv gets a bias, so state-dict keys become ``conv.weight`` / ``conv.bias``.
     """
 
     def __init__(self, c1: int, c2: int, k=1, s=1, p=None, g: int = 1, act: Union[bool, nn.Module] = True):
@@ -95,12 +70,8 @@ class Conv(nn.Module):
             return self.act(self.conv(x))
         return self.act(self.bn(self.conv(x)))
 
-    def fuseforward(self, x: torch.Tensor) -> torch.Tensor:
-        """YOLOv7 name for the conv + activation path (valid after ``fuse()``)."""
-        return self.act(self.conv(x))
-
     @torch.no_grad()
-    def fuse(self) -> "Conv":
+    def reparameterize(self) -> "Conv":
         """Fold BatchNorm into the conv; idempotent."""
         if self.bn is not None:
             self.conv = fuse_conv_and_bn(self.conv, self.bn)
@@ -167,9 +138,9 @@ class SPPCSPC(nn.Module):
 class RepConv(nn.Module):
     """RepVGG block of YOLOv7: 3x3 conv+BN, 1x1 conv+BN and a BN identity (when shapes allow).
 
-    ``fuse_repvgg_block()`` (alias ``fuse()``) merges them into ``reparam_conv``, one biased conv
-    (named like MobileOne's, so a fused model has no ``rbr_*`` left). State dicts of YOLOv7's deployed
-    RepConv (``rbr_reparam.weight`` / ``.bias``) load too: the keys are renamed on load.
+    ``reparameterize()`` merges them into ``reparam_conv``, one biased conv (named like MobileOne's,
+    so a fused model has no ``rbr_*`` left); ``deploy=True`` builds that fused form directly. State
+    dicts of YOLOv7's deployed RepConv (``rbr_reparam.weight`` / ``.bias``) load too (renamed on load).
     """
 
     def __init__(self, c1: int, c2: int, k: int = 3, s: int = 1, p=None, g: int = 1,
@@ -177,7 +148,6 @@ class RepConv(nn.Module):
         super().__init__()
         if k != 3:
             raise ValueError(f"RepConv supports kernel_size 3 only, got {k}")
-        self.deploy = deploy
         self.groups = g
         self.in_channels = c1
         self.out_channels = c2
@@ -213,19 +183,15 @@ class RepConv(nn.Module):
         return kernel, bias
 
     @torch.no_grad()
-    def fuse_repvgg_block(self) -> "RepConv":
-        """Replace the branches by ``reparam_conv``; idempotent."""
+    def reparameterize(self) -> "RepConv":
+        """Replace the branches by ``reparam_conv`` (same device and dtype); idempotent."""
         if hasattr(self, "reparam_conv"):
             return self
         kernel, bias = self.get_equivalent_kernel_bias()
-        conv = self.rbr_dense[0]
-        self.reparam_conv = _new_conv_like(conv, kernel, bias, conv.weight.dtype)
+        self.reparam_conv = conv_like(self.rbr_dense[0], kernel, bias)
         for name in ("rbr_dense", "rbr_1x1", "rbr_identity"):
             delattr(self, name)
-        self.deploy = True
         return self
-
-    fuse = fuse_repvgg_block
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         for name in ("weight", "bias"):  # YOLOv7 deploy-time name -> ours
@@ -296,7 +262,6 @@ class MobileOneBlock(nn.Module):
                              f"must be divisible by groups {groups}")
         if num_conv_branches < 1:
             raise ValueError(f"MobileOneBlock: num_conv_branches must be >= 1, got {num_conv_branches}")
-        self.inference_mode = inference_mode
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.kernel_size = kernel_size
@@ -355,20 +320,22 @@ class MobileOneBlock(nn.Module):
     def reparameterize(self) -> "MobileOneBlock":
         """Replace the train-time branches by ``reparam_conv`` (same device and dtype); idempotent."""
         if hasattr(self, "reparam_conv"):
-            self.inference_mode = True
             return self
         kernel, bias = self.get_kernel_bias()
-        ref = self.rbr_conv[0].conv
-        self.reparam_conv = _new_conv_like(ref, kernel, bias, ref.weight.dtype)
+        self.reparam_conv = conv_like(self.rbr_conv[0].conv, kernel, bias)
         for name in ("rbr_conv", "rbr_scale", "rbr_skip"):
             delattr(self, name)
-        self.inference_mode = True
         return self
 
 
-class MobileOne(nn.Module):
-    """One MobileOne stage: per block a depthwise 3x3 MobileOneBlock (stride 2 for the first block)
-    then a pointwise 1x1 MobileOneBlock; SE on the last ``num_se`` blocks (when ``use_se``)."""
+class MobileOneStage(nn.Module):
+    """One MobileOne stage (Apple's ``_make_stage``; Apple's ``MobileOne`` is the whole classifier):
+    per block a depthwise 3x3 MobileOneBlock (stride 2 for the first block) then a pointwise 1x1
+    MobileOneBlock; SE on both blocks of the last ``num_se`` blocks (when ``use_se``).
+
+    Blocks live in ``self.stage`` (state-dict keys ``stage.<j>.*``, j = 2 * block + 0/1). In a model
+    yaml this module is called ``MobileOne`` (the name the original plugin used).
+    """
 
     def __init__(self, in_channels: int, out_channels: int, num_blocks_per_stage: int = 2,
                  num_conv_branches: int = 1, use_se: bool = False, num_se: int = 0, inference_mode: bool = False):
@@ -397,7 +364,7 @@ class MobileOne(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.stage(x)
 
-    def reparameterize(self) -> "MobileOne":
+    def reparameterize(self) -> "MobileOneStage":
         """Re-parameterize every block of the stage; idempotent."""
         for block in self.stage:
             block.reparameterize()
@@ -405,13 +372,20 @@ class MobileOne(nn.Module):
         return self
 
 
-def reparameterize_model(model: nn.Module) -> nn.Module:
-    """A re-parameterized deep copy of ``model`` (every MobileOneBlock / RepConv folded); the input is
-    left untouched."""
-    model = copy.deepcopy(model)
-    for m in list(model.modules()):
-        if isinstance(m, MobileOneBlock):
-            m.reparameterize()
-        elif isinstance(m, RepConv):
-            m.fuse_repvgg_block()
+#: Former class name (still the yaml module name); kept so older imports keep working.
+MobileOne = MobileOneStage
+
+
+def reparameterize_model(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """``model`` with every re-parameterizable module folded (timm's protocol: each module that has
+    a ``reparameterize()`` method: Conv, RepConv, MobileOneBlock, stages, Detect / IDetect, and
+    any user block following it). Works on a deep copy unless ``inplace``; idempotent; exact up to
+    rounding; the training/eval mode is left as it is."""
+    if not inplace:
+        model = copy.deepcopy(model)
+    with torch.no_grad():
+        for m in list(model.modules()):
+            fn = getattr(m, "reparameterize", None)
+            if callable(fn):
+                fn()
     return model

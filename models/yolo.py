@@ -8,17 +8,18 @@ None, booleans, strings, ``nc`` / ``anchors`` and a whitelist of activation cons
 from __future__ import annotations
 
 import ast
+import contextlib
 import copy
 import math
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 import torch.nn as nn
 import yaml
 
-from models.common import (MP, SP, SPPCSPC, Concat, Conv, ImplicitA, ImplicitM, MobileOne, MobileOneBlock, RepConv,
-                           SEBlock)
+from models.common import (MP, SP, SPPCSPC, Concat, Conv, ImplicitA, ImplicitM, MobileOneBlock, MobileOneStage,
+                           RepConv, SEBlock, reparameterize_model)
 from utils.autoanchor import check_anchor_order
 from utils.general import LOGGER, make_divisible
 from utils.torch_utils import initialize_weights, model_info, scale_img
@@ -79,16 +80,16 @@ class Detect(nn.Module):
         y = torch.cat((xy, wh, y[..., 4:]), -1)
         return y.view(bs, -1, self.no)
 
-    def fuse(self) -> "Detect":
-        """Nothing to fold in a plain Detect head (kept for a uniform interface)."""
+    def reparameterize(self) -> "Detect":
+        """Nothing to fold in a plain Detect head (the re-parameterization protocol's no-op)."""
         return self
 
 
 class IDetect(Detect):
     """Detect with YOLOR implicit layers: ``m[i](ia[i](x))`` scaled by ``im[i]``.
 
-    ``fuse()`` folds ImplicitA into the conv bias and ImplicitM into weight and bias, then removes
-    ``ia`` / ``im``.
+    ``reparameterize()`` folds ImplicitA into the conv bias and ImplicitM into weight and bias, then
+    sets ``ia`` / ``im`` to None (the fused state).
     """
 
     def __init__(self, nc: int = 80, anchors: Any = (), ch: Any = ()):
@@ -102,7 +103,7 @@ class IDetect(Detect):
         return self.im[i](self.m[i](self.ia[i](x)))
 
     @torch.no_grad()
-    def fuse(self) -> "IDetect":
+    def reparameterize(self) -> "IDetect":
         """Fold the implicit layers into the convs; idempotent."""
         if self.ia is None:
             return self
@@ -121,11 +122,12 @@ class IDetect(Detect):
 
 
 # ----------------------------------------------------------------------------- yaml parsing
-#: yaml module name -> class. Only these names can appear in a model yaml.
+#: yaml module name -> class. Only these names can appear in a model yaml. ``MobileOne`` is a stage
+#: (:class:`MobileOneStage`), the name the original plugin's yamls use.
 MODULES: dict[str, type] = {
     "Conv": Conv, "Concat": Concat, "MP": MP, "SP": SP, "SPPCSPC": SPPCSPC, "RepConv": RepConv,
     "ImplicitA": ImplicitA, "ImplicitM": ImplicitM, "SEBlock": SEBlock,
-    "MobileOneBlock": MobileOneBlock, "MobileOne": MobileOne, "Detect": Detect, "IDetect": IDetect,
+    "MobileOneBlock": MobileOneBlock, "MobileOne": MobileOneStage, "Detect": Detect, "IDetect": IDetect,
     "nn.Conv2d": nn.Conv2d, "nn.BatchNorm2d": nn.BatchNorm2d, "nn.Upsample": nn.Upsample,
     "nn.MaxPool2d": nn.MaxPool2d, "nn.Identity": nn.Identity,
 }
@@ -137,13 +139,96 @@ ACTIVATIONS: dict[str, type] = {
 }
 
 _CONV_LIKE = (nn.Conv2d, Conv, SPPCSPC, RepConv)
-_BARE_WORD = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+
+# Size limits: what a small yaml file (or a checkpoint's ``cfg``) may make the program build. Each is
+# far above the largest shipped model (yolov7.yaml: ~2k yaml nodes, 37.6M parameters, 1280 channels).
+MAX_YAML_BYTES = 1 << 20  # a model yaml is a few KB
+MAX_YAML_NODES = 100_000  # yaml nodes / cfg items after expanding every alias or shared reference
+MAX_LAYERS = 1_000  # backbone + head rows
+MAX_CHANNELS = 1 << 15  # output channels of one layer
+MAX_BLOCKS = 10_000  # repeats x MobileOne blocks x conv branches, summed over the model
+MAX_PARAMS = 1_000_000_000  # parameters, counted on the meta device before anything is allocated
+MAX_PROBE_ELEMENTS = 100_000_000  # elements of one layer output for a 1x3x128x128 input
 
 
 class ModelConfigError(ValueError):
     """A model yaml is malformed or asks for something that is not allowed."""
 
 
+# ----------------------------------------------------------------------------- safe yaml reading
+def _graph_size(root: Any, children: Callable[[Any], list], where: str, limit: int) -> int:
+    """Size of the tree ``root`` unfolds to (shared nodes counted at every use), without unfolding it.
+
+    Refuses cycles and totals over ``limit``; a DAG of aliases that would expand exponentially
+    (a "billion laughs" yaml) is measured in time linear in its distinct nodes.
+    """
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        key = id(node)
+        if finished:
+            on_path.discard(key)
+            sizes[key] = 1 + sum(sizes[id(c)] for c in children(node))
+            if sizes[key] > limit:
+                raise ModelConfigError(f"{where}: too large once its aliases / shared entries are expanded "
+                                       f"(more than {limit} items); refused")
+        elif key in on_path:
+            raise ModelConfigError(f"{where}: a recursive alias / self-referencing entry; refused")
+        elif key not in sizes:
+            on_path.add(key)
+            stack.append((node, True))
+            stack.extend((c, False) for c in children(node))
+    return sizes[id(root)]
+
+
+def _yaml_children(node: yaml.Node) -> list:
+    if isinstance(node, yaml.SequenceNode):
+        return node.value
+    if isinstance(node, yaml.MappingNode):
+        return [x for kv in node.value for x in kv]
+    return []
+
+
+def _plain_children(obj: Any) -> list:
+    if isinstance(obj, dict):
+        return [x for kv in obj.items() for x in kv]
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return list(obj)
+    return []
+
+
+def check_cfg_size(cfg: Any, where: str, limit: int = MAX_YAML_NODES) -> int:
+    """Refuse a plain-data cfg (e.g. a checkpoint's ``cfg``) whose shared or recursive entries would
+    unfold to more than ``limit`` items; return the unfolded size."""
+    return _graph_size(cfg, _plain_children, where, limit)
+
+
+def safe_yaml_load(text: Union[str, bytes], where: str, max_nodes: int = MAX_YAML_NODES,
+                   max_bytes: int = MAX_YAML_BYTES) -> Any:
+    """``yaml.safe_load`` with limits: at most ``max_bytes`` of text and ``max_nodes`` nodes after
+    alias expansion (measured on the composed node graph, before any object is built), no recursive
+    aliases, no nesting deeper than Python's recursion limit. Errors are :class:`ModelConfigError`
+    naming ``where``. Shareable by any loader of untrusted yaml."""
+    if len(text) > max_bytes:
+        raise ModelConfigError(f"{where}: {len(text)} bytes is larger than the {max_bytes}-byte limit for a yaml")
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _graph_size(node, _yaml_children, where, max_nodes)
+        return loader.construct_document(node)
+    except yaml.YAMLError as e:
+        raise ModelConfigError(f"{where}: not valid yaml: {e}") from e
+    except RecursionError:
+        raise ModelConfigError(f"{where}: yaml nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
+# ----------------------------------------------------------------------------- layer arguments
 def _literal(node: ast.AST, where: str, text: str) -> Any:
     """A number / string / None / bool literal (optionally negated), else ModelConfigError."""
     if isinstance(node, ast.Constant) and isinstance(node.value, (int, float, str, bool, type(None))):
@@ -198,7 +283,8 @@ def parse_arg(a: Any, where: str, names: dict[str, Any]) -> Any:
     return _literal(node, where, a)
 
 
-def _resolve_module(m: Any, where: str) -> type:
+def _resolve_module(m: Any, where: str) -> tuple[str, type]:
+    """(yaml name, class) of a layer's module; the name is what ``m.type`` reports."""
     if not isinstance(m, str):
         raise ModelConfigError(f"{where}: module must be a name, got {m!r}")
     key = m.strip()
@@ -206,7 +292,7 @@ def _resolve_module(m: Any, where: str) -> type:
         key = key[len("torch."):]
     if key not in MODULES:
         raise ModelConfigError(f"{where}: unknown module {m!r}; allowed: {', '.join(MODULES)}")
-    return MODULES[key]
+    return key, MODULES[key]
 
 
 def _check_from(f: Any, i: int, where: str) -> None:
@@ -219,97 +305,211 @@ def _check_from(f: Any, i: int, where: str) -> None:
             raise ModelConfigError(f"{where}: 'from' index {x} does not refer to an earlier layer")
 
 
-def parse_model(d: dict, ch: list[int]) -> tuple[nn.Sequential, list[int]]:
-    """Build the layers of a YOLOv7 yaml dict; returns ``(nn.Sequential, save_indices)``.
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
-    ``ch`` holds the input channel count(s), e.g. ``[3]``.
-    """
+
+def _check_top_level(d: dict) -> tuple[int, float, float, Any, int]:
+    """(nc, depth_multiple, width_multiple, anchors, anchors per level) of a model dict, checked."""
     for k in ("nc", "depth_multiple", "width_multiple", "anchors", "backbone", "head"):
         if k not in d:
-            raise ModelConfigError(f"model yaml: missing key '{k}'")
+            raise ModelConfigError(f"missing key '{k}'")
     nc, gd, gw, anchors = d["nc"], d["depth_multiple"], d["width_multiple"], d["anchors"]
-    if not isinstance(nc, int) or isinstance(nc, bool) or nc < 1:
-        raise ModelConfigError(f"model yaml: 'nc' must be a positive integer, got {nc!r}")
+    if not _is_int(nc) or nc < 1:
+        raise ModelConfigError(f"'nc' must be a positive integer, got {nc!r}")
     for name, v in (("depth_multiple", gd), ("width_multiple", gw)):
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
-            raise ModelConfigError(f"model yaml: '{name}' must be a positive number, got {v!r}")
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v < math.inf:
+            raise ModelConfigError(f"'{name}' must be a positive number, got {v!r}")
     if isinstance(anchors, list):
         if not anchors or not all(isinstance(a, list) and a and len(a) % 2 == 0
                                   and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in a)
                                   for a in anchors) or len({len(a) for a in anchors}) != 1:
-            raise ModelConfigError(f"model yaml: 'anchors' must be equal-length lists of w,h pairs, got {anchors!r}")
+            raise ModelConfigError(f"'anchors' must be equal-length lists of w,h pairs, got {anchors!r}")
         na = len(anchors[0]) // 2
-    elif isinstance(anchors, int) and not isinstance(anchors, bool) and anchors > 0:
+    elif _is_int(anchors) and anchors > 0:
         na = anchors
     else:
-        raise ModelConfigError(f"model yaml: 'anchors' must be a list of lists or a positive int, got {anchors!r}")
+        raise ModelConfigError(f"'anchors' must be a list of lists or a positive int, got {anchors!r}")
     if not isinstance(d["backbone"], list) or not isinstance(d["head"], list):
-        raise ModelConfigError("model yaml: 'backbone' and 'head' must be lists of [from, number, module, args]")
-    no = na * (nc + 5)
-    names = {"nc": nc, "anchors": anchors}
+        raise ModelConfigError("'backbone' and 'head' must be lists of [from, number, module, args]")
+    if len(d["backbone"]) + len(d["head"]) > MAX_LAYERS:
+        raise ModelConfigError(f"{len(d['backbone']) + len(d['head'])} layers exceed the limit of {MAX_LAYERS}")
+    return nc, gd, gw, anchors, na
 
-    LOGGER.info(f"\n{'':>3}{'from':>18}{'n':>3}{'params':>10}  {'module':<40}{'arguments':<30}")
-    layers, save, c2 = [], [], ch[-1]
-    for i, layer in enumerate(d["backbone"] + d["head"]):
-        where = f"model yaml layer {i}"
-        if not isinstance(layer, list) or len(layer) != 4:
-            raise ModelConfigError(f"{where}: expected [from, number, module, args], got {layer!r}")
-        f, n, m, args = layer
-        _check_from(f, i, where)
-        m = _resolve_module(m, where)
-        if not isinstance(args, list):
-            raise ModelConfigError(f"{where}: args must be a list, got {args!r}")
-        args = [parse_arg(a, where, names) for a in args]
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ModelConfigError(f"{where}: 'number' must be a positive integer, got {n!r}")
-        n = max(round(n * gd), 1) if n > 1 else n
 
-        try:
-            if m in _CONV_LIKE:
-                c1, c2 = ch[f], args[0]
-                if c2 != no:
-                    c2 = make_divisible(c2 * gw, 8)
-                args = [c1, c2, *args[1:]]
-                if m is SPPCSPC:
-                    args.insert(2, n)
-                    n = 1
-            elif m in (MobileOneBlock, MobileOne):
-                c1, c2 = ch[f], args[0]
-                args = [c1, c2, *args[1:]]
-            elif m is nn.BatchNorm2d:
-                args = [ch[f]]
-                c2 = ch[f]
-            elif m is Concat:
-                c2 = sum(ch[x] for x in f)
-            elif m in (Detect, IDetect):
-                args.append([ch[x] for x in f])
-                if isinstance(args[1], int):  # number of anchors: placeholders, set by autoanchor
-                    args[1] = [list(range(args[1] * 2))] * len(f)
-            elif m in (ImplicitA, ImplicitM, SEBlock):
-                c2 = ch[f]
-                args = [c2, *args]
-            else:
-                c2 = ch[f]
-            m_ = nn.Sequential(*(m(*args) for _ in range(n))) if n > 1 else m(*args)
-        except ModelConfigError:
-            raise
-        except (TypeError, ValueError, IndexError, KeyError, RuntimeError) as e:
-            raise ModelConfigError(f"{where}: cannot build {getattr(m, '__name__', m)} with args {args!r}: {e}") from e
+def _read_layer(layer: Any, i: int, names: dict[str, Any], gd: float) -> tuple[Any, int, str, type, list, str]:
+    """(from, repeats scaled by depth_multiple, module name, class, parsed args, where) of yaml row ``i``."""
+    where = f"layer {i}"
+    if not isinstance(layer, list) or len(layer) != 4:
+        raise ModelConfigError(f"{where}: expected [from, number, module, args], got {layer!r}")
+    f, n, m, args = layer
+    name, m = _resolve_module(m, where)
+    where = f"layer {i} ({name})"
+    _check_from(f, i, where)
+    if not isinstance(args, list):
+        raise ModelConfigError(f"{where}: args must be a list, got {args!r}")
+    args = [parse_arg(a, where, names) for a in args]
+    if not _is_int(n) or n < 1:
+        raise ModelConfigError(f"{where}: 'number' must be a positive integer, got {n!r}")
+    return f, _scale_depth(n, gd), name, m, args, where
 
-        t = f"nn.{m.__name__}" if m.__module__.startswith("torch") else m.__name__
-        np_ = sum(x.numel() for x in m_.parameters())
-        m_.i, m_.f, m_.type, m_.np = i, f, t, np_
-        LOGGER.info(f"{i:>3}{str(f):>18}{n:>3}{np_:10.0f}  {t:<40}{str(args):<30}")
-        save.extend(x % i for x in ([f] if isinstance(f, int) else f) if x != -1)
-        layers.append(m_)
-        if i == 0:
-            ch = []
-        ch.append(c2)
+
+def _scale_depth(n: int, gd: float) -> int:
+    """YOLOv7's depth rule: counts above 1 scale by depth_multiple (at least 1), a count of 1 stays."""
+    return max(round(n * gd), 1) if n > 1 else n
+
+
+def _channels(c2: Any, gw: float, where: str, exact: bool = False) -> int:
+    """Output channels scaled by width_multiple to a multiple of 8 (``exact``: unchanged when
+    width_multiple is 1, so MobileOne layers keep Apple's widths as written)."""
+    if not _is_int(c2) or c2 < 1:
+        raise ModelConfigError(f"{where}: output channels must be a positive integer, got {c2!r}")
+    if not (exact and gw == 1):
+        c2 = make_divisible(c2 * gw, 8)
+    if c2 > MAX_CHANNELS:
+        raise ModelConfigError(f"{where}: {c2} output channels (width_multiple {gw}) exceed the limit of "
+                               f"{MAX_CHANNELS}")
+    return c2
+
+
+def _mobileone_args(m: type, args: list, c1: int, gd: float, gw: float, where: str) -> tuple[list, int]:
+    """MobileOneBlock / MobileOne stage args with width_multiple applied to the output channels and,
+    for a stage, depth_multiple to its block count (SE blocks scaled in proportion, rounded up)."""
+    c2 = _channels(args[0] if args else None, gw, where, exact=True)
+    rest = list(args[1:])
+    if m is MobileOneStage:
+        nb = rest[0] if rest else 2
+        if not _is_int(nb) or nb < 1:
+            raise ModelConfigError(f"{where}: number of blocks must be a positive integer, got {nb!r}")
+        nb2 = _scale_depth(nb, gd)
+        if len(rest) >= 4 and nb2 != nb and _is_int(rest[3]) and rest[3] > 0:
+            rest[3] = min(nb2, math.ceil(rest[3] * nb2 / nb))
+        rest = [nb2, *rest[1:]]
+    return [c1, c2, *rest], c2
+
+
+def _layer_args(m: type, f: Any, n: int, args: list, ch: list[int], gd: float, gw: float, no: int,
+                where: str) -> tuple[list, int, int]:
+    """(constructor args, output channels, repeats) of one layer: YOLOv7's table plus MobileOne."""
+    c2 = ch[f] if _is_int(f) else 0
+    if m in _CONV_LIKE:
+        c2 = args[0] if args and args[0] == no else _channels(args[0] if args else None, gw, where)
+        args = [ch[f], c2, *args[1:]]
+        if m is SPPCSPC:
+            args.insert(2, n)
+            n = 1
+    elif m in (MobileOneBlock, MobileOneStage):
+        args, c2 = _mobileone_args(m, args, ch[f], gd, gw, where)
+    elif m is nn.BatchNorm2d:
+        args = [c2]
+    elif m is Concat:
+        c2 = sum(ch[x] for x in f)
+    elif m in (Detect, IDetect):
+        fs = f if isinstance(f, list) else [f]
+        args.append([ch[x] for x in fs])
+        if _is_int(args[1]):  # number of anchors: placeholders, set by autoanchor
+            args[1] = [list(range(args[1] * 2))] * len(fs)
+        if len(args[1]) != len(fs):
+            raise ModelConfigError(f"{where}: {len(fs)} inputs but {len(args[1])} anchor levels")
+    elif m in (ImplicitA, ImplicitM, SEBlock):
+        args = [c2, *args]
+    return args, c2, n
+
+
+def _block_count(m: type, args: list, n: int) -> int:
+    """Repeats x MobileOne blocks x conv branches of one layer (what makes module count grow)."""
+    def arg(k: int, default: int) -> int:
+        v = args[k] if len(args) > k else default
+        return v if _is_int(v) and v > 0 else 1
+    if m is MobileOneStage:
+        return n * arg(2, 2) * arg(3, 1)
+    if m is MobileOneBlock:
+        return n * arg(8, 1)
+    return n
+
+
+def parse_model(d: dict, ch: list[int], device: Union[str, torch.device, None] = None
+                ) -> tuple[nn.Sequential, list[int]]:
+    """Build the layers of a YOLOv7 yaml dict; returns ``(nn.Sequential, save_indices)``.
+
+    ``ch`` holds the input channel count(s), e.g. ``[3]``. ``device='meta'`` builds the layers without
+    allocating memory and logs nothing (:func:`check_model_size`). Errors name the layer and module.
+    """
+    nc, gd, gw, anchors, na = _check_top_level(d)
+    names, no = {"nc": nc, "anchors": anchors}, na * (nc + 5)
+    log = device is None or torch.device(device).type != "meta"
+    if log:
+        LOGGER.info(f"\n{'':>3}{'from':>18}{'n':>3}{'params':>10}  {'module':<40}{'arguments':<30}")
+    layers, save, blocks = [], [], 0
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        for i, layer in enumerate(d["backbone"] + d["head"]):
+            f, n, name, m, args, where = _read_layer(layer, i, names, gd)
+            try:
+                args, c2, n = _layer_args(m, f, n, args, ch, gd, gw, no, where)
+                blocks += _block_count(m, args, n)
+                if blocks > MAX_BLOCKS:
+                    raise ModelConfigError(f"{where}: more than {MAX_BLOCKS} blocks (repeats x MobileOne blocks "
+                                           f"x conv branches, depth_multiple {gd}) in the model")
+                m_ = nn.Sequential(*(m(*args) for _ in range(n))) if n > 1 else m(*args)
+            except ModelConfigError:
+                raise
+            except (TypeError, ValueError, IndexError, KeyError, RuntimeError) as e:
+                raise ModelConfigError(f"{where}: cannot build {name} with args {args!r}: {e}") from e
+            np_ = sum(x.numel() for x in m_.parameters())
+            m_.i, m_.f, m_.type, m_.np = i, f, name, np_
+            if log:
+                LOGGER.info(f"{i:>3}{str(f):>18}{n:>3}{np_:10.0f}  {name:<40}{str(args):<30}")
+            save.extend(x % i for x in ([f] if isinstance(f, int) else f) if x != -1)
+            layers.append(m_)
+            if i == 0:
+                ch = []
+            ch.append(c2)
     return nn.Sequential(*layers), sorted(set(save))
 
 
+@torch.no_grad()
+def _probe_layers(layers: nn.Sequential, save: list[int], ch: int, s: int = 128) -> None:
+    """Run a 1 x ch x s x s meta tensor through ``layers`` (detection heads raw) and name the first
+    layer whose inputs do not fit it (e.g. a Concat of different sizes) or whose output is too large."""
+    layers.eval()
+    for m in layers:
+        if isinstance(m, Detect):
+            m.train()
+    x, y = torch.zeros(1, ch, s, s, device="meta"), []
+    for m in layers:
+        if m.f != -1:
+            x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
+        try:
+            x = m(x)
+        except (RuntimeError, ValueError, TypeError, IndexError, AttributeError) as e:
+            shapes = [tuple(t.shape) for t in x] if isinstance(x, (list, tuple)) else tuple(x.shape)
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelConfigError(f"layer {m.i} ({m.type}, from {m.f}): its inputs {shapes} do not fit: "
+                                   f"{msg}") from None
+        numel = max(t.numel() for t in (x if isinstance(x, (list, tuple)) else [x]))
+        if numel > MAX_PROBE_ELEMENTS:
+            raise ModelConfigError(f"layer {m.i} ({m.type}): an output of {numel} elements for a {s}x{s} input "
+                                   f"exceeds the limit of {MAX_PROBE_ELEMENTS}")
+        y.append(x if m.i in save else None)
+
+
+def check_model_size(d: dict, ch: int = 3) -> int:
+    """Build ``d`` on the meta device (nothing allocated) and refuse it before the real build when it
+    has more than :data:`MAX_PARAMS` parameters or its layers do not fit together; returns the
+    parameter count."""
+    if not _is_int(ch) or not 0 < ch * 128 * 128 <= MAX_PROBE_ELEMENTS:
+        raise ModelConfigError(f"input channels 'ch' must be a small positive integer, got {ch!r}")
+    layers, save = parse_model(d, [ch], device="meta")
+    n = sum(p.numel() for p in layers.parameters())
+    if n > MAX_PARAMS:
+        raise ModelConfigError(f"{n:,} parameters (from its width/depth multiples, block and channel counts) "
+                               f"exceed the limit of {MAX_PARAMS:,}; refused before allocating")
+    _probe_layers(layers, save, ch)
+    return n
+
+
 def load_model_yaml(cfg: Union[str, Path]) -> dict:
-    """Read a model yaml (a path, or a file name found under cfg/training/) safely."""
+    """Read a model yaml (a path, or a file name found under cfg/training/) safely and within limits."""
     p = Path(cfg)
     if not p.is_file():
         for cand in (ROOT / p, ROOT / "cfg" / "training" / p.name):
@@ -318,11 +518,14 @@ def load_model_yaml(cfg: Union[str, Path]) -> dict:
                 break
         else:
             raise FileNotFoundError(f"model yaml {cfg} not found (also looked in {ROOT / 'cfg' / 'training'})")
+    size = p.stat().st_size
+    if size > MAX_YAML_BYTES:
+        raise ModelConfigError(f"{p}: {size} bytes is larger than the {MAX_YAML_BYTES}-byte limit for a model yaml")
     try:
-        with open(p, encoding="utf-8") as fh:
-            d = yaml.safe_load(fh)
-    except yaml.YAMLError as e:
-        raise ModelConfigError(f"{p}: not valid yaml: {e}") from e
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ModelConfigError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    d = safe_yaml_load(text, str(p))
     if not isinstance(d, dict):
         raise ModelConfigError(f"{p}: expected a mapping at the top level")
     d["yaml_file"] = p.name
@@ -341,8 +544,9 @@ class Model(nn.Module):
                  anchors: Any = None):
         super().__init__()
         if isinstance(cfg, dict):
+            where = cfg["yaml_file"] if isinstance(cfg.get("yaml_file"), str) else "model yaml"
+            check_cfg_size(cfg, where)
             self.yaml = copy.deepcopy(cfg)
-            where = "model yaml"
         else:
             self.yaml = load_model_yaml(cfg)
             where = self.yaml["yaml_file"]
@@ -355,10 +559,9 @@ class Model(nn.Module):
             LOGGER.info(f"Overriding {where} anchors with anchors={anchors}")
             self.yaml["anchors"] = round(anchors) if isinstance(anchors, (int, float)) else anchors
         try:
+            check_model_size(self.yaml, ch)  # on the meta device: refused before allocating
             self.model, self.save = parse_model(copy.deepcopy(self.yaml), ch=[ch])
         except ModelConfigError as e:
-            if where == "model yaml":
-                raise
             raise ModelConfigError(f"{where}: {e}") from None
         self.nc = self.yaml["nc"]
         self.names = [str(i) for i in range(self.nc)]
@@ -447,27 +650,18 @@ class Model(nn.Module):
             self.stride = m.stride
         return self
 
-    @torch.no_grad()
     def fuse(self) -> "Model":
-        """Re-parameterize MobileOneBlock / RepConv, fold Conv+BN and IDetect implicits; idempotent."""
+        """Re-parameterize in place (YOLOv7's name): ``reparameterize_model(self, inplace=True)``
+        folds every MobileOneBlock / RepConv / Conv+BN / IDetect implicit; idempotent."""
         LOGGER.info("Fusing layers... ")
-        for m in list(self.model.modules()):
-            if isinstance(m, MobileOneBlock):
-                m.reparameterize()
-            elif isinstance(m, MobileOne):
-                m.inference_mode = True
-            elif isinstance(m, RepConv):
-                m.fuse_repvgg_block()
-            elif type(m) is Conv:
-                m.fuse()
-            elif isinstance(m, Detect):
-                m.fuse()
+        reparameterize_model(self, inplace=True)
         self.info()
         return self
 
     def is_fused(self) -> bool:
-        """True when no BatchNorm2d is left (the model has been fused)."""
-        return not any(isinstance(m, nn.BatchNorm2d) for m in self.modules())
+        """True when nothing train-time is left: no BatchNorm2d and no unfolded IDetect implicit."""
+        return not any(isinstance(m, nn.BatchNorm2d) or (isinstance(m, IDetect) and m.ia is not None)
+                       for m in self.modules())
 
     def info(self, verbose: bool = False, img_size: int = 640) -> dict:
         """Log layers, parameters and GFLOPs (at ``img_size``); return them as a dict."""
