@@ -56,7 +56,7 @@ def _labels(out: Path) -> dict[str, str]:
     for s in ("train", "val"):
         imgs = sorted(p.name for p in (out / "images" / s).iterdir())
         labs = sorted(p.name for p in (out / "labels" / s).iterdir())
-        assert [Path(i).stem for i in imgs] == [Path(l).stem for l in labs]
+        assert [Path(i).stem for i in imgs] == [Path(lb).stem for lb in labs]
         for i in imgs:
             res[i] = (out / "labels" / s / (Path(i).stem + ".txt")).read_text()
     return res
@@ -229,3 +229,68 @@ def test_cli(coco, voc, tmp_path, capsys, restore_logger):
     assert (tmp_path / "v" / "data.yaml").is_file()
     assert main(["coco", "--json", str(tmp_path / "nope.json"), "--img-dir", str(idir), "--out",
                  str(tmp_path / "d")]) == 1
+
+
+# --------------------------------------------------------------------------- all-or-nothing output
+def _tree(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def test_failed_overwrite_keeps_the_old_dataset(coco, tmp_path, monkeypatch):
+    """A full disk halfway through --overwrite: the previous conversion is intact, nothing half-written."""
+    import errno
+    import os
+
+    import utils.convert as C
+    from utils.atomic import WriteError
+    from utils.cli import one_line
+    js, idir = coco
+    out = tmp_path / "out"
+    convert_coco(js, idir, out, copy=True)
+    (out / "notes.txt").write_text("the user's own file")
+    before = _tree(out)
+    calls = []
+    real = C.shutil.copy2
+
+    def copy2(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(src, dst)
+    monkeypatch.setattr(C.shutil, "copy2", copy2)
+    with pytest.raises(WriteError) as ei:
+        convert_coco(js, idir, out, keep_crowd=True, copy=True, overwrite=True)
+    assert _tree(out) == before
+    assert sorted(p.name for p in out.iterdir()) == ["data.yaml", "images", "labels", "notes.txt", "report.txt"]
+    assert str(out) in one_line(ei.value) and "No space left on device" in one_line(ei.value)
+
+
+def test_swap_failure_restores_old_outputs(coco, tmp_path, monkeypatch):
+    import utils.convert as C
+    js, idir = coco
+    out = tmp_path / "out"
+    convert_coco(js, idir, out)
+    before = _tree(out)
+    real = C.os.replace
+
+    def replace(src, dst):
+        if Path(dst) == out / "labels" and ".old" not in str(src):  # the new labels cannot be moved in
+            raise OSError(5, "Input/output error", str(src), None, str(dst))
+        return real(src, dst)
+    monkeypatch.setattr(C.os, "replace", replace)
+    with pytest.raises(OSError):
+        convert_coco(js, idir, out, keep_crowd=True, overwrite=True)
+    assert _tree(out) == before and not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_unreadable_source_is_named(coco, tmp_path, monkeypatch):
+    import utils.convert as C
+    js, idir = coco
+
+    def copy2(src, dst):
+        raise PermissionError(13, "Permission denied", str(src))
+    monkeypatch.setattr(C.shutil, "copy2", copy2)
+    with pytest.raises(PermissionError) as ei:
+        convert_coco(js, idir, tmp_path / "o", copy=True)
+    assert str(idir) in str(ei.value.filename)
+    assert not (tmp_path / "o" / "data.yaml").exists() and not list((tmp_path / "o").iterdir())

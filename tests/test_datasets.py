@@ -165,6 +165,91 @@ def test_txt_list_split(tmp_path):
     assert res.report.corrupt_msgs == [f"{lst}:4: listed image does not exist (images/train/gone.jpg)"]
 
 
+# --------------------------------------------------------------------------- reading images safely
+def test_check_image_size_reads_only_the_header(tmp_path, monkeypatch):
+    f = tmp_path / "big.png"
+    Image.new("L", (400, 300)).save(f)
+    assert D.check_image_size(f) == (400, 300)
+    with pytest.raises(D.ImageReadError, match=r"big.png: refused: 400x300 .* limit"):
+        D.check_image_size(f, max_pixels=100_000)
+    monkeypatch.setattr(D, "MAX_IMAGE_PIXELS", 1)  # the default is bound at definition time
+    assert D.check_image_size(f) == (400, 300)
+    (tmp_path / "t.jpg").write_text("text")
+    with pytest.raises(D.ImageReadError, match="t.jpg: not an image"):
+        D.check_image_size(tmp_path / "t.jpg")
+    with pytest.raises(D.ImageReadError, match="does not exist"):
+        D.read_image(tmp_path / "none.jpg")
+    with pytest.raises(D.ImageReadError, match="not a regular file"):
+        D.read_image(tmp_path)
+
+
+def test_pixel_limit_applies_to_the_scan(tmp_path, monkeypatch):
+    root = tmp_path / "ds"
+    _good(root, n=2)
+    big = _write(root, "big.png", "0 0.5 0.5 0.2 0.2\n", img=_img(200, 300))
+    orig = D.check_image_size
+    monkeypatch.setattr(D, "check_image_size", lambda p, max_pixels=50_000: orig(p, max_pixels))
+    rep = scan_dataset(root / "images" / "train", nc=NC, use_cache=False).report
+    assert rep.corrupt == 1 and f"{big.resolve()}: refused: 300x200" in rep.corrupt_msgs[0]
+
+
+def test_read_image_gives_8bit_bgr(tmp_path):
+    Image.fromarray((np.arange(40 * 30).reshape(30, 40) * 50).astype(np.uint16)).save(tmp_path / "u16.png")
+    Image.fromarray(_img(30, 40), "RGB").convert("RGBA").save(tmp_path / "rgba.png")
+    for name in ("u16.png", "rgba.png"):
+        im = D.read_image(tmp_path / name)
+        assert im.dtype == np.uint8 and im.shape == (30, 40, 3)
+    Image.fromarray(np.random.default_rng(0).random((30, 40), dtype=np.float32), mode="F").save(tmp_path / "f.tif")
+    with pytest.raises(D.ImageReadError, match="f.tif: OpenCV cannot decode"):
+        D.read_image(tmp_path / "f.tif")
+
+
+def test_folder_walk_dedupes_links_and_skips_special_files(tmp_path):
+    root = tmp_path / "ds"
+    _good(root, n=2)
+    train = root / "images" / "train"
+    os.link(train / "good0.jpg", train / "hard.jpg")  # the same file under a second name: counted once
+    (train / "soft.jpg").symlink_to(train / "good1.jpg")
+    (train / "broken.jpg").symlink_to(tmp_path / "gone.jpg")
+    (train / "sub").mkdir()
+    (train / "sub" / "deep.jpg").write_bytes((train / "good0.jpg").read_bytes())  # a copy: a separate image
+    (train / ".hidden").mkdir()
+    (train / ".hidden" / "x.jpg").write_bytes(b"")
+    imgs, problems, skipped = D.list_image_files(train)
+    assert sorted(Path(f).name for f in imgs) == ["deep.jpg", "good0.jpg", "good1.jpg"]
+    assert problems == [] and skipped == [f"{train / 'broken.jpg'}: does not exist (broken link)"]
+    # the same folder given twice (as a yaml list can) is listed once
+    assert len(D.list_image_files([train, train / "sub"])[0]) == 3
+
+
+def test_txt_list_entries_must_be_regular_files(tmp_path):
+    root = tmp_path / "ds"
+    _good(root, n=1)
+    os.mkfifo(root / "images" / "train" / "pipe.jpg")
+    lst = tmp_path / "list.txt"
+    lst.write_text(f"{root}/images/train/good0.jpg\n{root}/images/train/pipe.jpg\n{root}/images/train/good0.jpg\n")
+    imgs, problems, _ = D.list_image_files(lst)
+    assert len(imgs) == 2  # a list may repeat an image on purpose (oversampling)
+    assert problems == [f"{lst}:2: listed image is not a regular file (a named pipe) ({root}/images/train/pipe.jpg)"]
+    # a split that is itself a single image file, or a pipe
+    assert D.list_image_files(root / "images" / "train" / "good0.jpg")[0] == imgs[:1]
+    with pytest.raises(FileNotFoundError, match="not an image folder or a .txt list: it is not a regular file"):
+        D.list_image_files(root / "images" / "train" / "pipe.jpg")
+
+
+def test_disk_image_cache_is_atomic_and_self_healing(tmp_path):
+    root = tmp_path / "ds"
+    _good(root, n=2)
+    ds = LoadImagesAndLabels(root / "images" / "train", img_size=64, cache_images="disk", nc=NC)
+    npy = ds.npy_files[0]
+    assert npy.is_file() and not [p for p in npy.parent.iterdir() if p.name.startswith(".")]
+    ref = ds.load_image(0)[0]
+    npy.write_bytes(b"\x93NUMPY garbage")  # damaged by hand: the image itself is read instead
+    ds2 = LoadImagesAndLabels(root / "images" / "train", img_size=64, nc=NC)
+    ds2.npy_files = ds.npy_files
+    np.testing.assert_array_equal(ds2.load_image(0)[0], ref)
+
+
 # --------------------------------------------------------------------------- cache
 def test_cache_reused_and_rebuilt(tmp_path):
     root = tmp_path / "ds"

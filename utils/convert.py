@@ -17,20 +17,25 @@ CLI::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import shutil
+import sys
+import tempfile
 import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import yaml
 from PIL import Image
 
+from utils.atomic import WriteError
+from utils.cli import one_line, run_cli
 from utils.general import LOGGER, set_logging, xyxy2xywhn
 
 IMG_FORMATS = ("bmp", "dng", "jpeg", "jpg", "mpo", "png", "tif", "tiff", "webp")
@@ -203,14 +208,62 @@ def split_names(names: Sequence[str], val: float, seed: int) -> set[str]:
     return {names[i] for i in perm[:n_val]}
 
 
+_OUTPUTS = ("images", "labels", "data.yaml", "report.txt")  # what a conversion owns in OUT
+
+
 def _prepare_out(out: Path, overwrite: bool) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    existing = [out / p for p in ("images", "labels", "data.yaml", "report.txt") if (out / p).exists()]
+    """Refuse to replace an earlier conversion unless ``overwrite`` (nothing is deleted here)."""
+    existing = [out / p for p in _OUTPUTS if (out / p).exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{out} already holds {', '.join(p.name for p in existing)}; "
                               f"pass overwrite=True (--overwrite) to replace them")
-    for p in existing:
-        shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
+def _swap_in(stage: Path, out: Path) -> None:
+    """Move the staged outputs into ``out``, the old ones aside; undo every move when one fails."""
+    old = stage / ".old"
+    old.mkdir()
+    moved, placed = [], []
+    try:
+        for name in _OUTPUTS:
+            if (out / name).exists():
+                os.replace(out / name, old / name)
+                moved.append(name)
+        for name in _OUTPUTS:
+            if (stage / name).exists():
+                os.replace(stage / name, out / name)
+                placed.append(name)
+    except OSError:
+        for name in placed:
+            shutil.rmtree(out / name) if (out / name).is_dir() else (out / name).unlink()
+        for name in moved:
+            os.replace(old / name, out / name)
+        raise
+
+
+@contextlib.contextmanager
+def _staged(out: Path) -> Iterator[Path]:
+    """A temp folder inside ``out`` for the whole new dataset; it replaces the old outputs only when complete.
+
+    A failure (full disk, unreadable image, ...) leaves ``out`` as it was and no temp folder;
+    a write failure is a :class:`~utils.atomic.WriteError` naming the file and the cause.
+    """
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=".convert.", suffix=".tmp", dir=out))
+    except OSError as e:
+        raise WriteError(e.errno, f"cannot write: {e.strerror or e}", str(out)) from e
+    try:
+        yield stage
+        _swap_in(stage, out)
+    except OSError as e:
+        names = [str(n) for n in (e.filename, e.filename2) if n is not None]
+        if isinstance(e, WriteError) or any(not n.startswith(str(out)) for n in names):
+            raise  # e.g. a source image that cannot be read: its own name says it
+        where = out / Path(names[0]).relative_to(stage) if names and names[0].startswith(str(stage)) else out
+        raise WriteError(e.errno, f"cannot write: {e.strerror or e}", str(where)) from e
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def _place(src: Path, dst: Path, copy: bool) -> None:
@@ -226,42 +279,48 @@ def _place(src: Path, dst: Path, copy: bool) -> None:
 
 def _write(out: Path, images: list[_Image], names: list[str], issues: list[Issue], val: float, seed: int,
            copy: bool, header: str, extra: dict | None = None) -> ConvertResult:
-    """Write the YOLOv7 layout, data.yaml and report.txt for the collected images."""
+    """Write the YOLOv7 layout, data.yaml and report.txt for the collected images (all or nothing)."""
     val_set = split_names([im.name for im in images], val, seed)
     res = ConvertResult(out=out, names=list(names), issues=issues)
-    for s in ("train", "val"):
-        (out / "images" / s).mkdir(parents=True, exist_ok=True)
-        (out / "labels" / s).mkdir(parents=True, exist_ok=True)
-        res.images[s], res.objects[s] = 0, 0
-    for im in sorted(images, key=lambda i: i.name):
-        s = "val" if im.name in val_set else "train"
-        _place(im.src, out / "images" / s / im.name, copy)
-        lines = []
-        if im.boxes:
-            b = np.array(im.boxes, np.float64)
-            xywh = xyxy2xywhn(b[:, 1:5], w=im.w, h=im.h)
-            lines = [f"{int(c)} {x:.6f} {y:.6f} {bw:.6f} {bh:.6f}" for c, (x, y, bw, bh) in zip(b[:, 0], xywh)]
-        (out / "labels" / s / f"{Path(im.name).stem}.txt").write_text("".join(l + "\n" for l in lines))
-        res.images[s] += 1
-        res.objects[s] += len(lines)
-    val_dir = "images/val"
-    if res.images["val"] == 0:
-        val_dir = "images/train"
-        LOGGER.warning("convert: the val split is empty (--val %s, %d images); data.yaml's val points at "
-                       "images/train", val, len(images))
-    cfg = {"train": "images/train", "val": val_dir, "nc": len(names), "names": list(names), **(extra or {})}
-    (out / "data.yaml").write_text(f"# {header}\n# no 'path': train/val are relative to this file's folder\n"
-                                   + yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
-    if issues:
-        (out / "report.txt").write_text("".join(f"{i}\n" for i in issues))
-        for i in issues[:_LOG_LIMIT]:
-            LOGGER.warning("convert: %s", i)
-        if len(issues) > _LOG_LIMIT:
-            LOGGER.warning("convert: ... %d more, all listed in %s", len(issues) - _LOG_LIMIT, out / "report.txt")
+    with _staged(out) as stage:
+        for s in ("train", "val"):
+            (stage / "images" / s).mkdir(parents=True, exist_ok=True)
+            (stage / "labels" / s).mkdir(parents=True, exist_ok=True)
+            res.images[s], res.objects[s] = 0, 0
+        for im in sorted(images, key=lambda i: i.name):
+            s = "val" if im.name in val_set else "train"
+            _place(im.src, stage / "images" / s / im.name, copy)
+            lines = _label_lines(im)
+            (stage / "labels" / s / f"{Path(im.name).stem}.txt").write_text("".join(ln + "\n" for ln in lines))
+            res.images[s] += 1
+            res.objects[s] += len(lines)
+        val_dir = "images/val"
+        if res.images["val"] == 0:
+            val_dir = "images/train"
+            LOGGER.warning("convert: the val split is empty (--val %s, %d images); data.yaml's val points at "
+                           "images/train", val, len(images))
+        cfg = {"train": "images/train", "val": val_dir, "nc": len(names), "names": list(names), **(extra or {})}
+        (stage / "data.yaml").write_text(f"# {header}\n# no 'path': train/val are relative to this file's folder\n"
+                                         + yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
+        if issues:
+            (stage / "report.txt").write_text("".join(f"{i}\n" for i in issues))
+    for i in issues[:_LOG_LIMIT]:
+        LOGGER.warning("convert: %s", i)
+    if len(issues) > _LOG_LIMIT:
+        LOGGER.warning("convert: ... %d more, all listed in %s", len(issues) - _LOG_LIMIT, out / "report.txt")
     LOGGER.info("convert: wrote %d train + %d val images (%d + %d objects) to %s; %d skipped, %d fixed",
                 res.images["train"], res.images["val"], res.objects["train"], res.objects["val"], out,
                 len(res.skipped), len(res.fixed))
     return res
+
+
+def _label_lines(im: _Image) -> list[str]:
+    """``cls cx cy w h`` lines, normalised by the image size."""
+    if not im.boxes:
+        return []
+    b = np.array(im.boxes, np.float64)
+    xywh = xyxy2xywhn(b[:, 1:5], w=im.w, h=im.h)
+    return [f"{int(c)} {x:.6f} {y:.6f} {bw:.6f} {bh:.6f}" for c, (x, y, bw, bh) in zip(b[:, 0], xywh)]
 
 
 # --------------------------------------------------------------------------- VOC
@@ -465,11 +524,11 @@ def main(argv: Iterable[str] | None = None) -> int:
         else:
             res = convert_coco(a.json, a.img_dir, a.out, a.val, a.seed, a.keep_crowd, a.copy, a.overwrite)
     except (OSError, ValueError, RuntimeError) as e:
-        print(f"error: {e}")
+        print(f"python -m utils.convert: error: {one_line(e)}", file=sys.stderr)
         return 1
     print(res.summary())
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main, prog="python -m utils.convert"))
