@@ -192,3 +192,29 @@ def test_check_dataset_generates_builtin(tmp_path, monkeypatch):
     assert is_complete(root, **SMALL)
     assert Path(d["train"]) == root / "images" / "train" and Path(d["val"]) == root / "images" / "val"
     assert d["names"] == NAMES
+
+
+def test_full_disk_keeps_old_folder_and_names_it(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from utils.atomic import WriteError
+    from utils.cli import one_line
+    root = tmp_path / "shapes"
+    ensure_shapes(root, **SMALL)
+    (root / "labels" / "train" / "000000.txt").unlink()  # incomplete: will be rebuilt
+    before = _tree_bytes(root)
+    stale = tmp_path / ".shapes.abcd1234.tmp"  # what a killed generation leaves
+    stale.mkdir()
+    real = Path.write_text
+
+    def write_text(self, *a, **k):
+        if self.name == "000001.txt":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(self, *a, **k)
+    monkeypatch.setattr(Path, "write_text", write_text)
+    with pytest.raises(WriteError) as ei:
+        ensure_shapes(root, **SMALL)
+    assert _tree_bytes(root) == before
+    assert str(root) in one_line(ei.value) and "No space left on device" in one_line(ei.value)
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["shapes"]

@@ -9,9 +9,9 @@ circles and stars at any rotation.
 
 Every image is drawn from its own seeded RNG, so the same seed gives the same files byte for
 byte (on one installation: other numpy / OpenCV / libjpeg builds may differ in the last bit of
-a few pixels, but the RNG stream, and so the labels, never depend on pixel values). Each shape is a rotated polygon (a circle
-is a 96-gon) rasterised at 1/16 px precision; its box is the exact pixel extent of that
-raster (within 1 px of the polygon's own extent). A shape is only placed where it leaves
+a few pixels, but the RNG stream, and so the labels, never depend on pixel values). Each shape
+is a rotated polygon (a circle is a 96-gon) rasterised at 1/16 px precision; its box is the
+exact pixel extent of that raster (within 1 px of the polygon's own extent). A shape is only placed where it leaves
 every earlier shape mostly visible, with its visible pixels still reaching each side of its
 box within 2 px, so labels stay tight under overlap.
 
@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import glob
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -36,6 +36,8 @@ from typing import Iterator, Sequence
 import cv2
 import numpy as np
 
+from utils.atomic import atomic_dir, temp_name
+from utils.cli import run_cli
 from utils.general import LOGGER, xyxy2xywhn
 
 NAMES = ["circle", "rectangle", "triangle", "star"]
@@ -226,7 +228,7 @@ def generate_shapes(root: Path | str, n_train: int = DEFAULTS["n_train"], n_val:
                     seed: int = DEFAULTS["seed"], img_size: Sequence[int] = DEFAULTS["img_size"]) -> Path:
     """Write the dataset into ``root`` (which must not exist or be empty); returns ``root``.
 
-    Not atomic by itself: ``ensure_shapes`` calls it on a temporary folder and renames.
+    Not atomic by itself: ``ensure_shapes`` calls it on a temporary folder (``atomic_dir``).
     """
     root = Path(root)
     if root.exists() and any(root.iterdir()):
@@ -295,19 +297,10 @@ def ensure_shapes(root: Path | str, n_train: int = DEFAULTS["n_train"], n_val: i
                                   f"refusing to overwrite it (choose another 'path' or remove it)")
         reason = "missing" if not root.exists() else "incomplete or from another generator version"
         LOGGER.info("shapes: dataset at %s is %s, generating it (seed %d)", root, reason, seed)
-        tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
+        for stale in root.parent.glob(f"{glob.escape(temp_name(root))}*.tmp"):  # left by a killed run
+            shutil.rmtree(stale, ignore_errors=True)  # (under the lock: no other run is writing them)
+        with atomic_dir(root) as tmp:  # a failure leaves the old folder and no temp; errors name root
             generate_shapes(tmp, n_train, n_val, seed, img_size)
-            old = None
-            if root.exists():
-                old = root.parent / f".{root.name}.old-{os.getpid()}"
-                os.replace(root, old)
-            os.replace(tmp, root)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -328,4 +321,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main, prog="python -m utils.shapes"))
