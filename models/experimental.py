@@ -13,15 +13,11 @@ from typing import Any, Union
 
 import torch
 
+from models.common import reparameterize_model
 from models.yolo import Model
 from utils.checkpoint import FORMAT, CheckpointError, load_checkpoint
 from utils.general import LOGGER
-from utils.torch_utils import de_parallel
-
-
-def _float_state(sd: dict) -> dict:
-    """Floating-point tensors as float32 (training checkpoints may hold fp16 EMA weights)."""
-    return {k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in sd.items()}
+from utils.torch_utils import de_parallel, float_state_dict
 
 
 def attempt_load(weights: Union[str, Path], map_location: Union[str, torch.device] = "cpu",
@@ -47,10 +43,10 @@ def attempt_load(weights: Union[str, Path], map_location: Union[str, torch.devic
     except (ValueError, FileNotFoundError) as e:
         raise CheckpointError(f"{path}: cannot build the model from its 'cfg': {e}") from e
     if fused:
-        model.fuse()
+        reparameterize_model(model, inplace=True)  # the fused module layout, then its weights
     missing, unexpected = [], []
     try:
-        result = model.load_state_dict(_float_state(sd), strict=False)
+        result = model.load_state_dict(float_state_dict(sd), strict=False)
         missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
     except RuntimeError as e:  # shape mismatches
         raise CheckpointError(f"{path}: weights do not fit the model built from its 'cfg': {e}") from e
@@ -84,8 +80,7 @@ def attempt_load(weights: Union[str, Path], map_location: Union[str, torch.devic
 def fused_checkpoint(model: torch.nn.Module) -> dict[str, Any]:
     """The fused-checkpoint dict of ``model``: a fused copy's CPU state dict plus cfg, names, nc,
     stride, ``fused: True`` and ``format``. ``model`` itself is left untouched."""
-    m = copy.deepcopy(de_parallel(model)).float().eval()
-    m.fuse()
+    m = reparameterize_model(copy.deepcopy(de_parallel(model)).float().eval(), inplace=True)
     return {
         "cfg": copy.deepcopy(m.yaml),
         "state_dict": {k: v.detach().cpu().clone() for k, v in m.state_dict().items()},

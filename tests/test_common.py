@@ -6,11 +6,23 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
-
-from models.common import (MP, SP, SPPCSPC, Concat, Conv, ImplicitA, ImplicitM, MobileOne, MobileOneBlock, RepConv,
-                           SEBlock, autopad, reparameterize_model)
-
 from model_checks import TRAIN_BRANCHES, randomize_weights, rel_err
+
+from models.common import (
+    MP,
+    SP,
+    SPPCSPC,
+    Concat,
+    Conv,
+    ImplicitA,
+    ImplicitM,
+    MobileOne,
+    MobileOneBlock,
+    RepConv,
+    SEBlock,
+    autopad,
+    reparameterize_model,
+)
 
 
 def randomize(module: nn.Module, seed: int = 0) -> nn.Module:
@@ -166,6 +178,36 @@ def test_reparameterize_model_returns_copy_and_is_exact():
     assert rel_err(y0, y1) <= 1e-5
 
 
+def test_reparameterize_model_inplace_covers_every_block_and_leaves_no_flags():
+    net = nn.Sequential(Conv(3, 8, 3, 2), MobileOneBlock(8, 8, 3, padding=1, num_conv_branches=2),
+                        RepConv(8, 8), Conv(8, 8, 1, act=False))
+    randomize(net).eval()
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        y0 = net(x)
+        assert reparameterize_model(net, inplace=True) is net
+        assert rel_err(y0, net(x)) <= 1e-5
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in net.modules())
+    assert net[0].bn is None and hasattr(net[1], "reparam_conv") and hasattr(net[2], "reparam_conv")
+    for m in net.modules():  # one source of truth for the path: no mode flags on the blocks
+        assert not hasattr(m, "deploy") and not hasattr(m, "inference_mode") and not hasattr(m, "fuseforward")
+    sd = {k: v.clone() for k, v in net.state_dict().items()}
+    reparameterize_model(net, inplace=True)  # idempotent
+    assert all(torch.equal(sd[k], v) for k, v in net.state_dict().items())
+
+
+def test_fused_state_dict_loads_into_blocks_built_fused():
+    src = nn.Sequential(MobileOneBlock(8, 8, 3, padding=1, num_conv_branches=3), RepConv(8, 8))
+    randomize(src).eval()
+    fused = reparameterize_model(src)
+    dst = nn.Sequential(MobileOneBlock(8, 8, 3, padding=1, num_conv_branches=3, inference_mode=True),
+                        RepConv(8, 8, deploy=True)).eval()
+    dst.load_state_dict(fused.state_dict(), strict=True)
+    x = torch.randn(1, 8, 9, 9)
+    with torch.no_grad():
+        assert torch.equal(dst(x), fused(x))
+
+
 def test_all_batchnorms_use_yolov7_settings():
     mods = [Conv(3, 8, 3), RepConv(8, 8), MobileOneBlock(8, 8, 3, padding=1, num_conv_branches=2),
             MobileOne(8, 16, 2, num_conv_branches=4), SPPCSPC(16, 16)]
@@ -190,10 +232,10 @@ def test_conv_fuse_exact_and_idempotent(dtype, tol):
     x = torch.randn(2, 4, 9, 9, dtype=dtype)
     with torch.no_grad():
         y0 = m(x)
-        m.fuse()
+        m.reparameterize()
         y1 = m(x)
         w = m.conv.weight.clone()
-        m.fuse()
+        m.reparameterize()
     assert m.bn is None and m.conv.bias is not None and torch.equal(w, m.conv.weight)
     assert m.conv.weight.dtype == dtype
     assert rel_err(y0, y1) <= tol
@@ -207,9 +249,9 @@ def test_repconv_fuse_exact(c1, c2, s, dtype, tol):
     x = torch.randn(2, c1, 10, 10, dtype=dtype)
     with torch.no_grad():
         y0 = m(x)
-        m.fuse_repvgg_block()
+        m.reparameterize()
         y1 = m(x)
-        m.fuse_repvgg_block()
+        m.reparameterize()
         assert torch.equal(y1, m(x))
     assert rel_err(y0, y1) <= tol
     for name in TRAIN_BRANCHES:
@@ -218,7 +260,7 @@ def test_repconv_fuse_exact(c1, c2, s, dtype, tol):
 
 
 def test_repconv_loads_yolov7_deploy_names():
-    src = randomize(RepConv(8, 8)).eval().fuse()
+    src = randomize(RepConv(8, 8)).eval().reparameterize()
     sd = {k.replace("reparam_conv", "rbr_reparam"): v for k, v in src.state_dict().items()}
     dst = RepConv(8, 8, deploy=True)
     dst.load_state_dict(sd)

@@ -6,8 +6,8 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
-
 from model_checks import rel_err
+
 from models.experimental import attempt_load, fused_checkpoint
 from models.yolo import Model
 from utils.checkpoint import CheckpointError, save_checkpoint

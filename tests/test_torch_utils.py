@@ -2,14 +2,27 @@
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 import torch
 import torch.nn as nn
 
-from utils.torch_utils import (ModelEMA, count_flops, de_parallel, fuse_conv_and_bn, initialize_weights,
-                               intersect_dicts, is_parallel, model_info, scale_img, select_device,
-                               time_synchronized)
+from utils.torch_utils import (
+    ModelEMA,
+    count_flops,
+    de_parallel,
+    float_state_dict,
+    fuse_bn_tensor,
+    fuse_conv_and_bn,
+    initialize_weights,
+    intersect_dicts,
+    is_parallel,
+    model_info,
+    scale_img,
+    select_device,
+    time_synchronized,
+)
 
 
 def test_select_device_cpu_and_default():
@@ -101,9 +114,16 @@ def test_parallel_helpers_and_intersect_dicts():
     assert set(intersect_dicts(a, b, exclude=["anchor"])) == {"w"}
 
 
-def test_time_synchronized_monotonic():
-    t0 = time_synchronized()
-    assert time_synchronized() >= t0
+def test_time_synchronized_waits_for_cuda_before_reading_the_clock(monkeypatch):
+    events = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: events.append("sync"))
+    monkeypatch.setattr(time, "time", lambda: events.append("clock") or 123.5)
+    assert time_synchronized() == 123.5
+    assert events == ["sync", "clock"]
+    events.clear()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert time_synchronized() == 123.5 and events == ["clock"]  # no CUDA: no synchronize
 
 
 def test_scale_img():
@@ -157,3 +177,43 @@ def test_model_ema_attrs_and_state_roundtrip():
     other.load_state_dict(sd, updates=ema.updates)
     assert other.updates == 11
     assert all(torch.equal(other.ema.state_dict()[k], sd[k]) for k in sd)
+
+
+def test_model_ema_load_state_dict_widens_fp16_and_is_strict():
+    src = ModelEMA(_Net())
+    src.update(_Net())
+    half = {k: (v.half() if v.is_floating_point() else v) for k, v in src.state_dict().items()}
+    dst = ModelEMA(_Net())
+    dst.load_state_dict(half, updates=7)
+    assert dst.updates == 7 and dst.ema.conv.weight.dtype == torch.float32
+    assert all(torch.equal(dst.state_dict()[k], v.to(dst.state_dict()[k].dtype)) for k, v in half.items())
+    dst.load_state_dict(half)  # updates=None keeps the counter
+    assert dst.updates == 7
+    with pytest.raises(RuntimeError, match="conv.bias"):
+        dst.load_state_dict({k: v for k, v in half.items() if k != "conv.bias"})
+
+
+def test_float_state_dict():
+    sd = {"w": torch.ones(2, dtype=torch.float16), "d": torch.ones(2, dtype=torch.float64),
+          "n": torch.tensor(3), "meta": "x"}
+    out = float_state_dict(sd)
+    assert out["w"].dtype == out["d"].dtype == torch.float32
+    assert out["n"] is sd["n"] and out["meta"] == "x" and sd["w"].dtype == torch.float16  # input untouched
+
+
+def test_fuse_bn_tensor_is_the_eval_batchnorm():
+    torch.manual_seed(1)
+    bn = nn.BatchNorm2d(4, eps=1e-3).eval()
+    with torch.no_grad():
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2)
+        bn.weight.normal_()
+        bn.bias.normal_()
+    kernel, bias = torch.randn(4, 3, 1, 1), torch.randn(4)
+    k, b = fuse_bn_tensor(kernel, bn, bias)
+    assert k.dtype == b.dtype == torch.float64  # folded in float64 on CPU
+    x = torch.randn(2, 3, 5, 5)
+    with torch.no_grad():
+        ref = bn(nn.functional.conv2d(x, kernel, bias))
+    got = nn.functional.conv2d(x.double(), k, b)
+    assert float((ref.double() - got).abs().max()) < 1e-5

@@ -1,9 +1,9 @@
-"""PyTorch helpers: device selection, Conv+BN fusion, model info / FLOPs, EMA, timing, weight init."""
+"""PyTorch helpers: device selection, the BatchNorm fold, fp32 state dicts, model info / FLOPs, EMA,
+timing, weight init."""
 from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
 from copy import deepcopy
 from typing import Any, Iterable, Optional, Union
 
@@ -41,7 +41,8 @@ def select_device(device: Union[str, int, torch.device, None] = "", batch_size: 
         try:
             ids = [int(x) for x in s.split(",") if x != ""]
         except ValueError:
-            raise ValueError(f"--device {device!r} is invalid: use '', 'cpu', 'mps' or CUDA ids such as '0' or '0,1'")
+            raise ValueError(f"--device {device!r} is invalid: use '', 'cpu', 'mps' or CUDA ids such as '0' or '0,1'"
+                             ) from None
         if not ids:
             raise ValueError(f"--device {device!r} is invalid: no CUDA id given")
         if not torch.cuda.is_available():
@@ -63,17 +64,6 @@ def time_synchronized() -> float:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return time.time()
-
-
-@contextmanager
-def torch_distributed_zero_first(local_rank: int):
-    """Make every DDP process wait until the local master (rank -1 or 0) has done the block."""
-    dist = torch.distributed
-    if local_rank not in (-1, 0) and dist.is_available() and dist.is_initialized():
-        dist.barrier()
-    yield
-    if local_rank == 0 and dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 # --------------------------------------------------------------------------- parallel wrappers
@@ -104,27 +94,52 @@ def initialize_weights(model: nn.Module) -> None:
             m.inplace = True
 
 
-@torch.no_grad()
-def fuse_conv_and_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    """One biased Conv2d equal to ``bn(conv(x))`` in eval mode (same geometry, device and dtype).
+def fold_dtype(t: torch.Tensor) -> torch.dtype:
+    """float64 for exact folding where the device has it (CPU, CUDA), else the tensor's dtype."""
+    return torch.float64 if t.device.type in ("cpu", "cuda") else t.dtype
 
-    The fold is computed in float64 (CPU/CUDA) and cast back, so it is exact up to one rounding.
+
+@torch.no_grad()
+def fuse_bn_tensor(kernel: torch.Tensor, bn: nn.BatchNorm2d,
+                   bias: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The BatchNorm fold: kernel and bias of one conv equal to ``bn(conv(x))`` in eval mode.
+
+    ``(kernel * gamma / std, (bias - mean) * gamma / std + beta)``, in float64 where the device has
+    it (see :func:`fold_dtype`): callers sum branches in that precision and cast back once.
     """
-    dt = torch.float64 if conv.weight.device.type in ("cpu", "cuda") else conv.weight.dtype
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, kernel_size=conv.kernel_size, stride=conv.stride,
-                      padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True,
-                      padding_mode=conv.padding_mode, device=conv.weight.device, dtype=conv.weight.dtype)
+    dt = fold_dtype(kernel)
     std = (bn.running_var.to(dt) + bn.eps).sqrt()
     gamma = bn.weight.to(dt) if bn.weight is not None else torch.ones_like(std)
     beta = bn.bias.to(dt) if bn.bias is not None else torch.zeros_like(std)
-    scale = gamma / std
-    w = conv.weight.to(dt) * scale.reshape(-1, 1, 1, 1)
-    b_conv = conv.bias.to(dt) if conv.bias is not None else torch.zeros_like(std)
-    b = (b_conv - bn.running_mean.to(dt)) * scale + beta
-    fused.weight.copy_(w.to(conv.weight.dtype))
-    fused.bias.copy_(b.to(conv.weight.dtype))
-    fused.requires_grad_(False)
-    return fused
+    t = gamma / std
+    b = bias.to(dt) if bias is not None else torch.zeros_like(std)
+    return kernel.to(dt) * t.reshape(-1, 1, 1, 1), (b - bn.running_mean.to(dt)) * t + beta
+
+
+@torch.no_grad()
+def conv_like(conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor) -> nn.Conv2d:
+    """A biased Conv2d with ``conv``'s geometry, device and dtype holding ``weight`` / ``bias``."""
+    new = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                    padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True,
+                    padding_mode=conv.padding_mode, device=conv.weight.device, dtype=conv.weight.dtype)
+    new.weight.copy_(weight.to(conv.weight.dtype))
+    new.bias.copy_(bias.to(conv.weight.dtype))
+    return new
+
+
+def fuse_conv_and_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """One biased Conv2d equal to ``bn(conv(x))`` in eval mode (same geometry, device and dtype).
+
+    The fold is :func:`fuse_bn_tensor` (float64, cast back once), so it is exact up to one rounding.
+    The new conv's parameters are trainable, like every re-parameterized block's.
+    """
+    return conv_like(conv, *fuse_bn_tensor(conv.weight, bn, conv.bias))
+
+
+def float_state_dict(sd: dict[str, Any]) -> dict[str, Any]:
+    """``sd`` with floating-point tensors as float32 (checkpoints may hold fp16 weights); other
+    entries unchanged. The one place checkpoint weights are widened before loading."""
+    return {k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in sd.items()}
 
 
 # --------------------------------------------------------------------------- info / FLOPs
@@ -150,7 +165,8 @@ def model_info(model: nn.Module, verbose: bool = False, img_size: Union[int, tup
     n_p = sum(x.numel() for x in model.parameters())
     n_g = sum(x.numel() for x in model.parameters() if x.requires_grad)
     if verbose:
-        LOGGER.info(f"{'layer':>5} {'name':>40} {'gradient':>9} {'parameters':>12} {'shape':>20} {'mu':>10} {'sigma':>10}")
+        LOGGER.info(f"{'layer':>5} {'name':>40} {'gradient':>9} {'parameters':>12} {'shape':>20} "
+                    f"{'mu':>10} {'sigma':>10}")
         for i, (name, p) in enumerate(model.named_parameters()):
             name = name.replace("module_list.", "")
             LOGGER.info("%5g %40s %9s %12g %20s %10.3g %10.3g" % (
@@ -236,7 +252,8 @@ class ModelEMA:
         return self.ema.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, torch.Tensor], updates: Optional[int] = None) -> None:
-        """Restore the average (and the update counter) from a checkpoint."""
-        self.ema.load_state_dict(state_dict)
+        """Restore the average (strictly: every key, same shapes) and, when given, the update counter
+        from a checkpoint's ``ema`` / ``updates``; fp16 entries are widened by :func:`float_state_dict`."""
+        self.ema.load_state_dict(float_state_dict(state_dict), strict=True)
         if updates is not None:
             self.updates = int(updates)
