@@ -6,37 +6,34 @@ Usage:
     python train.py --resume                          # continue the most recent run under runs/
     python train.py --resume runs/train/exp/weights/last.pt
     torchrun --nproc_per_node 2 train.py --data my.yaml --batch-size 32   # DDP (NCCL on GPUs, gloo on CPU)
+    python train.py --evolve 30 --epochs 10           # hyperparameter evolution (YOLOv7's --evolve)
 
 Defaults (``--epochs``, ``--img-size``, ``--batch-size``) are tuned so that ``python train.py``
-alone trains yolov7-tiny-ms0 on the built-in shapes dataset in under 15 minutes on 2 CPU cores;
-for real datasets pass YOLOv7's usual values (e.g. ``--img-size 640 --epochs 300``).
+alone trains yolov7-tiny-ms0 on the built-in shapes dataset on 2 CPU cores in minutes; for real
+datasets pass YOLOv7's usual values (e.g. ``--img-size 640 --epochs 300``).
 """
 from __future__ import annotations
 
 import argparse
-import math
 import os
-import random
+import shutil
 import sys
 import time
 
 # CPU training: OpenMP threads that busy-wait (libgomp's default) collapse when any other process
-# wants a core -- measured here at 40 s instead of 0.9 s per batch-16 step of yolov7-tiny-ms0 at 128 px
-# with one other busy process on 2 cores. Sleeping waits cost little on an idle machine. Must be set
-# before torch is imported; an explicit OMP_WAIT_POLICY in the environment wins.
+# wants a core; sleeping waits cost little on an idle machine. Must be set before torch is imported;
+# an explicit OMP_WAIT_POLICY in the environment wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-from collections import deque
-from copy import deepcopy
-from pathlib import Path
-from typing import Any, Iterable
+from collections import deque  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, Optional  # noqa: E402
 
-import numpy as np
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-import yaml
-from torch.optim import SGD, Adam, lr_scheduler
-from tqdm import tqdm
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import yaml  # noqa: E402
+from torch.optim import lr_scheduler  # noqa: E402
 
 FILE = Path(__file__).resolve()
 ROOT = FILE.parent
@@ -44,190 +41,556 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import utils.loss  # noqa: E402  (module attribute lookups: tests may wrap the loss classes)
+from models.experimental import attempt_load  # noqa: E402
 from models.yolo import Model  # noqa: E402
 from test import test as run_test  # noqa: E402  (this repository's test.py, not the stdlib package)
+from utils.atomic import clean_stale_temps, write_text  # noqa: E402
+from utils.augmentations import LOADER_HYP_KEYS  # noqa: E402
 from utils.autoanchor import check_anchors  # noqa: E402
+from utils.checkpoint import CheckpointError, load_checkpoint, nonfinite_tensors, save_checkpoint, strip_optimizer  # noqa: E402
+from utils.cli import UserError, require, run_cli  # noqa: E402
 from utils.dataset_config import check_dataset  # noqa: E402
 from utils.datasets import create_dataloader  # noqa: E402
+from utils.distributed import (  # noqa: E402
+    LOCAL_RANK,
+    RANK,
+    WORLD_SIZE,
+    all_reduce_max,
+    cleanup,
+    init_distributed,
+    torch_distributed_zero_first,
+)
+from utils.general import (  # noqa: E402
+    LOGGER,
+    check_img_size,
+    colorstr,
+    increment_path,
+    init_seeds,
+    labels_to_class_weights,
+    set_logging,
+)
+from utils.hyp import load_hyp  # noqa: E402,F401  (train.load_hyp: kept importable)
+from utils.loggers import NonFiniteLossError, TrainLog, check_finite_loss  # noqa: E402
 from utils.metrics import fitness  # noqa: E402
 from utils.plots import plot_images, plot_labels, plot_results, safe_plot  # noqa: E402
-from utils.torch_utils import ModelEMA, de_parallel, intersect_dicts, select_device  # noqa: E402
-from utils.checkpoint import FORMAT, CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
-from utils.distributed import (LOCAL_RANK, RANK, WORLD_SIZE, all_reduce_max, cleanup,  # noqa: E402
-                               init_distributed, torch_distributed_zero_first)
-from utils.general import (LOGGER, check_img_size, colorstr, increment_path, init_seeds,  # noqa: E402
-                           labels_to_class_weights, one_cycle, set_logging)
-from utils.loggers import RESULTS_HEADER, NonFiniteLossError, ResultsCSV, TBLogger, check_finite_loss  # noqa: E402
+from utils.torch_utils import ModelEMA, de_parallel, float_state_dict, intersect_dicts, select_device  # noqa: E402
+from utils.train_steps import (  # noqa: E402,F401
+    EMA_ATTRS,
+    NBS,
+    build_optimizer,
+    freeze_layers,
+    lr_lambda,
+    memory_str,
+    multi_scale,
+    quiet_logs,
+    to_plain,
+    training_checkpoint,
+    update_bn_stats,
+    warmup_iterations,
+    warmup_step,
+)
 
-NBS = 64  # nominal batch size (YOLOv7): gradients are accumulated up to this many images per step;
-#           a hyp file may set ``nbs`` to change it (as Ultralytics does)
-WARMUP_MIN_ITERS = 100  # warmup lasts at least this many iterations (YOLOv7 uses 1000) ...
-WARMUP_MAX_FRACTION = 1 / 3  # ... but never more than this fraction of the whole run
-
-
-# --------------------------------------------------------------------------- helpers
-def load_hyp(hyp: str | Path | dict, _depth: int = 0) -> dict:
-    """Hyperparameters from a yaml (safe loader) or a dict.
-
-    A yaml may name ``base: other.yaml`` (relative to its own folder): the base is loaded first
-    and this file's keys override it, so a tuned file lists only what it changes.
-    """
-    if isinstance(hyp, dict):
-        return dict(hyp)
-    path = Path(hyp)
-    if not path.is_file():
-        raise FileNotFoundError(f"--hyp {hyp}: file not found")
-    with open(path) as f:
-        d = yaml.safe_load(f)
-    if not isinstance(d, dict):
-        raise ValueError(f"--hyp {hyp}: expected a mapping of hyperparameters")
-    if d.get("base"):
-        if _depth > 4:
-            raise ValueError(f"--hyp {hyp}: 'base' chain too deep (a cycle?)")
-        d = {**load_hyp(path.parent / str(d.pop("base")), _depth + 1), **d}
-    if _depth == 0:
-        for k in ("lr0", "lrf", "momentum", "weight_decay", "warmup_epochs", "warmup_momentum", "warmup_bias_lr",
-                  "box", "cls", "obj", "anchor_t"):
-            if k not in d:
-                raise ValueError(f"--hyp {hyp}: missing hyperparameter '{k}'")
-        opt_name = str(d.get("optimizer", "SGD"))
-        if opt_name.lower() not in ("sgd", "adam"):
-            raise ValueError(f"--hyp {hyp}: optimizer must be SGD or Adam, got {opt_name!r}")
-    return d
+SERVICE_FLAGS = ("entity", "upload_dataset", "bbox_interval", "artifact_alias", "bucket")  # W&B / GCS in YOLOv7
 
 
-def warmup_iterations(warmup_epochs: float, nb: int, epochs: int) -> int:
-    """Warmup length in iterations: ``warmup_epochs`` epochs, at least WARMUP_MIN_ITERS, at most 1/3 of the run (0: none).
+# --------------------------------------------------------------------------- run state
+@dataclass
+class Run:
+    """What one training run holds between its steps (built by :func:`start_run`, filled by the others)."""
 
-    YOLOv7 uses ``max(warmup_epochs * nb, 1000)``, which on a small dataset can last the whole
-    run (the learning rate would never reach lr0); the cap keeps two thirds of the run at the
-    scheduled learning rate.
-    """
-    if warmup_epochs <= 0:
-        return 0
-    total = max(1, nb * epochs)
-    nw = max(round(warmup_epochs * nb), WARMUP_MIN_ITERS)
-    return int(max(1, min(nw, total * WARMUP_MAX_FRACTION)))
+    opt: argparse.Namespace
+    hyp: dict  # scaled below for batch size, layers, classes and image size
+    hyp0: dict  # as given (hyp.yaml, checkpoints)
+    device: torch.device
+    log: TrainLog
+    save_dir: Path
+    data: dict = field(default_factory=dict)
+    nc: int = 0
+    names: list = field(default_factory=list)
+    model: Any = None
+    ema: Optional[ModelEMA] = None
+    optimizer: Any = None
+    scheduler: Any = None
+    lf: Any = None
+    scaler: Any = None
+    loader: Any = None
+    dataset: Any = None
+    val_loader: Any = None
+    compute_loss: Any = None
+    compute_loss_ota: Any = None
+    imgsz: int = 0
+    imgsz_test: int = 0
+    gs: int = 32
+    nb: int = 0
+    nw: int = 0
+    nbs: int = NBS
+    accumulate: int = 1
+    last_opt_step: int = -1
+    start_epoch: int = 0
+    best_fitness: Optional[float] = None
+    good: Optional[tuple] = None  # (path, epoch) of the newest finite checkpoint of this run
+    results: tuple = (0.0,) * 7
+    bn_batches: Optional[deque] = None
 
+    @property
+    def last(self) -> Path:
+        return self.save_dir / "weights" / "last.pt"
 
-def build_optimizer(model: nn.Module, hyp: dict, adam: bool) -> torch.optim.Optimizer:
-    """SGD (nesterov) or Adam with YOLOv7's three parameter groups.
+    @property
+    def best(self) -> Path:
+        return self.save_dir / "weights" / "best.pt"
 
-    group 0: BatchNorm weights and implicit-knowledge (ImplicitA/M) parameters, no weight decay;
-    group 1: all other weights (convolutions, linear layers), with weight decay;
-    group 2: biases, no weight decay (their warmup starts from ``warmup_bias_lr``).
-    """
-    g_bn, g_w, g_b = [], [], []
-    seen = set()
-    for mod_name, m in model.named_modules():
-        for p_name, p in m.named_parameters(recurse=False):
-            if id(p) in seen:
-                continue
-            seen.add(id(p))
-            if p_name == "bias":
-                g_b.append(p)
-            elif isinstance(m, nn.modules.batchnorm._NormBase) or "implicit" in p_name or \
-                    type(m).__name__.startswith("Implicit"):
-                g_bn.append(p)
-            elif p_name == "weight":
-                g_w.append(p)
-            else:  # any other free parameter (e.g. anchors-like scales): no decay
-                g_bn.append(p)
-    if adam:
-        opt = Adam(g_bn, lr=hyp["lr0"], betas=(hyp["momentum"], 0.999))
-    else:
-        opt = SGD(g_bn, lr=hyp["lr0"], momentum=hyp["momentum"], nesterov=True)
-    opt.add_param_group({"params": g_w, "weight_decay": hyp["weight_decay"]})
-    opt.add_param_group({"params": g_b})
-    LOGGER.info(f"{colorstr('optimizer:')} {type(opt).__name__} with parameter groups "
-                f"{len(g_bn)} weight (no decay, BN/implicit), {len(g_w)} weight (decay), {len(g_b)} bias")
-    return opt
-
-
-def lr_lambda(epochs: int, lrf: float, linear: bool):
-    """LR multiplier per epoch: linear from 1 to lrf, or one-cycle cosine from 1 to lrf."""
-    if linear:
-        return lambda x: (1 - x / max(epochs - 1, 1)) * (1.0 - lrf) + lrf
-    return one_cycle(1, lrf, epochs)
-
-
-def freeze_layers(model: nn.Module, freeze: list[int]) -> int:
-    """``--freeze N`` freezes layers 0..N-1; ``--freeze 2 5 7`` freezes those layers. Returns #params frozen."""
-    if len(freeze) == 1:
-        idx = range(freeze[0])
-    else:
-        idx = freeze
-    prefixes = [f"model.{i}." for i in idx]
-    n = 0
-    for k, v in model.named_parameters():
-        v.requires_grad = True
-        if any(k.startswith(p) for p in prefixes):
-            v.requires_grad = False
-            n += 1
-    if prefixes:
-        LOGGER.info(f"Frozen {n} parameter tensors of layers {list(idx)}")
-    return n
+    def good_note(self) -> str:
+        """Which checkpoint still holds finite weights, for stop messages."""
+        if self.good is None:
+            return "no checkpoint was saved"
+        path, epoch = self.good
+        return f"{path} keeps epoch {epoch} (resume with: python train.py --resume {path})"
 
 
-def memory_str(device: torch.device) -> str:
-    """GPU memory reserved (CUDA) or this process's peak RSS (CPU), for the progress bar."""
-    if device.type == "cuda":
-        return f"{torch.cuda.memory_reserved(device) / 1e9:.3g}G"
+# --------------------------------------------------------------------------- setup steps
+def start_run(hyp: dict, opt: argparse.Namespace, device: torch.device) -> Run:
+    """Seeds, dataset, run folder files (hyp.yaml, opt.yaml) and the rank-aware log."""
+    save_dir = Path(opt.save_dir)
+    run = Run(opt, dict(hyp), dict(hyp), device, TrainLog(RANK, save_dir), save_dir)
+    init_seeds(opt.seed + 1 + RANK)
+    with torch_distributed_zero_first(LOCAL_RANK):  # rank 0 generates the built-in dataset first
+        run.data = check_dataset(opt.data)
+    run.nc = 1 if opt.single_cls else int(run.data["nc"])
+    run.names = ["item"] if opt.single_cls and len(run.data["names"]) != 1 else list(run.data["names"])
+    if run.log.main:
+        (save_dir / "weights").mkdir(parents=True, exist_ok=True)
+        clean_stale_temps(save_dir / "weights")  # temp files of a save that was killed
+        run.log.info(colorstr("hyperparameters: ") + ", ".join(f"{k}={v}" for k, v in hyp.items()))
+        write_text(save_dir / "hyp.yaml", yaml.safe_dump(to_plain(run.hyp0), sort_keys=False))
+        write_text(save_dir / "opt.yaml", yaml.safe_dump(to_plain(vars(opt)), sort_keys=False))
+    return run
+
+
+def read_weights(opt: argparse.Namespace) -> Optional[dict]:
+    """The ``--weights`` checkpoint (any file name), or None when training from scratch."""
+    if not opt.weights:
+        return None
+    ckpt = load_checkpoint(opt.weights, map_location="cpu")  # missing/damaged: CheckpointError naming it
+    if ckpt.get("fused"):
+        raise CheckpointError(f"{opt.weights}: a fused (re-parameterized) checkpoint cannot be trained; "
+                              f"use the training checkpoint (last.pt / best.pt) it was made from")
+    if not isinstance(ckpt.get("state_dict") or ckpt.get("ema"), dict):
+        raise CheckpointError(f"{opt.weights}: no 'state_dict' or 'ema' weights in this checkpoint")
+    return ckpt
+
+
+def transfer_weights(run: Run, model: nn.Module, ckpt: dict) -> None:
+    """Load ``ckpt``'s weights into ``model`` where names and shapes match; an error if the backbone gets none."""
+    opt = run.opt
+    src = ckpt.get("ema") if (ckpt.get("ema") and not opt.resume) else ckpt.get("state_dict")
+    src = float_state_dict(src or ckpt.get("ema") or {})
+    exclude = ["anchor"] if (opt.cfg or run.hyp.get("anchors")) and not opt.resume else []
+    msd = model.state_dict()
+    csd = intersect_dicts(src, msd, exclude=exclude)
+    backbone = {f"model.{i}." for i in range(len(model.yaml.get("backbone", [])))}
+    n_backbone = sum(any(k.startswith(p) for p in backbone) for k in csd)
+    if not n_backbone and not opt.allow_partial_weights:
+        raise UserError(f"--weights {opt.weights}: no backbone weights match the model ({len(csd)} of {len(msd)} "
+                        f"items transfer); pass --allow-partial-weights to train anyway")
+    model.load_state_dict(csd, strict=False)
+    run.log.info(f"Transferred {len(csd)}/{len(msd)} items from {opt.weights} ({len(src) - len(csd)} checkpoint "
+                 f"items skipped: name or shape mismatch{' or anchors' if exclude else ''}; "
+                 f"{len(msd) - len(csd)} model items keep their init)")
+
+
+def setup_model(run: Run, ckpt: Optional[dict]) -> None:
+    """Build the model from --cfg (or the checkpoint's cfg), load --weights, freeze layers."""
+    opt = run.opt
+    cfg = opt.cfg or (ckpt.get("cfg") if ckpt else None)
+    if opt.resume and ckpt is not None and ckpt.get("cfg"):
+        cfg = ckpt["cfg"]  # the exact (possibly AutoAnchor-modified) model of the interrupted run
+    require(bool(cfg), "no model given: pass --cfg model.yaml or --weights checkpoint.pt")
+    model = Model(dict(cfg) if isinstance(cfg, dict) else cfg, ch=3, nc=run.nc, anchors=run.hyp.get("anchors"))
+    model = model.to(run.device)
+    if ckpt is not None:
+        transfer_weights(run, model, ckpt)
+    freeze_layers(model, opt.freeze)
+    run.model = model
+
+
+def setup_optimizer(run: Run, ckpt: Optional[dict]) -> None:
+    """Optimizer (YOLOv7's groups), LR schedule, gradient accumulation; restored state on --resume."""
+    opt, hyp = run.opt, run.hyp
+    run.nbs = int(hyp.get("nbs", NBS))
+    run.accumulate = max(round(run.nbs / opt.total_batch_size), 1)
+    hyp["weight_decay"] *= opt.total_batch_size * run.accumulate / run.nbs
+    run.log.info(f"Scaled weight_decay = {hyp['weight_decay']:.6g} (accumulate {run.accumulate} batches of "
+                 f"{opt.total_batch_size} per step, nominal batch {run.nbs})")
+    adam = opt.adam or str(hyp.get("optimizer", "SGD")).lower() == "adam"
+    run.optimizer = build_optimizer(run.model, hyp, adam)
+    run.lf = lr_lambda(opt.epochs, hyp["lrf"], opt.linear_lr)
+    run.scheduler = lr_scheduler.LambdaLR(run.optimizer, lr_lambda=run.lf)
+    if opt.resume and ckpt is not None:
+        if ckpt.get("optimizer") is not None:
+            run.optimizer.load_state_dict(ckpt["optimizer"])
+        run.best_fitness = float(ckpt["best_fitness"]) if ckpt.get("best_fitness") is not None else None
+        run.start_epoch = int(ckpt["epoch"]) + 1
+        run.good = (Path(opt.weights), int(ckpt["epoch"]))
+        for g in run.optimizer.param_groups:  # lr of the first resumed epoch = its scheduled value
+            g["lr"] = g["initial_lr"] * run.lf(run.start_epoch)
+        run.scheduler.last_epoch = run.start_epoch
+        run.log.info(f"Resuming {opt.weights}: epoch {run.start_epoch} of {opt.epochs} "
+                     f"(epochs 0-{run.start_epoch - 1} done)")
+
+
+def loader_hyp(hyp: dict) -> dict:
+    """The hyperparameters the data loader acts on (the others belong to the optimizer and the loss)."""
+    return {k: v for k, v in hyp.items() if k in LOADER_HYP_KEYS}
+
+
+def build_loaders(run: Run) -> None:
+    """Training loader (every rank), validation loader (rank 0), label plot and AutoAnchor on a new run."""
+    opt, model = run.opt, run.model
+    run.gs = max(int(model.stride.max()), 32)
+    run.imgsz, run.imgsz_test = [check_img_size(x, run.gs) for x in opt.img_size]
+    run.loader, run.dataset = create_dataloader(  # rank 0 builds the label cache first, the others wait
+        run.data["train"], run.imgsz, opt.batch_size, run.gs, single_cls=opt.single_cls, hyp=loader_hyp(run.hyp),
+        augment=True, cache=opt.cache_images, rect=opt.rect, rank=RANK, workers=opt.workers,
+        prefix=colorstr("train: "), shuffle=True, seed=opt.seed, nc=run.nc, **quad_kwargs(opt))
+    labels = run.dataset.labels
+    labels_all = np.concatenate([lb for lb in labels if len(lb)], 0) if any(len(lb) for lb in labels) \
+        else np.zeros((0, 5))
+    if len(labels_all) and int(labels_all[:, 0].max()) >= run.nc:
+        raise UserError(f"{opt.data}: label class {int(labels_all[:, 0].max())} exceeds nc={run.nc} "
+                        f"(possible class labels are 0-{run.nc - 1})")
+    run.nb = len(run.loader)
+    require(run.nb > 0, f"{opt.data}: no training batches: {run.data['train']} holds no usable images")
+    if not run.log.main:
+        return
+    run.val_loader = create_dataloader(
+        run.data["val"], run.imgsz_test, opt.batch_size * 2, run.gs, single_cls=opt.single_cls,
+        hyp=loader_hyp(run.hyp), cache=opt.cache_images if not opt.notest else False, rect=True, rank=-1,
+        workers=opt.workers, pad=0.5, prefix=colorstr("val: "), nc=run.nc)[0]
+    if not opt.resume:
+        if len(labels_all):
+            safe_plot(plot_labels, labels_all, run.names, run.save_dir)
+        if not opt.noautoanchor and check_anchors(run.dataset, model=model, thr=run.hyp["anchor_t"], imgsz=run.imgsz):
+            det = model.model[-1]  # new anchors: also into the yaml saved as the checkpoint's 'cfg'
+            model.yaml["anchors"] = [[round(float(v), 2) for v in level.flatten()]
+                                     for level in det.anchor_grid.detach().cpu().view(det.nl, -1, 2)]
+
+
+def quad_kwargs(opt: argparse.Namespace) -> dict:
+    """``--quad`` / ``--image-weights`` loader options (only passed when asked)."""
+    kw = {}
+    if opt.quad:
+        kw["quad"] = True
+    if opt.image_weights:
+        kw["image_weights"] = True
+    return kw
+
+
+def setup_ema_and_ddp(run: Run, ckpt: Optional[dict]) -> None:
+    """EMA of the weights (rank 0, after AutoAnchor so it has the final anchors), SyncBN and DDP."""
+    opt = run.opt
+    if run.log.main:
+        run.ema = ModelEMA(run.model)
+        if opt.resume and ckpt is not None and ckpt.get("ema") is not None:
+            run.ema.load_state_dict(ckpt["ema"], updates=int(ckpt.get("updates") or 0))
+    if opt.sync_bn and RANK != -1:
+        if run.device.type != "cuda":
+            run.log.warning("WARNING: --sync-bn needs CUDA devices; training without SyncBatchNorm on CPU")
+        else:  # same Parameter objects: the optimizer stays valid
+            run.model = nn.SyncBatchNorm.convert_sync_batchnorm(run.model).to(run.device)
+            run.log.info("Using SyncBatchNorm")
+    if RANK != -1:  # DDP copies rank 0's parameters and buffers (AutoAnchor's anchors included) to every rank
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        cuda = run.device.type == "cuda"
+        run.model = DDP(run.model, device_ids=[LOCAL_RANK] if cuda else None,
+                        output_device=LOCAL_RANK if cuda else None)
+
+
+def setup_loss(run: Run) -> None:
+    """Loss gains scaled for layers / classes / image size (YOLOv7), model attributes, loss objects."""
+    opt, hyp, m = run.opt, run.hyp, de_parallel(run.model)
+    nl = m.model[-1].nl
+    hyp["box"] *= 3.0 / nl
+    hyp["cls"] *= run.nc / 80.0 * 3.0 / nl
+    hyp["obj"] *= (run.imgsz / 640) ** 2 * 3.0 / nl
+    hyp["label_smoothing"] = opt.label_smoothing
+    m.nc, m.hyp, m.gr, m.names = run.nc, hyp, 1.0, run.names
+    m.class_weights = labels_to_class_weights(run.dataset.labels, run.nc).to(run.device) * run.nc
+    run.compute_loss = utils.loss.ComputeLoss(m)
+    run.compute_loss_ota = utils.loss.ComputeLossOTA(m) if bool(hyp.get("loss_ota", 1)) else None
+    run.nw = warmup_iterations(hyp["warmup_epochs"], run.nb, opt.epochs)
+    run.last_opt_step = run.nb * run.start_epoch - 1
+    run.scaler = torch.amp.GradScaler("cuda", enabled=run.device.type == "cuda")
+    run.bn_batches = deque(maxlen=opt.precise_bn) if (run.log.main and opt.precise_bn > 0) else None
+    run.log.start(run.start_epoch)
+    run.log.info(f"Image sizes {run.imgsz} train, {run.imgsz_test} val; {run.nb} batches of {opt.batch_size} per "
+                 f"epoch{f' per rank ({WORLD_SIZE} ranks)' if WORLD_SIZE > 1 else ''}; warmup {run.nw} iterations; "
+                 f"{'OTA' if run.compute_loss_ota else 'plain'} loss; "
+                 f"AMP {'on' if run.device.type == 'cuda' else 'off (CPU)'}\nUsing {opt.workers} dataloader "
+                 f"workers\nLogging results to {colorstr('bold', run.save_dir)}\n"
+                 f"Starting training for {opt.epochs} epochs...")
+
+
+# --------------------------------------------------------------------------- the loop
+def train_step(run: Run, imgs: torch.Tensor, targets: torch.Tensor, epoch: int, i: int) -> torch.Tensor:
+    """Forward, loss (every rank stops together on a non-finite loss), backward, optimizer step, EMA."""
+    ni, opt = i + run.nb * epoch, run.opt
+    if run.nw and ni <= run.nw:
+        run.accumulate = warmup_step(run.optimizer, ni, run.nw, run.hyp, run.lf(epoch), run.nbs,
+                                     opt.total_batch_size)
+    if opt.multi_scale:
+        imgs = multi_scale(imgs, run.imgsz, run.gs)
+    with torch.amp.autocast("cuda", enabled=run.device.type == "cuda"):
+        pred = run.model(imgs)
+        targets = targets.to(run.device)
+        if run.compute_loss_ota is not None:
+            loss, loss_items = run.compute_loss_ota(pred, targets, imgs)
+        else:
+            loss, loss_items = run.compute_loss(pred, targets)
+        if RANK != -1:
+            loss = loss * WORLD_SIZE  # DDP averages gradients over ranks
+    nonfinite = torch.tensor([0.0 if bool(torch.isfinite(loss.detach()).all()) else 1.0], device=run.device)
+    if bool(all_reduce_max(nonfinite).item()):
+        check_finite_loss(loss.detach(), loss_items.detach(), epoch, i)
+        raise NonFiniteLossError(f"non-finite training loss on another rank at epoch {epoch}, batch {i}; stopping")
+    run.scaler.scale(loss).backward()
+    if ni - run.last_opt_step >= run.accumulate:
+        run.scaler.step(run.optimizer)  # no gradient clipping, as YOLOv7 (norms of ~1e3 are normal here)
+        run.scaler.update()
+        run.optimizer.zero_grad()
+        if run.ema is not None:
+            run.ema.update(run.model)
+        run.last_opt_step = ni
+    return loss_items.detach()
+
+
+def train_one_epoch(run: Run, epoch: int) -> torch.Tensor:
+    """One pass over the training loader; returns the mean (box, obj, cls, total) loss of the epoch."""
+    run.model.train()
+    if RANK != -1 and hasattr(run.loader.sampler, "set_epoch"):
+        run.loader.sampler.set_epoch(epoch)
+    mloss = torch.zeros(4, device=run.device)
+    run.log.info(("\n" + "%10s" * 8) % ("Epoch", "gpu_mem" if run.device.type == "cuda" else "mem", "box", "obj",
+                                         "cls", "total", "labels", "img_size"))
+    bar = run.log.progress(enumerate(run.loader), total=run.nb)
+    run.optimizer.zero_grad()
+    for i, (imgs, targets, paths, _) in bar:
+        if run.bn_batches is not None:
+            run.bn_batches.append(imgs)  # uint8 CPU batch, kept for precise BN (last few of the epoch)
+        imgs = imgs.to(run.device, non_blocking=True).float() / 255.0
+        items = train_step(run, imgs, targets, epoch, i)
+        mloss = (mloss * i + items.to(run.device)) / (i + 1)
+        run.log.describe(bar, ("%10s" * 2 + "%10.4g" * 6) % (
+            f"{epoch}/{run.opt.epochs - 1}", memory_str(run.device), *mloss, targets.shape[0], imgs.shape[-1]))
+        ni = i + run.nb * (epoch - run.start_epoch)
+        if run.log.main and ni < 3:
+            safe_plot(plot_images, imgs, targets, paths, run.save_dir / f"train_batch{ni}.jpg", names=run.names)
+    return mloss
+
+
+def check_finite_weights(run: Run, epoch: int) -> None:
+    """Stop (NonFiniteLossError) when the model or its EMA holds NaN/inf: nothing of it is validated or saved."""
+    bad = nonfinite_tensors({"model": de_parallel(run.model).state_dict(), "ema": run.ema.ema.state_dict()})
+    if bad:
+        raise NonFiniteLossError(f"non-finite weights after epoch {epoch} ({', '.join(bad[:3])}"
+                                 f"{f' and {len(bad) - 3} more' if len(bad) > 3 else ''}); stopping without saving")
+
+
+def validate(run: Run, final: bool) -> tuple:
+    """Evaluate the EMA model on the validation loader (with a progress bar; plots after the final epoch)."""
+    results, _, _ = run_test(
+        run.data, batch_size=run.opt.batch_size * 2, imgsz=run.imgsz_test, model=run.ema.ema,
+        single_cls=run.opt.single_cls, dataloader=run.val_loader, save_dir=run.save_dir,
+        verbose=False, plots=final, compute_loss=run.compute_loss, names=run.names,
+        v5_metric=run.opt.v5_metric)
+    return tuple(results)
+
+
+def save_checkpoints(run: Run, epoch: int, fi: float) -> None:
+    """last.pt first, then best.pt on a real improvement (or when there is none yet), then epoch_NNN.pt."""
+    opt = run.opt
+    improved = run.best_fitness is None or fi > run.best_fitness or not run.best.is_file()
+    if run.best_fitness is None or fi > run.best_fitness:
+        run.best_fitness = fi
+    ckpt = training_checkpoint(de_parallel(run.model), run.ema, run.optimizer, epoch, run.best_fitness,
+                               run.hyp0, vars(opt), run.names)
+    save_checkpoint(ckpt, run.last, require_finite=True)
+    run.good = (run.last, epoch)
+    if improved:
+        save_checkpoint(ckpt, run.best, require_finite=True)
+    if opt.save_period > 0 and (epoch + 1) % opt.save_period == 0:
+        save_checkpoint(ckpt, run.save_dir / "weights" / f"epoch_{epoch:03d}.pt", require_finite=True)
+
+
+def end_epoch(run: Run, epoch: int, mloss: torch.Tensor) -> None:
+    """Scheduler step; on rank 0: finite check, precise BN, validation, results row, checkpoints."""
+    lr = [g["lr"] for g in run.optimizer.param_groups]
+    run.scheduler.step()
+    if not run.log.main:
+        return
+    opt, final = run.opt, epoch + 1 == run.opt.epochs
+    check_finite_weights(run, epoch)
+    run.ema.update_attr(de_parallel(run.model), include=EMA_ATTRS)
+    if run.bn_batches:  # recompute the EMA model's BatchNorm statistics (validated and saved as such)
+        update_bn_stats(run.ema.ema, run.bn_batches, run.device)
+        run.bn_batches.clear()
+    if not opt.notest or final:
+        run.results = validate(run, final)
+    fi = float(fitness(np.array(run.results, dtype=np.float64).reshape(1, -1))[0])
+    run.log.epoch(epoch, list(mloss[:3].cpu().numpy()) + list(run.results) + lr)  # row first: see ResultsCSV
+    if not opt.nosave or final:
+        save_checkpoints(run, epoch, fi)
+
+
+def finish_checkpoints(run: Run) -> None:
+    """best.pt stripped as YOLOv7's ``strip_optimizer`` (EMA weights in fp16, no optimizer: small, for every
+    tool); last.pt drops only the optimizer state and keeps the fp32 model and EMA (exact fine-tuning start)."""
+    if run.last.is_file():
+        ck = load_checkpoint(run.last)
+        ck["optimizer"] = None
+        save_checkpoint(ck, run.last)
+    if run.best.is_file():
+        strip_optimizer(run.best)
+
+
+def finish_run(run: Run, t0: float) -> tuple:
+    """Strip the final checkpoints, re-evaluate best.pt with the per-class table, say where everything is."""
+    if not run.log.main:
+        return run.results
+    run.log.info(f"{run.opt.epochs - run.start_epoch} epochs completed in {(time.time() - t0) / 3600:.3f} hours")
+    safe_plot(plot_results, save_dir=run.save_dir)
+    finish_checkpoints(run)
+    final = run.results
+    if run.best.is_file():
+        run.log.info(f"\nValidating {run.best}...")
+        with quiet_logs():  # the layer table was printed when training started
+            model = attempt_load(run.best, map_location=run.device, fuse=True)
+        final, _, _ = run_test(
+            run.data, batch_size=run.opt.batch_size * 2, imgsz=run.imgsz_test, model=model,
+            single_cls=run.opt.single_cls, dataloader=run.val_loader, save_dir=run.save_dir, verbose=True,
+            plots=False, names=run.names, v5_metric=run.opt.v5_metric)
+    mp, mr, map50, map_ = final[:4]
+    run.log.info(f"Final ({run.best.name if run.best.is_file() else 'last epoch'}): P {mp:.4f}, R {mr:.4f}, "
+                 f"mAP@.5 {map50:.4f}, mAP@.5:.95 {map_:.4f}\nResults saved to {colorstr('bold', run.save_dir)}\n"
+                 f"Weights: {run.last}" + (f", {run.best}" if run.best.is_file() else ""))
+    return tuple(final)
+
+
+def train(hyp: dict, opt: argparse.Namespace, device: torch.device) -> tuple:
+    """Train per ``opt``; returns the final validation results (P, R, mAP@.5, mAP@.5:.95, val losses)."""
+    run = start_run(hyp, opt, device)
+    ckpt = read_weights(opt)
+    setup_model(run, ckpt)
+    setup_optimizer(run, ckpt)
+    build_loaders(run)
+    setup_ema_and_ddp(run, ckpt)
+    del ckpt
+    setup_loss(run)
+    t0 = time.time()
     try:
-        import resource
-        return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.3g}G"  # KiB on Linux
-    except (ImportError, OSError):
-        return "-"
-
-
-def find_last_checkpoint(search_dir: str | Path = "runs") -> Path | None:
-    """The most recently written ``last*.pt`` under ``search_dir`` (for a bare ``--resume``)."""
-    files = [p for p in Path(search_dir).rglob("last*.pt") if p.is_file()]
-    return max(files, key=lambda p: p.stat().st_mtime) if files else None
-
-
-def _to_plain(x: Any) -> Any:
-    """Options/hyp values as plain yaml/pickle-free data (Path -> str, tuples -> lists)."""
-    if isinstance(x, dict):
-        return {str(k): _to_plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_to_plain(v) for v in x]
-    if isinstance(x, Path):
-        return str(x)
-    if isinstance(x, (np.floating, np.integer)):
-        return x.item()
-    return x
-
-
-@torch.no_grad()
-def update_bn_stats(model: nn.Module, batches: Iterable[torch.Tensor], device: torch.device) -> int:
-    """Precise BN: recompute every BatchNorm's running mean/var of ``model`` as plain averages over ``batches``.
-
-    ``batches`` are uint8 image batches (B, 3, H, W). MobileOne blocks sum several BatchNorm'd
-    branches per layer, so the small lag of running statistics kept with YOLOv7's momentum
-    (0.03) while the weights are still moving compounds through the backbone and the eval-mode
-    model (validation, saved weights) can be far off the train-mode one early in training.
-    Recomputing the statistics with the final weights (Wu & Johnson, "Rethinking 'Batch' in
-    BatchNorm", 2021; fvcore's ``update_bn_stats``) removes that. Returns the number of batches used.
-    """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    batches = list(batches)
-    if not bns or not batches:
-        return 0
-    was_training = model.training
-    momenta = [bn.momentum for bn in bns]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative average over the batches below
-    model.train()
-    try:
-        for imgs in batches:
-            model(imgs.to(device, non_blocking=True).float() / 255.0)
+        for epoch in range(run.start_epoch, opt.epochs):
+            mloss = train_one_epoch(run, epoch)
+            end_epoch(run, epoch, mloss)
+    except NonFiniteLossError as e:
+        raise NonFiniteLossError(f"{e}; {run.good_note()}") from None
     finally:
-        for bn, mom in zip(bns, momenta):
-            bn.momentum = mom
-        model.train(was_training)
-    return len(batches)
+        run.log.close()
+    return finish_run(run, t0)
+
+
+# --------------------------------------------------------------------------- CLI
+def parse_opt(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Train a YOLOv7 / MobileOne-YOLOv7 detector",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--weights", type=str, default="",
+                   help="initial weights (a checkpoint of this project, any file name); '' = from scratch")
+    p.add_argument("--allow-partial-weights", action="store_true",
+                   help="train even when --weights matches none of the model's backbone layers")
+    p.add_argument("--cfg", type=str, default="cfg/training/yolov7-tiny-ms0.yaml", help="model.yaml path")
+    p.add_argument("--data", type=str, default="data/shapes.yaml", help="data.yaml path (default: built-in shapes)")
+    p.add_argument("--hyp", type=str, default="", help="hyperparameters path ('': data/hyp.shapes.yaml for the "
+                   "built-in shapes dataset, else data/hyp.scratch.tiny.yaml)")
+    p.add_argument("--epochs", type=int, default=30, help="number of epochs (default tuned for the built-in shapes)")
+    p.add_argument("--batch-size", type=int, default=16, help="total batch size for all ranks")
+    p.add_argument("--img-size", nargs="+", type=int, default=[128, 128],
+                   help="[train, test] image sizes (default tuned for the built-in shapes dataset; YOLOv7: 640)")
+    p.add_argument("--rect", action="store_true", help="rectangular training")
+    p.add_argument("--resume", nargs="?", const=True, default=False,
+                   help="resume the most recent run, or a given last.pt (best.pt when last.pt is gone)")
+    p.add_argument("--nosave", action="store_true", help="only save the final checkpoint")
+    p.add_argument("--notest", action="store_true", help="only validate after the final epoch")
+    p.add_argument("--noautoanchor", action="store_true", help="disable AutoAnchor")
+    p.add_argument("--evolve", nargs="?", type=int, const=300, default=None,
+                   help="evolve hyperparameters for N generations (bare --evolve: 300, as YOLOv7)")
+    p.add_argument("--bucket", type=str, default="", help="gsutil bucket (YOLOv7; not supported here)")
+    p.add_argument("--cache-images", nargs="?", const="ram", default=False, choices=["ram", "disk"],
+                   help="cache images in 'ram' (bare flag) or on 'disk' for faster training")
+    p.add_argument("--image-weights", action="store_true", help="use weighted image selection for training")
+    p.add_argument("--device", default="", help="cuda device, i.e. 0 or 0,1,2,3 or cpu")
+    p.add_argument("--multi-scale", action="store_true", help="vary img-size +/- 50%%")
+    p.add_argument("--single-cls", action="store_true", help="train multi-class data as single-class")
+    p.add_argument("--adam", action="store_true", help="use torch.optim.Adam() optimizer")
+    p.add_argument("--sync-bn", action="store_true", help="use SyncBatchNorm (DDP on CUDA only)")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=-1,
+                   help="DDP rank (set by torch.distributed.launch; torchrun uses the LOCAL_RANK env)")
+    p.add_argument("--workers", type=int, default=2, help="maximum number of dataloader workers")
+    p.add_argument("--project", default="runs/train", help="save to project/name")
+    p.add_argument("--entity", default=None, help="W&B entity (YOLOv7; not supported here)")
+    p.add_argument("--name", default="exp", help="save to project/name")
+    p.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
+    p.add_argument("--quad", action="store_true", help="quad dataloader (YOLOv7)")
+    p.add_argument("--linear-lr", action="store_true", help="linear LR instead of one-cycle cosine")
+    p.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing epsilon")
+    p.add_argument("--upload_dataset", action="store_true", help="upload dataset as W&B artifact (not supported here)")
+    p.add_argument("--bbox_interval", type=int, default=-1,
+                   help="W&B bounding-box image logging interval (not supported here)")
+    p.add_argument("--save_period", type=int, default=-1, help="also save a checkpoint every N epochs (-1: off)")
+    p.add_argument("--artifact_alias", type=str, default="latest",
+                   help="W&B dataset artifact version (not supported here)")
+    p.add_argument("--freeze", nargs="+", type=int, default=[0],
+                   help="freeze layers: first N (one value) or a list of indices")
+    p.add_argument("--v5-metric", action="store_true", help="assume maximum recall as 1.0 in AP calculation")
+    p.add_argument("--seed", type=int, default=0, help="random seed (rank r uses seed + 1 + r)")
+    p.add_argument("--precise-bn", type=int, default=8,
+                   help="recompute the EMA model's BatchNorm statistics on the last N training batches of each "
+                        "epoch before validating/saving (0: off, keep the running averages)")
+    p.add_argument("--verbose", action="store_true", help="show a traceback on errors")
+    return p.parse_args(argv)
+
+
+def check_opt(opt: argparse.Namespace) -> None:
+    """One-line errors for option values that cannot work (before anything is written)."""
+    require(opt.epochs >= 1, f"--epochs {opt.epochs}: must be at least 1")
+    require(opt.batch_size >= 1, f"--batch-size {opt.batch_size}: must be at least 1")
+    require(all(s >= 1 for s in opt.img_size), f"--img-size {' '.join(map(str, opt.img_size))}: must be positive")
+    require(opt.workers >= 0, f"--workers {opt.workers}: must be 0 or more")
+    require(opt.precise_bn >= 0, f"--precise-bn {opt.precise_bn}: must be 0 or more")
+    require(all(f >= 0 for f in opt.freeze), f"--freeze {' '.join(map(str, opt.freeze))}: layer indices are >= 0")
+    require(opt.label_smoothing >= 0 and opt.label_smoothing < 1,
+            f"--label-smoothing {opt.label_smoothing}: must be in [0, 1)")
+    if opt.evolve is not None:
+        require(opt.evolve >= 1, f"--evolve {opt.evolve}: must be at least 1 generation")
+        require(not opt.resume, "--evolve and --resume cannot be combined")
+    for name in SERVICE_FLAGS:
+        val = getattr(opt, name)
+        if val not in (None, "", False, -1, "latest"):
+            LOGGER.warning(f"--{name}: W&B / Google Cloud Storage are not part of this project; ignored")
+
+
+def prepare_new(opt: argparse.Namespace) -> dict:
+    """Defaults relative to the repository, the default hyp for the dataset, two image sizes."""
+    opt.cfg, opt.data = _repo_default(opt.cfg), _repo_default(opt.data)
+    if not opt.hyp:
+        builtin = Path(opt.data).resolve() == (ROOT / "data" / "shapes.yaml").resolve()
+        opt.hyp = str(ROOT / "data" / ("hyp.shapes.yaml" if builtin else "hyp.scratch.tiny.yaml"))
+        if RANK in (-1, 0):
+            print(f"Using hyperparameters {opt.hyp}" + (" (tuned for the built-in shapes dataset)" if builtin else ""))
+    hyp = load_hyp(_repo_default(opt.hyp))
+    if len(opt.img_size) == 1:
+        opt.img_size = opt.img_size * 2
+    opt.img_size = opt.img_size[:2]
+    opt.save_dir = None  # decided by rank 0 in pick_save_dir
+    return hyp
 
 
 def _repo_default(path: str) -> str:
@@ -237,414 +600,128 @@ def _repo_default(path: str) -> str:
     return path
 
 
-def _plain_optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
-    """``optimizer.state_dict()`` with python numbers in its param groups (weights_only-loadable)."""
-    sd = optimizer.state_dict()
-    sd["param_groups"] = [_to_plain(g) for g in sd["param_groups"]]
-    return sd
+def find_resume_checkpoint(opt: argparse.Namespace) -> Path:
+    """The checkpoint ``--resume`` means: the given file (or the best.pt beside a missing last.pt),
+    else the newest last.pt (or best.pt where no last.pt is left) under --project."""
+    if isinstance(opt.resume, str):
+        path = Path(opt.resume)
+        if path.is_file():
+            return path
+        from utils.runs import resume_candidates
+        if path.is_dir():
+            path = path / "weights" if (path / "weights").is_dir() else path
+            found = resume_candidates(path)
+        else:
+            found = [path] if path.is_file() else resume_candidates(path.parent)
+        require(bool(found), f"--resume {opt.resume}: no checkpoint found "
+                             f"(no such file, no last.pt or best.pt beside it)")
+        if found[0] != path:
+            print(f"--resume: {path} does not exist; resuming from {found[0]}")
+        return found[0]
+    from utils.runs import resume_candidates
+    search = Path(opt.project) if Path(opt.project).is_dir() else Path("runs")
+    folders = {p.parent for p in search.rglob("*.pt") if p.parent.name == "weights"} if search.is_dir() else set()
+    found = [c for d in folders for c in resume_candidates(d)[:1]]
+    require(bool(found), f"--resume: no checkpoint found (no last.pt or best.pt under {search})")
+    return max(found, key=lambda p: p.stat().st_mtime)
 
 
-# --------------------------------------------------------------------------- training
-def train(hyp: dict, opt: argparse.Namespace, device: torch.device) -> tuple:
-    """Train per ``opt``; returns the last validation results (P, R, mAP@.5, mAP@.5:.95, val losses)."""
-    save_dir, epochs, batch_size, weights = Path(opt.save_dir), opt.epochs, opt.batch_size, opt.weights
-    hyp0 = deepcopy(hyp)  # as given (hyp.yaml, checkpoints); ``hyp`` itself gets scaled below
-    total_batch_size = opt.total_batch_size
-    main = RANK in (-1, 0)
-    cuda = device.type == "cuda"
-    plots = True
-
-    wdir = save_dir / "weights"
-    last, best = wdir / "last.pt", wdir / "best.pt"
-    if main:
-        wdir.mkdir(parents=True, exist_ok=True)
-        LOGGER.info(colorstr("hyperparameters: ") + ", ".join(f"{k}={v}" for k, v in hyp.items()))
-        with open(save_dir / "hyp.yaml", "w") as f:
-            yaml.safe_dump(_to_plain(hyp0), f, sort_keys=False)
-        with open(save_dir / "opt.yaml", "w") as f:
-            yaml.safe_dump(_to_plain(vars(opt)), f, sort_keys=False)
-
-    init_seeds(opt.seed + 1 + RANK)
-    with torch_distributed_zero_first(LOCAL_RANK):  # rank 0 generates the built-in dataset first
-        data_dict = check_dataset(opt.data)
-    train_path, val_path = data_dict["train"], data_dict["val"]
-    nc = 1 if opt.single_cls else int(data_dict["nc"])
-    names = ["item"] if opt.single_cls and len(data_dict["names"]) != 1 else list(data_dict["names"])
-
-    # ---- model (+ pretrained transfer / resume)
-    ckpt = None
-    pretrained = bool(weights) and str(weights).endswith(".pt")
-    if pretrained:
-        ckpt = load_checkpoint(weights, map_location="cpu")
-        if ckpt.get("fused"):
-            raise CheckpointError(f"{weights}: a fused (re-parameterized) checkpoint cannot be trained; "
-                                  f"use the training checkpoint (last.pt / best.pt) it was made from")
-    cfg = opt.cfg or (ckpt.get("cfg") if ckpt else None)
-    if not cfg:
-        raise ValueError("no model given: pass --cfg model.yaml or --weights checkpoint.pt")
-    if opt.resume and ckpt is not None and ckpt.get("cfg"):
-        cfg = ckpt["cfg"]  # the exact (possibly AutoAnchor-modified) model of the interrupted run
-    model = Model(deepcopy(cfg) if isinstance(cfg, dict) else cfg, ch=3, nc=nc,
-                  anchors=hyp.get("anchors")).to(device)
-    if pretrained:
-        src = ckpt.get("ema") if (ckpt.get("ema") and not opt.resume) else ckpt.get("state_dict")
-        if src is None:
-            src = ckpt.get("ema") or {}
-        src = {k: v.float() if v.is_floating_point() else v for k, v in src.items()}
-        exclude = ["anchor"] if (opt.cfg or hyp.get("anchors")) and not opt.resume else []
-        msd = model.state_dict()
-        csd = intersect_dicts(src, msd, exclude=exclude)
-        model.load_state_dict(csd, strict=False)
-        skipped = len(src) - len(csd)
-        LOGGER.info(f"Transferred {len(csd)}/{len(msd)} items from {weights} "
-                    f"({skipped} checkpoint items skipped: name or shape mismatch"
-                    f"{' or anchors' if exclude else ''}; {len(msd) - len(csd)} model items keep their init)")
-    freeze_layers(model, opt.freeze)
-
-    # ---- optimizer, schedule, EMA
-    nbs = int(hyp.get("nbs", NBS))
-    accumulate = max(round(nbs / total_batch_size), 1)
-    hyp["weight_decay"] *= total_batch_size * accumulate / nbs
-    LOGGER.info(f"Scaled weight_decay = {hyp['weight_decay']:.6g} (accumulate {accumulate} batches of "
-                f"{total_batch_size} per step, nominal batch {nbs})")
-    optimizer = build_optimizer(model, hyp, opt.adam or str(hyp.get("optimizer", "SGD")).lower() == "adam")
-    lf = lr_lambda(epochs, hyp["lrf"], opt.linear_lr)
-    scheduler = lr_scheduler.LambdaLR(optimizer, lr_lambda=lf)
-
-    start_epoch, best_fitness, ema_state = 0, 0.0, None
-    if pretrained and opt.resume:
-        if ckpt.get("optimizer") is not None:
-            optimizer.load_state_dict(ckpt["optimizer"])
-        best_fitness = float(ckpt.get("best_fitness") or 0.0)
-        if ckpt.get("ema") is not None:
-            ema_state = (ckpt["ema"], int(ckpt.get("updates") or 0))
-        start_epoch = int(ckpt["epoch"]) + 1
-        LOGGER.info(f"Resuming {weights}: epoch {start_epoch} of {epochs} (epochs 0-{start_epoch - 1} done), "
-                    f"best fitness {best_fitness:.4f}")
-    del ckpt
-
-    gs = max(int(model.stride.max()), 32)
-    nl = model.model[-1].nl
-    imgsz, imgsz_test = [check_img_size(x, gs) for x in opt.img_size]
-
-    # ---- data
-    dataloader, dataset = create_dataloader(  # rank 0 builds the label cache first, the others wait
-        train_path, imgsz, batch_size, gs, single_cls=opt.single_cls, hyp=hyp, augment=True,
-        cache=opt.cache_images, rect=opt.rect, rank=RANK, workers=opt.workers,
-        prefix=colorstr("train: "), shuffle=True, seed=opt.seed, nc=nc)
-    labels_all = np.concatenate([l for l in dataset.labels if len(l)], 0) if len(dataset.labels) else np.zeros((0, 5))
-    if len(labels_all):
-        mlc = int(labels_all[:, 0].max())
-        if mlc >= nc:
-            raise ValueError(f"label class {mlc} exceeds nc={nc} in {opt.data}; possible class labels are 0-{nc - 1}")
-    nb = len(dataloader)
-    if nb == 0:
-        raise ValueError(f"no training batches: {train_path} holds no usable images")
-
-    val_loader = None
-    if main:
-        val_loader = create_dataloader(
-            val_path, imgsz_test, batch_size * 2, gs, single_cls=opt.single_cls, hyp=hyp,
-            cache=opt.cache_images and not opt.notest, rect=True, rank=-1, workers=opt.workers,
-            pad=0.5, prefix=colorstr("val: "), nc=nc)[0]
-        if not opt.resume:
-            if plots and len(labels_all):
-                safe_plot(plot_labels, labels_all, names, save_dir)
-            if not opt.noautoanchor and check_anchors(dataset, model=model, thr=hyp["anchor_t"], imgsz=imgsz):
-                det = model.model[-1]  # new anchors: also into the yaml saved as the checkpoint's 'cfg'
-                model.yaml["anchors"] = [[round(float(v), 2) for v in level.flatten()]
-                                         for level in det.anchor_grid.detach().cpu().view(det.nl, -1, 2)]
-
-    # EMA of the weights (rank 0 only), made after AutoAnchor so it starts with the final anchors
-    ema = ModelEMA(model) if main else None
-    if ema is not None and ema_state is not None:
-        ema.ema.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ema_state[0].items()})
-        ema.updates = ema_state[1]
-    del ema_state
-
-    if opt.sync_bn and RANK != -1:  # same Parameter objects: the optimizer stays valid
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model).to(device)
-        LOGGER.info("Using SyncBatchNorm")
-    if RANK != -1:
-        # DDP copies rank 0's parameters and buffers (AutoAnchor's anchors included) to every rank
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        model = DDP(model, device_ids=[LOCAL_RANK] if cuda else None,
-                    output_device=LOCAL_RANK if cuda else None)
-
-    # ---- loss scaling for the number of layers / classes / image size (YOLOv7)
-    hyp["box"] *= 3.0 / nl
-    hyp["cls"] *= nc / 80.0 * 3.0 / nl
-    hyp["obj"] *= (imgsz / 640) ** 2 * 3.0 / nl
-    hyp["label_smoothing"] = opt.label_smoothing
-    m = de_parallel(model)
-    m.nc, m.hyp, m.gr, m.names = nc, hyp, 1.0, names
-    m.class_weights = labels_to_class_weights(dataset.labels, nc).to(device) * nc
-
-    # ---- training loop
-    t0 = time.time()
-    nw = warmup_iterations(hyp["warmup_epochs"], nb, epochs)
-    last_opt_step = nb * start_epoch - 1
-    maps = np.zeros(nc)
-    results = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
-    if start_epoch:  # lr of the first resumed epoch = its scheduled value
-        for g in optimizer.param_groups:
-            g["lr"] = g["initial_lr"] * lf(start_epoch)
-        scheduler.last_epoch = start_epoch
-    scaler = torch.amp.GradScaler("cuda", enabled=cuda)
-    use_ota = bool(hyp.get("loss_ota", 1))
-    compute_loss_ota = utils.loss.ComputeLossOTA(m) if use_ota else None
-    compute_loss = utils.loss.ComputeLoss(m)
-    csv_log = ResultsCSV(save_dir / "results.csv") if main else None
-    tb = TBLogger(save_dir) if main else None
-    if main:
-        csv_log.start(start_epoch)
-        LOGGER.info(f"Image sizes {imgsz} train, {imgsz_test} val; {nb} batches of {batch_size} per epoch"
-                    f"{f' per rank ({WORLD_SIZE} ranks)' if WORLD_SIZE > 1 else ''}; warmup {nw} iterations; "
-                    f"{'OTA' if use_ota else 'plain'} loss; AMP {'on' if cuda else 'off (CPU)'}\n"
-                    f"Using {opt.workers} dataloader workers\nLogging results to {colorstr('bold', save_dir)}\n"
-                    f"Starting training for {epochs} epochs...")
-    nonfinite = torch.zeros(1, device=device)
-    bn_batches = deque(maxlen=opt.precise_bn) if (main and opt.precise_bn > 0) else None
-
-    for epoch in range(start_epoch, epochs):
-        model.train()
-        if RANK != -1 and hasattr(dataloader.sampler, "set_epoch"):
-            dataloader.sampler.set_epoch(epoch)
-        mloss = torch.zeros(4, device=device)
-        pbar = enumerate(dataloader)
-        if main:
-            LOGGER.info(("\n" + "%10s" * 8) % ("Epoch", "gpu_mem" if cuda else "mem", "box", "obj", "cls",
-                                                 "total", "labels", "img_size"))
-            pbar = tqdm(pbar, total=nb, bar_format="{l_bar}{bar:10}{r_bar}{bar:-10b}")
-        optimizer.zero_grad()
-        for i, (imgs, targets, paths, _) in pbar:
-            ni = i + nb * epoch  # iterations since the start of training
-            if bn_batches is not None:
-                bn_batches.append(imgs)  # uint8 CPU batch, kept for precise BN (last few of the epoch)
-            imgs = imgs.to(device, non_blocking=True).float() / 255.0
-
-            if nw and ni <= nw:  # warmup: accumulate, lr and momentum ramp up; bias lr ramps down from warmup_bias_lr
-                xi = [0, nw]
-                accumulate = max(1, int(np.interp(ni, xi, [1, nbs / total_batch_size]).round()))
-                for j, g in enumerate(optimizer.param_groups):
-                    g["lr"] = float(np.interp(ni, xi, [hyp["warmup_bias_lr"] if j == 2 else 0.0,
-                                                       g["initial_lr"] * lf(epoch)]))
-                    mom = float(np.interp(ni, xi, [hyp["warmup_momentum"], hyp["momentum"]]))
-                    if "momentum" in g:
-                        g["momentum"] = mom
-                    elif "betas" in g:
-                        g["betas"] = (mom, g["betas"][1])
-
-            if opt.multi_scale:
-                sz = random.randrange(int(imgsz * 0.5), int(imgsz * 1.5) + gs) // gs * gs
-                sf = sz / max(imgs.shape[2:])
-                if sf != 1:
-                    ns = [math.ceil(x * sf / gs) * gs for x in imgs.shape[2:]]
-                    imgs = F.interpolate(imgs, size=ns, mode="bilinear", align_corners=False)
-
-            with torch.amp.autocast("cuda", enabled=cuda):
-                pred = model(imgs)
-                if use_ota:
-                    loss, loss_items = compute_loss_ota(pred, targets.to(device), imgs)
-                else:
-                    loss, loss_items = compute_loss(pred, targets.to(device))
-                if RANK != -1:
-                    loss = loss * WORLD_SIZE  # DDP averages gradients over ranks
-
-            nonfinite.fill_(0.0 if bool(torch.isfinite(loss.detach()).all()) else 1.0)
-            if bool(all_reduce_max(nonfinite).item()):  # every rank stops together
-                check_finite_loss(loss.detach(), loss_items.detach(), epoch, i)
-                raise NonFiniteLossError(f"non-finite training loss on another rank at epoch {epoch}, batch {i}; "
-                                         f"stopping, last.pt keeps the last good epoch")
-
-            scaler.scale(loss).backward()
-            if ni - last_opt_step >= accumulate:
-                scaler.step(optimizer)  # no gradient clipping, as YOLOv7 (norms of ~1e3 are normal here)
-                scaler.update()
-                optimizer.zero_grad()
-                if ema is not None:
-                    ema.update(model)
-                last_opt_step = ni
-
-            if main:
-                mloss = (mloss * i + loss_items.detach().to(device)) / (i + 1)
-                pbar.set_description(("%10s" * 2 + "%10.4g" * 6) % (
-                    f"{epoch}/{epochs - 1}", memory_str(device), *mloss, targets.shape[0], imgs.shape[-1]))
-                if plots and ni - nb * start_epoch < 3:
-                    safe_plot(plot_images, imgs.detach(), targets, paths,
-                              save_dir / f"train_batch{ni - nb * start_epoch}.jpg", names=names)
-        # ---- end of epoch
-        lr = [g["lr"] for g in optimizer.param_groups]
-        scheduler.step()
-
-        if main:
-            ema.update_attr(model, include=["yaml", "nc", "hyp", "gr", "names", "stride", "class_weights"])
-            if bn_batches:  # recompute the EMA model's BatchNorm statistics (validated and saved as such)
-                update_bn_stats(ema.ema, bn_batches, device)
-                bn_batches.clear()
-            final_epoch = epoch + 1 == epochs
-            if not opt.notest or final_epoch:
-                results, maps, _ = run_test(
-                    data_dict, batch_size=batch_size * 2, imgsz=imgsz_test, model=ema.ema,
-                    single_cls=opt.single_cls, dataloader=val_loader, save_dir=save_dir,
-                    verbose=nc < 50 and final_epoch, plots=plots and final_epoch,
-                    compute_loss=compute_loss, names=names)
-            fi = float(fitness(np.array(results, dtype=np.float64).reshape(1, -1))[0])
-            improved = fi >= best_fitness  # ties count (YOLOv7): best.pt exists after the first epoch
-            best_fitness = max(best_fitness, fi)
-
-            row = list(mloss[:3].cpu().numpy()) + list(results) + lr
-            csv_log.append(epoch, row)  # first the row, then the checkpoint: see ResultsCSV.start
-            tb.log_scalars(dict(zip(RESULTS_HEADER[1:], row)), epoch)
-
-            if not opt.nosave or final_epoch:
-                ckpt = {
-                    "cfg": _to_plain(deepcopy(de_parallel(model).yaml)),
-                    "state_dict": {k: v.detach().cpu().clone() for k, v in de_parallel(model).state_dict().items()},
-                    "ema": {k: v.detach().cpu().clone() for k, v in ema.ema.state_dict().items()},
-                    "updates": int(ema.updates),
-                    "optimizer": _plain_optimizer_state(optimizer),
-                    "epoch": epoch,
-                    "best_fitness": best_fitness,
-                    "hyp": _to_plain(hyp0),
-                    "opt": _to_plain(vars(opt)),
-                    "names": list(names),
-                    "nc": nc,
-                    "fused": False,
-                    "format": FORMAT,
-                }
-                if improved:
-                    save_checkpoint(ckpt, best)
-                save_checkpoint(ckpt, last)
-                if opt.save_period > 0 and (epoch + 1) % opt.save_period == 0:
-                    save_checkpoint(ckpt, wdir / f"epoch_{epoch:03d}.pt")
-                del ckpt
-    # ---- end of training
-    if main:
-        LOGGER.info(f"{epochs - start_epoch} epochs completed in {(time.time() - t0) / 3600:.3f} hours; "
-                    f"best fitness {best_fitness:.4f}")
-        if plots:
-            safe_plot(plot_results, save_dir=save_dir)
-        for f in (last, best):  # final files: drop optimizer state (smaller), mark the run finished
-            if f.exists():
-                ck = load_checkpoint(f)
-                ck["optimizer"] = None
-                save_checkpoint(ck, f)
-        LOGGER.info(f"Results saved to {colorstr('bold', save_dir)}; weights: {best if best.exists() else last}")
-        tb.close()
-    return results
-
-
-# --------------------------------------------------------------------------- CLI
-def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Train a YOLOv7 / MobileOne-YOLOv7 detector")
-    p.add_argument("--weights", type=str, default="", help="initial weights (.pt checkpoint of this project); '' = from scratch")
-    p.add_argument("--cfg", type=str, default="cfg/training/yolov7-tiny-ms0.yaml", help="model.yaml path")
-    p.add_argument("--data", type=str, default="data/shapes.yaml", help="data.yaml path (default: built-in shapes)")
-    p.add_argument("--hyp", type=str, default="",
-                   help="hyperparameters path (default: data/hyp.shapes.yaml for the built-in shapes dataset, "
-                        "else data/hyp.scratch.tiny.yaml)")
-    p.add_argument("--epochs", type=int, default=30, help="default tuned for the built-in shapes dataset")
-    p.add_argument("--batch-size", type=int, default=16, help="total batch size for all ranks")
-    p.add_argument("--img-size", nargs="+", type=int, default=[128, 128],
-                   help="[train, test] image sizes (default tuned for the built-in shapes dataset; YOLOv7: 640)")
-    p.add_argument("--rect", action="store_true", help="rectangular training")
-    p.add_argument("--resume", nargs="?", const=True, default=False, help="resume the most recent run, or a given last.pt")
-    p.add_argument("--nosave", action="store_true", help="only save the final checkpoint")
-    p.add_argument("--notest", action="store_true", help="only validate after the final epoch")
-    p.add_argument("--noautoanchor", action="store_true", help="disable AutoAnchor")
-    p.add_argument("--cache-images", action="store_true", help="cache images in RAM for faster training")
-    p.add_argument("--device", default="", help="cuda device, i.e. 0 or 0,1,2,3 or cpu")
-    p.add_argument("--multi-scale", action="store_true", help="vary img-size +/- 50%%")
-    p.add_argument("--single-cls", action="store_true", help="train multi-class data as single-class")
-    p.add_argument("--adam", action="store_true", help="use torch.optim.Adam() optimizer")
-    p.add_argument("--sync-bn", action="store_true", help="use SyncBatchNorm (DDP only)")
-    p.add_argument("--workers", type=int, default=2, help="maximum number of dataloader workers")
-    p.add_argument("--project", default="runs/train", help="save to project/name")
-    p.add_argument("--name", default="exp", help="save to project/name")
-    p.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
-    p.add_argument("--linear-lr", action="store_true", help="linear LR instead of one-cycle cosine")
-    p.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing epsilon")
-    p.add_argument("--save_period", type=int, default=-1, help="also save a checkpoint every N epochs (-1: off)")
-    p.add_argument("--freeze", nargs="+", type=int, default=[0], help="freeze layers: first N (one value) or a list of indices")
-    p.add_argument("--seed", type=int, default=0, help="random seed (rank r uses seed + 1 + r)")
-    p.add_argument("--precise-bn", type=int, default=8,
-                   help="recompute the EMA model's BatchNorm statistics on the last N training batches of each "
-                        "epoch before validating/saving (0: off, keep the running averages)")
-    return p.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    opt = parse_opt(argv)
-    set_logging(RANK)
-
-    if opt.resume:  # restore the interrupted run's options and hyperparameters; write into the same folder
-        ckpt_path = Path(opt.resume) if isinstance(opt.resume, str) else \
-            find_last_checkpoint(opt.project if Path(opt.project).is_dir() else "runs")
-        if ckpt_path is None or not ckpt_path.is_file():
-            print(f"--resume: no checkpoint found "
-                  f"({'no last*.pt under ' + opt.project if ckpt_path is None else ckpt_path})", file=sys.stderr)
-            return 2
-        ck = load_checkpoint(ckpt_path)
-        if not isinstance(ck.get("opt"), dict) or "epoch" not in ck or not isinstance(ck.get("hyp"), dict):
-            print(f"--resume {ckpt_path}: not a training checkpoint of this project (needs 'opt', 'hyp', 'epoch')",
-                  file=sys.stderr)
-            return 2
-        saved = ck["opt"]
-        if int(ck["epoch"]) + 1 >= int(saved["epochs"]):
-            if RANK in (-1, 0):
-                print(f"{ckpt_path}: training already finished ({int(saved['epochs'])} of {int(saved['epochs'])} "
-                      f"epochs done); nothing to resume.")
-            return 0
-        device_arg, workers = opt.device, opt.workers  # the machine may differ from the interrupted run's
-        opt = argparse.Namespace(**{**vars(parse_opt([])), **saved})
-        opt.device, opt.workers = device_arg, workers
-        opt.resume, opt.weights, opt.cfg = True, str(ckpt_path), ""
-        opt.save_dir = str(ckpt_path.resolve().parent.parent)
-        opt.batch_size = int(saved.get("total_batch_size", opt.batch_size))
-        hyp = dict(ck["hyp"])
-        del ck
+def prepare_resume(opt: argparse.Namespace) -> Optional[tuple[argparse.Namespace, dict]]:
+    """The interrupted run's options and hyperparameters; None when it already finished."""
+    ckpt_path = find_resume_checkpoint(opt)
+    ck = load_checkpoint(ckpt_path)
+    saved = ck.get("opt")
+    require(isinstance(saved, dict) and "epoch" in ck and isinstance(ck.get("hyp"), dict) and "epochs" in saved,
+            f"--resume {ckpt_path}: not a training checkpoint of this project (needs 'opt', 'hyp', 'epoch')")
+    if int(ck["epoch"]) + 1 >= int(saved["epochs"]):
         if RANK in (-1, 0):
-            print(f"Resuming training from {ckpt_path}")
-    else:
-        opt.cfg, opt.data = _repo_default(opt.cfg), _repo_default(opt.data)
-        if not opt.hyp:
-            builtin = Path(opt.data).resolve() == (ROOT / "data" / "shapes.yaml").resolve()
-            opt.hyp = str(ROOT / "data" / ("hyp.shapes.yaml" if builtin else "hyp.scratch.tiny.yaml"))
-            if RANK in (-1, 0):
-                print(f"Using hyperparameters {opt.hyp}" + (" (tuned for the built-in shapes dataset)" if builtin else ""))
-        hyp = load_hyp(_repo_default(opt.hyp))
-        if len(opt.img_size) == 1:
-            opt.img_size = opt.img_size * 2
-        opt.img_size = opt.img_size[:2]
-        opt.save_dir = None  # decided by rank 0 below
+            print(f"{ckpt_path}: training already finished ({int(saved['epochs'])} of {int(saved['epochs'])} "
+                  f"epochs done); nothing to resume.")
+        return None
+    if ck.get("optimizer") is None:
+        raise CheckpointError(f"--resume {ckpt_path}: this checkpoint has no optimizer state (stripped); "
+                              f"start a new run with --weights {ckpt_path} instead")
+    keep = {k: getattr(opt, k) for k in ("device", "workers", "project", "name", "verbose")}
+    new = argparse.Namespace(**{**vars(parse_opt([])), **{k: v for k, v in saved.items() if k in vars(opt)}, **keep})
+    new.resume, new.weights, new.cfg = True, str(ckpt_path), ""
+    new.batch_size = int(saved.get("total_batch_size", new.batch_size))
+    new.save_dir = None
+    if RANK in (-1, 0):
+        from utils.runs import resume_save_dir
+        new.save_dir = str(resume_save_dir(ckpt_path, ck, opt.project, opt.name))
+        print(f"Resuming training from {ckpt_path}; writing to {new.save_dir}")
+    return new, load_hyp(ck["hyp"], source=f"{ckpt_path}: hyp")
 
+
+def setup_device(opt: argparse.Namespace) -> torch.device:
+    """The training device; DDP process group under torchrun / torch.distributed.launch."""
     opt.total_batch_size = opt.batch_size
     device = select_device(opt.device, batch_size=opt.batch_size)
     if LOCAL_RANK != -1:
         if device.type == "cuda":
             device = torch.device("cuda", LOCAL_RANK)
-        if opt.batch_size % WORLD_SIZE:
-            print(f"--batch-size {opt.batch_size} must be a multiple of the number of ranks {WORLD_SIZE}", file=sys.stderr)
-            return 2
+        require(opt.batch_size % WORLD_SIZE == 0,
+                f"--batch-size {opt.batch_size}: must be a multiple of the number of ranks {WORLD_SIZE}")
         init_distributed(device)
         opt.batch_size = opt.total_batch_size // WORLD_SIZE
     opt.world_size, opt.global_rank = WORLD_SIZE, RANK
-    if opt.save_dir is None:  # one run folder for all ranks: rank 0 picks it, the others receive it
-        obj = [str(increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok)) if RANK in (-1, 0) else None]
-        if RANK != -1:
-            torch.distributed.broadcast_object_list(obj, src=0)
-        opt.save_dir = obj[0]
+    return device
 
+
+def pick_save_dir(opt: argparse.Namespace) -> bool:
+    """One run folder for all ranks (rank 0 picks, the others receive it); True when it was made now."""
+    made = False
+    if opt.save_dir is None and RANK in (-1, 0):
+        path = Path(opt.project) / opt.name
+        made = opt.exist_ok is False or not path.exists()
+        opt.save_dir = str(increment_path(path, exist_ok=opt.exist_ok))
+    if RANK != -1:
+        obj = [opt.save_dir]
+        torch.distributed.broadcast_object_list(obj, src=0)
+        opt.save_dir = obj[0]
+    return made
+
+
+def remove_if_unused(save_dir: Path) -> None:
+    """Remove a run folder this run created when the run failed before saving any checkpoint."""
+    if RANK in (-1, 0) and save_dir.is_dir() and not any((save_dir / "weights").glob("*.pt")):
+        shutil.rmtree(save_dir, ignore_errors=True)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    opt = parse_opt(argv)
+    set_logging(RANK)
+    check_opt(opt)
+    if opt.evolve is not None:
+        from utils.evolve_run import evolve
+        return evolve(opt, prepare_new(opt), train_fn=run_training)
+    if opt.resume:
+        prepared = prepare_resume(opt)
+        if prepared is None:
+            return 0
+        opt, hyp = prepared
+    else:
+        hyp = prepare_new(opt)
+    return run_training(hyp, opt)
+
+
+def run_training(hyp: dict, opt: argparse.Namespace) -> int:
+    """Device, run folder, train; exit code 1 (with a true message) when the run diverged."""
+    device = setup_device(opt)
+    made = pick_save_dir(opt)
     try:
         train(hyp, opt, device)
     except NonFiniteLossError as e:
         LOGGER.error(f"ERROR: {e}")
-        cleanup()
         return 1
-    cleanup()
+    except BaseException:
+        if made:
+            remove_if_unused(Path(opt.save_dir))
+        raise
+    finally:
+        cleanup()
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main, prog="train.py"))

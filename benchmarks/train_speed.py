@@ -30,8 +30,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _p in (ROOT, ROOT / "tests"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
 
 
 def peak_rss_gb() -> float:
@@ -39,82 +40,26 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
 
 
-def per_image_assign(loss_fn, p, targets, imgs):
-    """YOLOv7's way of assigning: a Python loop over images (and over ground truths for top-k),
-    with the class cost built as a dense (ground truths, candidates, classes) tensor.
-
-    Same rules as ``ComputeLossOTA.build_targets`` (unique candidates); used only to time the
-    batched version against a per-image loop on identical inputs. Returns a set of
-    (level, image, anchor, gj, gi, target row).
-    """
-    import torch
-    import torch.nn.functional as F
-
-    from utils.general import box_iou, xywh2xyxy
-
-    strides = [float(s) for s in loss_fn.det.stride]
-    anchors = loss_fn.anchors(p[0].device)
-    cand = loss_fn.find_positives(p, targets)
-    h, w = imgs.shape[-2:]
-    gain = torch.tensor([w, h, w, h], dtype=torch.float32)
-    out = set()
-    for bi in range(p[0].shape[0]):
-        rows = (targets[:, 0] == bi).nonzero()[:, 0]
-        if not len(rows):
-            continue
-        keys, boxes, cls, obj = [], [], [], []
-        for i, (b, a, gj, gi, _) in enumerate(cand):
-            m = b == bi
-            u = torch.unique(torch.stack((a[m], gj[m], gi[m]), 1), dim=0)
-            if not len(u):
-                continue
-            fg = p[i][bi, u[:, 0], u[:, 1], u[:, 2]].float()
-            grid = torch.stack((u[:, 2], u[:, 1]), 1).float()
-            pxy = (fg[:, :2].sigmoid() * 2 - 0.5 + grid) * strides[i]
-            pwh = (fg[:, 2:4].sigmoid() * 2) ** 2 * anchors[i][u[:, 0]] * strides[i]
-            boxes.append(xywh2xyxy(torch.cat((pxy, pwh), 1)))
-            cls.append(fg[:, 5:])
-            obj.append(fg[:, 4:5])
-            keys += [(i, bi, *map(int, k)) for k in u]
-        if not keys:
-            continue
-        boxes, cls, obj = torch.cat(boxes), torch.cat(cls), torch.cat(obj)
-        t = targets[rows]
-        iou = box_iou(xywh2xyxy(t[:, 2:6] * gain), boxes)
-        g, c = len(rows), len(keys)
-        onehot = F.one_hot(t[:, 1].long(), loss_fn.nc).float().unsqueeze(1).repeat(1, c, 1)
-        y = (cls.sigmoid().unsqueeze(0).repeat(g, 1, 1) * obj.sigmoid().unsqueeze(0).repeat(g, 1, 1)).sqrt()
-        cls_cost = F.binary_cross_entropy_with_logits(torch.log(y / (1 - y)), onehot, reduction="none").sum(-1)
-        cost = cls_cost + 3.0 * -torch.log(iou + 1e-8)
-        ks = torch.clamp(iou.topk(min(10, c), 1).values.sum(1).int(), min=1)
-        match = torch.zeros_like(cost)
-        for r in range(g):
-            match[r, torch.topk(cost[r], int(ks[r]), largest=False).indices] = 1.0
-        multi = match.sum(0) > 1
-        if multi.any():
-            match[:, multi] = 0.0
-            match[cost[:, multi].argmin(0), multi] = 1.0
-        for r, col in match.nonzero().tolist():
-            out.add((*keys[col], int(rows[r])))
-    return out
-
-
 def time_assignment(loss_fn, pred, targets, imgs, repeats: int = 3) -> tuple[float, float, bool]:
     """Median seconds of the batched and the per-image-loop assignment; whether they agree."""
     import torch
+    from ota_reference import per_image_ota  # tests/ota_reference.py: the one per-image reference
 
     pred = [x.detach() for x in pred]
+    strides, anchors = loss_fn.det.stride, loss_fn.anchors(pred[0].device)
     tb, tl = [], []
     with torch.no_grad():
         for _ in range(repeats):
             t0 = time.perf_counter()
             batched = loss_fn.build_targets(pred, targets, imgs)
             t1 = time.perf_counter()
-            loop = per_image_assign(loss_fn, pred, targets, imgs)
+            loop = per_image_ota(pred, targets, loss_fn.find_positives(pred, targets), anchors, strides,
+                                 tuple(imgs.shape[-2:]), loss_fn.nc)
             t2 = time.perf_counter()
             tb.append(t1 - t0)
             tl.append(t2 - t1)
-    got = {(i, int(b), int(a), int(gj), int(gi), int(t)) for i, lv in enumerate(batched) for b, a, gj, gi, t in zip(*lv)}
+    got = {(i, int(b), int(a), int(gj), int(gi), int(t))
+           for i, lv in enumerate(batched) for b, a, gj, gi, t in zip(*lv)}
     return statistics.median(tb), statistics.median(tl), got == loop
 
 

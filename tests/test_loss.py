@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from ota_reference import per_image_ota
 
-from utils.general import box_iou
 from utils.loss import ComputeLoss, ComputeLossOTA, FocalLoss, smooth_BCE
 
 HYP = {"box": 0.05, "obj": 1.0, "cls": 0.5, "cls_pw": 1.0, "obj_pw": 1.0, "anchor_t": 4.0,
@@ -74,83 +74,44 @@ def random_targets(counts, nc, seed=0, wh_range=(0.05, 0.6)):
 
 
 # ----------------------------------------------------------------------------- reference
+def reference_candidates(targets, anchors, grids, anchor_t):
+    """Candidates per level as ``(b, a, gj, gi)`` tensors, by a plain loop over ground truths and anchors:
+    the centre cell and the two neighbouring cells nearest to the centre, for anchors whose shape fits."""
+    out = []
+    for i, (ny, nx) in enumerate(grids):
+        found = []
+        for n in range(targets.shape[0]):
+            gx, gy = float(targets[n, 2]) * nx, float(targets[n, 3]) * ny
+            gw, gh = float(targets[n, 4]) * nx, float(targets[n, 5]) * ny
+            for a in range(anchors.shape[1]):
+                rw, rh = gw / float(anchors[i, a, 0]), gh / float(anchors[i, a, 1])
+                if max(rw, 1 / rw, rh, 1 / rh) >= anchor_t:
+                    continue
+                offs = [(0.0, 0.0)]
+                if gx % 1 < 0.5 and gx > 1:
+                    offs.append((0.5, 0.0))
+                if gy % 1 < 0.5 and gy > 1:
+                    offs.append((0.0, 0.5))
+                if (nx - gx) % 1 < 0.5 and nx - gx > 1:
+                    offs.append((-0.5, 0.0))
+                if (ny - gy) % 1 < 0.5 and ny - gy > 1:
+                    offs.append((0.0, -0.5))
+                for ox, oy in offs:
+                    gi = min(max(int(gx - ox), 0), nx - 1)
+                    gj = min(max(int(gy - oy), 0), ny - 1)
+                    found.append((int(targets[n, 0]), a, gj, gi))
+        out.append(tuple(torch.tensor([f[k] for f in found], dtype=torch.long) for k in range(4)))
+    return out
+
+
 def reference_ota(p, targets, anchors, strides, anchor_t, img_hw, nc, stats=None):
-    """Straightforward per-image, per-ground-truth OTA (YOLOv7 semantics, unique candidates).
+    """Per-image OTA (tests/ota_reference.py) on candidates found by an independent loop.
 
     Returns a set of (level, image, anchor, gj, gi, target_row). ``stats`` (dict) counts
     contested predictions and those won by a ground truth that had not claimed them.
     """
-    stats = {"contested": 0, "outsider": 0} if stats is None else stats
-    nl, na = len(p), anchors.shape[1]
-    img_h, img_w = img_hw
-    result = set()
-    for b in range(p[0].shape[0]):
-        gts = [n for n in range(targets.shape[0]) if int(targets[n, 0]) == b]
-        if not gts:
-            continue
-        cand = set()
-        for n in gts:
-            for i in range(nl):
-                ny, nx = p[i].shape[2], p[i].shape[3]
-                gx, gy = float(targets[n, 2]) * nx, float(targets[n, 3]) * ny
-                gw, gh = float(targets[n, 4]) * nx, float(targets[n, 5]) * ny
-                for a in range(na):
-                    rw, rh = gw / float(anchors[i, a, 0]), gh / float(anchors[i, a, 1])
-                    if max(rw, 1 / rw, rh, 1 / rh) >= anchor_t:
-                        continue
-                    offs = [(0.0, 0.0)]
-                    if gx % 1 < 0.5 and gx > 1:
-                        offs.append((0.5, 0.0))
-                    if gy % 1 < 0.5 and gy > 1:
-                        offs.append((0.0, 0.5))
-                    if (nx - gx) % 1 < 0.5 and nx - gx > 1:
-                        offs.append((-0.5, 0.0))
-                    if (ny - gy) % 1 < 0.5 and ny - gy > 1:
-                        offs.append((0.0, -0.5))
-                    for ox, oy in offs:
-                        gi = min(max(int(gx - ox), 0), nx - 1)
-                        gj = min(max(int(gy - oy), 0), ny - 1)
-                        cand.add((i, a, gj, gi))
-        cols = sorted(cand)
-        boxes, cls_logits, obj_logits = [], [], []
-        for i, a, gj, gi in cols:
-            v = p[i][b, a, gj, gi].float()
-            cx = (torch.sigmoid(v[0]) * 2 - 0.5 + gi) * strides[i]
-            cy = (torch.sigmoid(v[1]) * 2 - 0.5 + gj) * strides[i]
-            w = (torch.sigmoid(v[2]) * 2) ** 2 * anchors[i, a, 0] * strides[i]
-            h = (torch.sigmoid(v[3]) * 2) ** 2 * anchors[i, a, 1] * strides[i]
-            boxes.append(torch.stack((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)))
-            cls_logits.append(v[5:])
-            obj_logits.append(v[4:5])
-        boxes = torch.stack(boxes)
-        t = targets[gts]
-        tx, ty = t[:, 2] * img_w, t[:, 3] * img_h
-        tw, th = t[:, 4] * img_w, t[:, 5] * img_h
-        tbox = torch.stack((tx - tw / 2, ty - th / 2, tx + tw / 2, ty + th / 2), 1)
-        iou = box_iou(tbox, boxes)
-        y = (torch.sigmoid(torch.stack(cls_logits)) * torch.sigmoid(torch.stack(obj_logits))).sqrt()
-        costs = []
-        for r, n in enumerate(gts):
-            onehot = F.one_hot(targets[n, 1].long(), nc).float().expand(len(cols), nc)
-            cls_cost = F.binary_cross_entropy_with_logits(torch.log(y / (1 - y)), onehot,
-                                                          reduction="none").sum(1)
-            costs.append(cls_cost + 3.0 * -torch.log(iou[r] + 1e-8))
-        cost = torch.stack(costs)
-        claims = {}  # column -> claiming rows
-        for r in range(len(gts)):
-            k = max(int(torch.topk(iou[r], min(10, len(cols))).values.sum()), 1)
-            for c in torch.argsort(cost[r])[:k].tolist():
-                claims.setdefault(c, []).append(r)
-        for c, claimants in claims.items():
-            if len(claimants) == 1:
-                r = claimants[0]
-            else:  # contested: the image's lowest-cost ground truth, claimant or not; ties -> first
-                r = min(range(len(gts)), key=lambda q: (float(cost[q, c]), q))
-                stats["contested"] += 1
-                stats["outsider"] += r not in claimants
-            i, a, gj, gi = cols[c]
-            result.add((i, b, a, gj, gi, gts[r]))
-    return result
+    cand = reference_candidates(targets, anchors, [pi.shape[2:4] for pi in p], anchor_t)
+    return per_image_ota(p, targets, cand, anchors, strides, img_hw, nc, stats)
 
 
 def as_set(levels):

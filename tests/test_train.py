@@ -68,7 +68,8 @@ def check_ckpt(path: Path) -> dict:
     assert ck["fused"] is False and isinstance(ck["format"], str)
     assert isinstance(ck["cfg"], dict) and ck["nc"] == 4 and len(ck["names"]) == 4
     assert all(isinstance(v, torch.Tensor) for v in ck["state_dict"].values())
-    assert all(torch.isfinite(v).all() for v in ck["ema"].values() if v.is_floating_point())
+    weights = ck["ema"] if ck["ema"] is not None else ck["state_dict"]  # stripped best.pt: EMA in state_dict
+    assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
     return ck
 
 
@@ -231,13 +232,13 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypat
 
 
 def test_pretrained_transfer_and_freeze(tmp_path, capfd):
-    from utils.checkpoint import save_checkpoint
     from models.yolo import Model
+    from utils.checkpoint import save_checkpoint
     data = make_dataset(tmp_path, n_train=4, n_val=2)
     src = Model(str(CFG), nc=80)  # different nc: the head's class channels cannot transfer
     save_checkpoint({"cfg": src.yaml, "state_dict": src.state_dict(), "ema": None, "nc": 80,
-                     "names": [str(i) for i in range(80)], "fused": False}, tmp_path / "src.pt")
-    r = run_cli(base_args(tmp_path, data, "--noautoanchor", "--notest", "--weights", str(tmp_path / "src.pt"),
+                     "names": [str(i) for i in range(80)], "fused": False}, tmp_path / "src.pth")  # any suffix: a checkpoint is a checkpoint
+    r = run_cli(base_args(tmp_path, data, "--noautoanchor", "--notest", "--weights", str(tmp_path / "src.pth"),
                           "--freeze", "3", epochs=1))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = r.stdout + r.stderr
@@ -245,6 +246,94 @@ def test_pretrained_transfer_and_freeze(tmp_path, capfd):
     ck = check_ckpt(tmp_path / "runs" / "exp" / "weights" / "last.pt")
     frozen = [k for k in ck["state_dict"] if k.startswith("model.0.") and k.endswith("weight")]
     assert frozen and all(torch.equal(ck["state_dict"][k], src.state_dict()[k]) for k in frozen)
+
+
+def hand_checkpoint(tmp_path: Path, data: Path, epoch: int = 0, epochs: int = 2) -> Path:
+    """A resumable checkpoint (epoch ``epoch`` of ``epochs`` done) made without training, as train.py saves it."""
+    import train
+    from models.yolo import Model
+    from utils.checkpoint import save_checkpoint
+    from utils.torch_utils import ModelEMA
+    from utils.train_steps import build_optimizer, training_checkpoint
+    opt = train.parse_opt(base_args(tmp_path, data, "--noautoanchor", epochs=epochs))
+    opt.img_size, opt.total_batch_size, opt.save_dir = opt.img_size[:2], opt.batch_size, str(tmp_path / "gone")
+    hyp = yaml.safe_load(HYP.read_text())
+    model = Model(str(CFG), nc=4)
+    ck = training_checkpoint(model, ModelEMA(model), build_optimizer(model, hyp, adam=False), epoch, 0.01, hyp,
+                             vars(opt), ["a", "b", "c", "d"])
+    return save_checkpoint(ck, tmp_path / "Downloads" / "last.pt")
+
+
+def test_resume_of_copied_checkpoint_writes_only_into_a_run_folder(tmp_path):
+    """A checkpoint outside any run folder: the resumed run writes into a new run folder and says where."""
+    data = make_dataset(tmp_path, n_train=4, n_val=2)
+    ckpt = hand_checkpoint(tmp_path, data)
+    before = sorted(p.name for p in ckpt.parent.iterdir())
+    r = run_cli(["--resume", str(ckpt), "--project", str(tmp_path / "runs")])
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert sorted(p.name for p in ckpt.parent.iterdir()) == before, "resume wrote beside the copied checkpoint"
+    assert not (tmp_path / "results.csv").exists() and not (tmp_path / "weights").exists()
+    run = tmp_path / "runs" / "exp"
+    assert f"writing to {run}" in r.stdout + r.stderr
+    rows = read_csv(run / "results.csv")
+    assert [int(x[0]) for x in rows[1:]] == [1]
+    assert check_ckpt(run / "weights" / "last.pt")["epoch"] == 1
+
+
+def test_nonfinite_weights_after_last_step_are_never_saved(tmp_path, monkeypatch, capfd):
+    """The last optimizer step of epoch 1 makes the weights NaN: no NaN checkpoint, and the message is true."""
+    import train
+    data = make_dataset(tmp_path, n_train=4, n_val=2)
+    hyp = make_hyp(tmp_path, nbs=4)  # one optimizer step per batch, one batch per epoch
+    calls = {"n": 0}
+    orig = torch.optim.SGD.step
+
+    def poisoned(self, *a, **k):
+        out = orig(self, *a, **k)
+        calls["n"] += 1
+        if calls["n"] == 2:  # the last (only) step of epoch 1
+            with torch.no_grad():
+                self.param_groups[1]["params"][0].fill_(float("nan"))
+        return out
+
+    monkeypatch.setattr(torch.optim.SGD, "step", poisoned)
+    rc = train.main(base_args(tmp_path, data, "--noautoanchor", "--hyp", str(hyp), epochs=3))
+    err = capfd.readouterr().err
+    assert rc == 1 and calls["n"] == 2
+    run = tmp_path / "runs" / "exp"
+    assert check_ckpt(run / "weights" / "last.pt")["epoch"] == 0
+    check_ckpt(run / "weights" / "best.pt")
+    assert "non-finite weights after epoch 1" in err and f"{run / 'weights' / 'last.pt'} keeps epoch 0" in err
+    assert [r[0] for r in read_csv(run / "results.csv")[1:]] == ["0"]
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--epochs", "0"], "--epochs 0"), (["--epochs", "-3"], "--epochs -3"), (["--batch-size", "0"], "--batch-size 0"),
+    (["--img-size", "0"], "--img-size 0"), (["--workers", "-1"], "--workers -1"), (["--device", "5"], "--device"),
+    (["--freeze", "999"], "--freeze 999"), (["--weights", "missing.pth"], "missing.pth"),
+    (["--weights", "{nothing}"], "no backbone weights"),
+])
+def test_cli_errors_are_one_line(tmp_path, capfd, extra, needle):
+    """Bad arguments end in one 'train.py: error:' line naming the argument, exit != 0, no run folder left."""
+    import train
+    from utils.checkpoint import save_checkpoint
+    from utils.cli import run_cli as cli
+    data = make_dataset(tmp_path, n_train=2, n_val=1)
+    nothing = save_checkpoint({"state_dict": {"foo.weight": torch.zeros(2)}, "fused": False}, tmp_path / "m.pth")
+    args = base_args(tmp_path, data, "--noautoanchor", epochs=1)
+    args += [str(nothing) if a == "{nothing}" else a for a in extra]
+    capfd.readouterr()
+    rc = cli(train.main, args, prog="train.py")
+    err = capfd.readouterr().err.strip().splitlines()
+    assert rc != 0 and "Traceback" not in "\n".join(err)
+    assert err and err[-1].startswith("train.py: error:") and needle in err[-1], err[-3:]
+    assert not (tmp_path / "runs" / "exp").exists(), "a failed run left its run folder"
+
+
+def test_cli_error_through_main_script(tmp_path):
+    r = run_cli(["--epochs", "-3", "--device", "cpu"])
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == "train.py: error: --epochs -3: must be at least 1"
 
 
 def test_ddp_two_cpu_processes(tmp_path):

@@ -32,11 +32,6 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def is_main_process(rank: int | None = None) -> bool:
-    """Rank 0 or a single process (-1): the one that validates, logs and writes files."""
-    return (RANK if rank is None else rank) in (-1, 0)
-
-
 def init_distributed(device: torch.device, timeout_s: int = 1800) -> None:
     """Create the default process group for this torchrun rank: NCCL on CUDA, gloo on CPU.
 
@@ -56,15 +51,6 @@ def init_distributed(device: torch.device, timeout_s: int = 1800) -> None:
     else:
         backend = "gloo"
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
-
-
-def barrier(device: torch.device | None = None) -> None:
-    """Wait for every rank (no-op in a single process)."""
-    if is_distributed():
-        if device is not None and device.type == "cuda" and dist.get_backend() == "nccl":
-            dist.barrier(device_ids=[device.index or 0])
-        else:
-            dist.barrier()
 
 
 @contextlib.contextmanager

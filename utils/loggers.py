@@ -1,4 +1,5 @@
-"""Training logs: the per-epoch ``results.csv``, TensorBoard scalars, and the non-finite loss guard.
+"""Training logs: the per-epoch ``results.csv``, TensorBoard scalars, the non-finite loss guard, and
+:class:`TrainLog`, the one rank-aware object through which train.py reports (rank 0 writes, others stay quiet).
 
 ``results.csv`` has one header row and one row per finished epoch (epochs numbered from 0).
 Rows are appended and fsynced one at a time; a resumed run first drops every row of an epoch
@@ -10,9 +11,10 @@ import csv
 import math
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import torch
+from tqdm import tqdm
 
 from utils.general import LOGGER
 
@@ -26,7 +28,7 @@ RESULTS_HEADER = [
 
 
 class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN or infinite loss; the run stops and keeps the last good checkpoint."""
+    """Training produced a NaN or infinite loss or weights; the run stops (train.py says which checkpoint is good)."""
 
 
 def check_finite_loss(loss: torch.Tensor, loss_items: torch.Tensor, epoch: int, batch: int) -> None:
@@ -35,8 +37,8 @@ def check_finite_loss(loss: torch.Tensor, loss_items: torch.Tensor, epoch: int, 
         return
     items = ", ".join(f"{n}={float(v):.4g}" for n, v in zip(("box", "obj", "cls", "total"), loss_items.flatten()))
     raise NonFiniteLossError(
-        f"non-finite training loss at epoch {epoch}, batch {batch} ({items}). Stopping; last.pt keeps "
-        f"the last good epoch. Try a lower lr0 in --hyp, check the labels, or disable AMP.")
+        f"non-finite training loss at epoch {epoch}, batch {batch} ({items}); stopping. "
+        f"Try a lower lr0 in --hyp, check the labels, or disable AMP")
 
 
 class ResultsCSV:
@@ -116,3 +118,52 @@ class TBLogger:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+class TrainLog:
+    """What a training run reports, in one place: messages, progress bars, ``results.csv``, TensorBoard.
+
+    Built on every rank; only the main process (rank -1 or 0) prints or writes, so the training
+    code calls it unconditionally instead of guarding each call with ``if rank 0``.
+    """
+
+    def __init__(self, rank: int, save_dir: Optional[Path] = None):
+        self.main = rank in (-1, 0)
+        self.csv = ResultsCSV(save_dir / "results.csv") if self.main and save_dir is not None else None
+        self.tb: Optional[TBLogger] = None
+        self.save_dir = save_dir
+
+    def info(self, msg: str) -> None:
+        if self.main:
+            LOGGER.info(msg)
+
+    def warning(self, msg: str) -> None:
+        if self.main:
+            LOGGER.warning(msg)
+
+    def start(self, start_epoch: int) -> None:
+        """Open the logs for training from ``start_epoch`` (drops rows of epochs about to be trained again)."""
+        if self.main and self.save_dir is not None:
+            self.csv.start(start_epoch)
+            self.tb = TBLogger(self.save_dir)
+
+    def progress(self, iterable: Iterable, total: int) -> Iterable:
+        """A tqdm bar over ``iterable`` on the main process, the bare iterable elsewhere."""
+        if not self.main:
+            return iterable
+        return tqdm(iterable, total=total, bar_format="{l_bar}{bar:10}{r_bar}{bar:-10b}")
+
+    def describe(self, bar: Any, text: str) -> None:
+        if self.main and hasattr(bar, "set_description"):
+            bar.set_description(text)
+
+    def epoch(self, epoch: int, row: Sequence[float]) -> None:
+        """One finished epoch: the csv row (fsynced before any checkpoint of it) and the TensorBoard scalars."""
+        if self.csv is not None:
+            self.csv.append(epoch, row)
+        if self.tb is not None:
+            self.tb.log_scalars(dict(zip(RESULTS_HEADER[1:], row)), epoch)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()

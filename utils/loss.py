@@ -201,13 +201,18 @@ class ComputeLoss:
                 raise ValueError(f"loss: target image index {bmax} >= batch size {p[0].shape[0]}")
         return targets.to(p[0].device)
 
-    def __call__(self, p: Sequence[torch.Tensor], targets: torch.Tensor):
+    def assign(self, p: Sequence[torch.Tensor], targets: torch.Tensor,
+               imgs: Optional[torch.Tensor] = None) -> list[Level]:
+        """Positives per level; the plain loss takes every candidate (``imgs`` is not needed)."""
+        return self.find_positives(p, targets)
+
+    def __call__(self, p: Sequence[torch.Tensor], targets: torch.Tensor,
+                 imgs: Optional[torch.Tensor] = None):
+        """``(loss * batch_size, [box, obj, cls, total])`` for the positives :meth:`assign` picks."""
         targets = self._check(p, targets)
-        positives = self.find_positives(p, targets)
-        lbox, lobj, lcls = self._level_losses(p, targets, positives)
-        bs = p[0].shape[0]
+        lbox, lobj, lcls = self._level_losses(p, targets, self.assign(p, targets, imgs))
         loss = lbox + lobj + lcls
-        return loss * bs, torch.cat((lbox, lobj, lcls, loss)).detach()
+        return loss * p[0].shape[0], torch.cat((lbox, lobj, lcls, loss)).detach()
 
 
 class ComputeLossOTA(ComputeLoss):
@@ -216,17 +221,10 @@ class ComputeLossOTA(ComputeLoss):
     topk_iou = 10  # candidates whose IoUs are summed into dynamic k
     iou_weight = 3.0  # cost = class BCE + iou_weight * -log(IoU)
 
-    def __init__(self, model: nn.Module, autobalance: bool = False):
-        super().__init__(model, autobalance=autobalance)
-
-    def __call__(self, p: Sequence[torch.Tensor], targets: torch.Tensor,
-                 imgs: Optional[torch.Tensor] = None):
-        targets = self._check(p, targets)
-        positives = self.build_targets(p, targets, imgs)
-        lbox, lobj, lcls = self._level_losses(p, targets, positives)
-        bs = p[0].shape[0]
-        loss = lbox + lobj + lcls
-        return loss * bs, torch.cat((lbox, lobj, lcls, loss)).detach()
+    def assign(self, p: Sequence[torch.Tensor], targets: torch.Tensor,
+               imgs: Optional[torch.Tensor] = None) -> list[Level]:
+        """OTA positives (see :meth:`build_targets`)."""
+        return self.build_targets(p, targets, imgs)
 
     @torch.no_grad()
     def build_targets(self, p: Sequence[torch.Tensor], targets: torch.Tensor,
