@@ -508,6 +508,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     common.add_argument("--seed", type=int, default=0, help="seed of the train/val split")
     common.add_argument("--copy", action="store_true", help="always copy images (default: hard-link when possible)")
     common.add_argument("--overwrite", action="store_true", help="replace images/, labels/, data.yaml in --out")
+    common.add_argument("--verbose", action="store_true", help="show the full traceback of an error")
     v = sub.add_parser("voc", parents=[common], help="Pascal VOC xml -> YOLO")
     v.add_argument("--xml-dir", type=Path, required=True, help="folder with the .xml annotations")
     v.add_argument("--names", nargs="+", default=None, help="class order (default: sorted names found)")
@@ -524,6 +525,8 @@ def main(argv: Iterable[str] | None = None) -> int:
         else:
             res = convert_coco(a.json, a.img_dir, a.out, a.val, a.seed, a.keep_crowd, a.copy, a.overwrite)
     except (OSError, ValueError, RuntimeError) as e:
+        if a.verbose:
+            raise
         print(f"python -m utils.convert: error: {one_line(e)}", file=sys.stderr)
         return 1
     print(res.summary())

@@ -912,10 +912,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(description="Check a YOLO dataset yaml: every image and label of every split")
     ap.add_argument("--data", required=True, help="dataset yaml")
     ap.add_argument("--img-size", type=int, default=640, help="image size (reported)")
+    ap.add_argument("--verbose", action="store_true", help="show the full traceback of an error")
     args = ap.parse_args(argv)
     try:
         ok, lines = check_splits(args.data, args.img_size)
     except (DatasetConfigError, YamlError, FileNotFoundError) as e:
+        if args.verbose:
+            raise
         print(f"ERROR: {e}")
         return 1
     print("\n".join(lines))

@@ -310,6 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--n-val", type=int, default=DEFAULTS["n_val"])
     p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
     p.add_argument("--img-size", type=int, nargs=2, default=list(DEFAULTS["img_size"]), metavar=("MIN", "MAX"))
+    p.add_argument("--verbose", action="store_true", help="show the full traceback of an error")
     a = p.parse_args(argv)
     t0 = time.time()
     done = is_complete(a.out, a.n_train, a.n_val, a.seed, a.img_size)

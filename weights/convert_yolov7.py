@@ -33,7 +33,8 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
 import torch
 from torch import nn
 
-from utils.checkpoint import FORMAT, CheckpointError, load_checkpoint, save_checkpoint
+from utils.checkpoint import CORRUPT, FORMAT, CheckpointError, CorruptCheckpointError, load_checkpoint, save_checkpoint
+from utils.cli import fail, run_cli
 
 PICKLE_WARNING = """\
 WARNING: --trust-pickle: {src} is about to be unpickled with torch.load(weights_only=False).
@@ -42,18 +43,15 @@ WARNING: --trust-pickle: {src} is about to be unpickled with torch.load(weights_
   a source you trust (e.g. the official YOLOv7 release page) and whose checksum you checked.
   The converted output is a plain tensor checkpoint that loads safely from then on."""
 
-REFUSAL = """\
-{src}: refused: this file is not a plain tensor/data checkpoint ({why}).
-  Loading it would unpickle Python objects, which can run arbitrary code. Official YOLOv7 .pt
-  files are such pickles. If you trust where this file came from, convert it once with
-      python weights/convert_yolov7.py --src {src} --trust-pickle --out OUT.pt
-  and use OUT.pt from then on."""
-
 _YOLOV7_PACKAGES = ("models", "utils")
 
 
 class ConversionError(RuntimeError):
-    """The source cannot be converted (message says why)."""
+    """The source cannot be converted (message says why; ``details`` holds a longer report, if any)."""
+
+    def __init__(self, message: str, details: str = ""):
+        super().__init__(message)
+        self.details = details
 
 
 # --------------------------------------------------------------------------- trusted unpickling
@@ -97,7 +95,8 @@ def load_trusted_pickle(path: Union[str, Path]) -> Any:
 
 
 # --------------------------------------------------------------------------- extraction
-def extract_yolov7(ckpt: Any, src: str = "checkpoint") -> tuple[dict[str, torch.Tensor], Optional[dict], Optional[list]]:
+def extract_yolov7(ckpt: Any, src: str = "checkpoint"
+                   ) -> tuple[dict[str, torch.Tensor], Optional[dict], Optional[list]]:
     """(float32 state dict, yaml dict or None, names or None) from a YOLOv7 checkpoint.
 
     Takes ``ema`` when present, else ``model``; either may be a module or a state dict.
@@ -181,8 +180,9 @@ def convert_yolov7(ckpt: Any, cfg: Union[str, Path, dict, None] = None, nc: Opti
     rep = match_state_dict(sd, model)
     if (rep["mismatched"] or rep["missing"]) and not partial:
         raise ConversionError(f"{src}: the tensors do not fit the model built from "
-                              f"{cfg if not isinstance(cfg, dict) else 'the checkpoint yaml'}:\n"
-                              f"{format_report(rep)}\n(pass --partial to write the matching part anyway)")
+                              f"{cfg if not isinstance(cfg, dict) else 'the checkpoint yaml'} "
+                              f"({len(rep['mismatched'])} of other shape, {len(rep['missing'])} missing; "
+                              f"pass --partial to write the matching part anyway)", format_report(rep))
     model.load_state_dict({k: sd[k] for k in rep["loaded"]}, strict=False)
     nc = int(model.yaml["nc"])
     if not names or len(names) != nc:
@@ -211,39 +211,52 @@ def parse_opt(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--nc", type=int, default=None, help="number of classes (default: from the checkpoint)")
     p.add_argument("--out", default=None, help="output (default: <src stem>-converted.pt next to it)")
     p.add_argument("--partial", action="store_true", help="write even if some tensors do not fit the model")
+    p.add_argument("--verbose", action="store_true", help="show the full traceback of an error")
     return p.parse_args(argv)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def read_source(src: Path, trust_pickle: bool) -> Any:
+    """The source checkpoint: plain data when possible, else (only with ``--trust-pickle``) unpickled.
+
+    A damaged file (empty, cut short, random bytes) is reported as such, never as a pickle to trust.
+    """
+    if not src.is_file():
+        fail(f"{src}: file not found" if not src.exists() else f"{src}: not a regular file")
+    try:
+        return load_checkpoint(src)  # plain data: no pickle trust needed
+    except CorruptCheckpointError:
+        raise  # "not a readable checkpoint (truncated/corrupt)": --trust-pickle would not help
+    except CheckpointError:
+        if not trust_pickle:
+            raise  # refused: holds pickled objects; the message says how to convert a trusted file
+    print(PICKLE_WARNING.format(src=src), file=sys.stderr)
+    try:
+        return load_trusted_pickle(src)
+    except Exception as e:  # noqa: BLE001  any unpickling failure: report and stop
+        msg = " ".join(str(e).split())[:200]
+        fail(f"{src}: {CORRUPT}: unpickling failed ({type(e).__name__}: {msg})")
+
+
+def _main(argv: Optional[list[str]] = None) -> int:
     opt = parse_opt(argv)
     src = Path(opt.src)
     out = Path(opt.out) if opt.out else src.with_name(src.stem + "-converted.pt")
-    if not src.is_file():
-        print(f"convert_yolov7: error: {src}: file not found", file=sys.stderr)
-        return 2
-    try:
-        ckpt = load_checkpoint(src)  # plain data: no pickle trust needed
-    except CheckpointError as e:
-        cause = e.__cause__
-        why = f"{type(cause).__name__}" if cause is not None else "not loadable with weights_only=True"
-        if not opt.trust_pickle:
-            print(REFUSAL.format(src=src, why=why), file=sys.stderr)
-            return 2
-        print(PICKLE_WARNING.format(src=src), file=sys.stderr)
-        try:
-            ckpt = load_trusted_pickle(src)
-        except Exception as e2:  # noqa: BLE001  any unpickling failure: report and stop
-            print(f"convert_yolov7: error: {src}: could not unpickle ({type(e2).__name__}: {e2})", file=sys.stderr)
-            return 2
+    ckpt = read_source(src, opt.trust_pickle)
     try:
         new, rep = convert_yolov7(ckpt, opt.cfg, nc=opt.nc, partial=opt.partial, src=str(src))
-    except (ConversionError, ValueError, KeyError) as e:
-        print(f"convert_yolov7: error: {e}", file=sys.stderr)
-        return 2
+    except ConversionError as e:
+        if e.details:
+            print(e.details)
+        raise
     print(format_report(rep))
-    save_checkpoint(new, out)
+    save_checkpoint(new, out)  # atomic: a failed write keeps any old file and names the path
     print(f"wrote {out} ({len(new['state_dict'])} tensors, nc={new['nc']}, training checkpoint format)")
     return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """CLI entry: one ``convert_yolov7.py: error: ...`` line and exit 2 for a bad source or flag."""
+    return run_cli(_main, argv, prog="convert_yolov7.py")
 
 
 if __name__ == "__main__":
