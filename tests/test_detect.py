@@ -11,6 +11,7 @@ import pytest
 from deploy_utils import NAMES, count_frames, make_checkpoint, make_image, make_video
 
 import detect
+from utils.cli import run_cli
 
 CONF = 0.3  # the test model's confidences lie around 0.25-0.4 (see deploy_utils)
 
@@ -141,10 +142,27 @@ def test_stream_source_detection():
     assert not detect._is_stream("images/") and not detect._is_stream("a.jpg")
 
 
-def test_cli_errors_are_reported(ckpt, tmp_path):
-    assert detect.main(["--weights", str(tmp_path / "missing.pt"), "--source", str(tmp_path)]) == 1
-    assert detect.main(["--weights", str(ckpt), "--source", str(tmp_path / "nothing_here"),
-                        "--project", str(tmp_path / "r")]) == 1
+def test_cli_errors_are_reported(ckpt, tmp_path, capsys):
+    """Each user error ends in one ``detect.py: error:`` line naming the file, exit 2, no traceback."""
+    def cli(*argv: str) -> tuple[int, str]:
+        rc = run_cli(detect.main, list(argv), prog="detect.py")
+        err = capsys.readouterr().err
+        errors = [ln for ln in err.splitlines() if ln.startswith("detect.py: error:")]
+        assert len(errors) == 1 and "Traceback" not in err, err
+        return rc, errors[0]
+
+    rc, err = cli("--weights", str(tmp_path / "missing.pt"), "--source", str(tmp_path))
+    assert rc == 2 and "missing.pt" in err
+    rc, err = cli("--weights", str(ckpt), "--source", str(tmp_path / "nothing_here"), "--project", str(tmp_path / "r"))
+    assert rc == 2 and "nothing_here" in err
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not onnx")
+    rc, err = cli("--weights", str(bad), "--source", str(tmp_path))
+    assert rc == 2 and "bad.onnx" in err
+    for flag, value in (("--img-size", "0"), ("--threads", "0"), ("--conf-thres", "2")):
+        rc, err = cli("--weights", str(ckpt), "--source", str(tmp_path), flag, value)
+        assert rc == 2 and flag in err, (flag, err)
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
 
 
 def test_stream_branch_on_a_video_file(ckpt, tmp_path, monkeypatch):
