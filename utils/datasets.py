@@ -840,6 +840,40 @@ class LoadImagesAndLabels(Dataset):
             lb[:, 0] = i
         return torch.stack(img, 0), torch.cat(label, 0), path, shapes
 
+    @staticmethod
+    def collate_fn4(batch):
+        """YOLOv7's ``--quad`` collate: every 4 images become one image of twice the size.
+
+        Per group, with probability 0.5 the first image is upsampled 2x (bilinear), else the four
+        are tiled 2x2 (0 top-left, 1 bottom-left, 2 top-right, 3 bottom-right) and their
+        normalised xywh targets moved and halved to match. Images beyond a multiple of 4 are
+        dropped (as YOLOv7); a batch of fewer than 4 upsamples each image. Train with the loss x4.
+        """
+        import torch.nn.functional as F
+
+        img, label, path, shapes = zip(*batch)
+        groups = [[i] for i in range(len(img))] if len(img) < 4 else [[i, i + 1, i + 2, i + 3]
+                                                                       for i in range(0, len(img) - 3, 4)]
+        ho = torch.tensor([[0.0, 0, 0, 1, 0, 0]])  # one image height down
+        wo = torch.tensor([[0.0, 0, 1, 0, 0, 0]])  # one image width right
+        s = torch.tensor([[1.0, 1, 0.5, 0.5, 0.5, 0.5]])
+        img4, label4 = [], []
+        for g in groups:
+            i = g[0]
+            if len(g) == 1 or random.random() < 0.5:
+                up = F.interpolate(img[i][None].float(), scale_factor=2.0, mode="bilinear", align_corners=False)[0]
+                im = up.round().clamp(0, 255).to(img[i].dtype) if not img[i].is_floating_point() else up
+                lb = label[i].clone()
+            else:
+                im = torch.cat((torch.cat((img[i], img[i + 1]), 1), torch.cat((img[i + 2], img[i + 3]), 1)), 2)
+                lb = torch.cat((label[i], label[i + 1] + ho, label[i + 2] + wo, label[i + 3] + ho + wo), 0) * s
+            img4.append(im)
+            label4.append(lb)
+        for j, lb in enumerate(label4):
+            lb[:, 0] = j
+        return (torch.stack(img4, 0), torch.cat(label4, 0), tuple(path[g[0]] for g in groups),
+                tuple(shapes[g[0]] for g in groups))
+
 
 collate_fn = LoadImagesAndLabels.collate_fn
 

@@ -238,6 +238,8 @@ def plot_evolve(evolve_txt: PathLike, out: Optional[PathLike] = None, keys: Opti
         ax.tick_params(labelsize=7)
         if i % cols:
             ax.set_yticks([])
+        else:
+            ax.set_ylabel("fitness", fontsize=8)
     return _save_figure(fig, Path(out) if out else Path(evolve_txt).with_name("evolve.png"), dpi=150)
 
 

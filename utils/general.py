@@ -135,6 +135,28 @@ def labels_to_class_weights(labels: Sequence[np.ndarray], nc: int = 80) -> torch
     return torch.from_numpy(weights).float()
 
 
+def labels_to_image_weights(labels: Sequence[np.ndarray], nc: int = 80,
+                            class_weights: Union[np.ndarray, torch.Tensor, None] = None) -> np.ndarray:
+    """Sampling weight per image (YOLOv7's ``--image-weights``): sum over its labels of their class weight.
+
+    ``labels``: per image (n, 5) arrays [cls, ...]; ``class_weights``: (nc,) weights (default 1 each).
+    An image without labels weighs 0. Use with ``random.choices(range(n), weights=w, k=n)``.
+    """
+    cw = np.ones(nc) if class_weights is None else np.asarray(
+        class_weights.detach().cpu() if torch.is_tensor(class_weights) else class_weights, dtype=np.float64)
+    if cw.shape != (nc,):
+        raise ValueError(f"class_weights must hold nc={nc} values, got shape {tuple(cw.shape)}")
+    counts = np.zeros((len(labels), nc))
+    for i, lb in enumerate(labels):
+        lb = np.asarray(lb)
+        cls = lb.reshape(-1, lb.shape[-1])[:, 0].astype(int) if lb.size else np.zeros(0, int)
+        if cls.size and (cls.min() < 0 or cls.max() >= nc):
+            raise ValueError(f"image {i}: label class {int(cls.max() if cls.max() >= nc else cls.min())} "
+                             f"outside 0-{nc - 1}")
+        counts[i] = np.bincount(cls, minlength=nc)
+    return (counts * cw.reshape(1, nc)).sum(1)
+
+
 def coco80_to_coco91_class() -> list[int]:
     """Map contiguous COCO class index (0..79) to the official COCO category id (1..90)."""
     return [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25,
