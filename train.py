@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import shutil
 import sys
 import time
@@ -40,6 +41,7 @@ ROOT = FILE.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import utils.evolve as evo  # noqa: E402
 import utils.loss  # noqa: E402  (module attribute lookups: tests may wrap the loss classes)
 from models.experimental import attempt_load  # noqa: E402
 from models.yolo import Model  # noqa: E402
@@ -67,12 +69,14 @@ from utils.general import (  # noqa: E402
     increment_path,
     init_seeds,
     labels_to_class_weights,
+    labels_to_image_weights,
     set_logging,
 )
 from utils.hyp import load_hyp  # noqa: E402,F401  (train.load_hyp: kept importable)
 from utils.loggers import NonFiniteLossError, TrainLog, check_finite_loss  # noqa: E402
 from utils.metrics import fitness  # noqa: E402
 from utils.plots import plot_images, plot_labels, plot_results, safe_plot  # noqa: E402
+from utils.runs import find_resume_checkpoint, resume_candidates, resume_save_dir  # noqa: E402
 from utils.torch_utils import ModelEMA, de_parallel, float_state_dict, intersect_dicts, select_device  # noqa: E402
 from utils.train_steps import (  # noqa: E402,F401
     EMA_ATTRS,
@@ -130,6 +134,7 @@ class Run:
     best_fitness: Optional[float] = None
     good: Optional[tuple] = None  # (path, epoch) of the newest finite checkpoint of this run
     results: tuple = (0.0,) * 7
+    maps: Any = None  # per-class mAP@.5:.95 of the last validation (for --image-weights)
     bn_batches: Optional[deque] = None
 
     @property
@@ -252,13 +257,15 @@ def build_loaders(run: Run) -> None:
     run.loader, run.dataset = create_dataloader(  # rank 0 builds the label cache first, the others wait
         run.data["train"], run.imgsz, opt.batch_size, run.gs, single_cls=opt.single_cls, hyp=loader_hyp(run.hyp),
         augment=True, cache=opt.cache_images, rect=opt.rect, rank=RANK, workers=opt.workers,
-        prefix=colorstr("train: "), shuffle=True, seed=opt.seed, nc=run.nc, **quad_kwargs(opt))
+        prefix=colorstr("train: "), shuffle=True, seed=opt.seed, nc=run.nc)
     labels = run.dataset.labels
     labels_all = np.concatenate([lb for lb in labels if len(lb)], 0) if any(len(lb) for lb in labels) \
         else np.zeros((0, 5))
     if len(labels_all) and int(labels_all[:, 0].max()) >= run.nc:
         raise UserError(f"{opt.data}: label class {int(labels_all[:, 0].max())} exceeds nc={run.nc} "
                         f"(possible class labels are 0-{run.nc - 1})")
+    if opt.quad:  # YOLOv7's quad collate: groups of 4 images become one of twice the size (loss x4)
+        run.loader.collate_fn = type(run.dataset).collate_fn4
     run.nb = len(run.loader)
     require(run.nb > 0, f"{opt.data}: no training batches: {run.data['train']} holds no usable images")
     if not run.log.main:
@@ -274,16 +281,6 @@ def build_loaders(run: Run) -> None:
             det = model.model[-1]  # new anchors: also into the yaml saved as the checkpoint's 'cfg'
             model.yaml["anchors"] = [[round(float(v), 2) for v in level.flatten()]
                                      for level in det.anchor_grid.detach().cpu().view(det.nl, -1, 2)]
-
-
-def quad_kwargs(opt: argparse.Namespace) -> dict:
-    """``--quad`` / ``--image-weights`` loader options (only passed when asked)."""
-    kw = {}
-    if opt.quad:
-        kw["quad"] = True
-    if opt.image_weights:
-        kw["image_weights"] = True
-    return kw
 
 
 def setup_ema_and_ddp(run: Run, ckpt: Optional[dict]) -> None:
@@ -316,6 +313,7 @@ def setup_loss(run: Run) -> None:
     hyp["label_smoothing"] = opt.label_smoothing
     m.nc, m.hyp, m.gr, m.names = run.nc, hyp, 1.0, run.names
     m.class_weights = labels_to_class_weights(run.dataset.labels, run.nc).to(run.device) * run.nc
+    run.maps = np.zeros(run.nc)
     run.compute_loss = utils.loss.ComputeLoss(m)
     run.compute_loss_ota = utils.loss.ComputeLossOTA(m) if bool(hyp.get("loss_ota", 1)) else None
     run.nw = warmup_iterations(hyp["warmup_epochs"], run.nb, opt.epochs)
@@ -349,6 +347,8 @@ def train_step(run: Run, imgs: torch.Tensor, targets: torch.Tensor, epoch: int, 
             loss, loss_items = run.compute_loss(pred, targets)
         if RANK != -1:
             loss = loss * WORLD_SIZE  # DDP averages gradients over ranks
+        if opt.quad:
+            loss = loss * 4.0
     nonfinite = torch.tensor([0.0 if bool(torch.isfinite(loss.detach()).all()) else 1.0], device=run.device)
     if bool(all_reduce_max(nonfinite).item()):
         check_finite_loss(loss.detach(), loss_items.detach(), epoch, i)
@@ -364,9 +364,27 @@ def train_step(run: Run, imgs: torch.Tensor, targets: torch.Tensor, epoch: int, 
     return loss_items.detach()
 
 
+def sample_images(run: Run) -> None:
+    """``--image-weights``: draw this epoch's images by class weight x (1 - class mAP)^2 (YOLOv7), same on all ranks."""
+    n = len(run.dataset)
+    indices = None
+    if run.log.main:
+        cw = de_parallel(run.model).class_weights.cpu().numpy() * (1 - run.maps) ** 2 / run.nc
+        iw = labels_to_image_weights(run.dataset.labels, nc=run.nc, class_weights=cw)
+        indices = random.choices(range(n), weights=iw, k=n) if iw.sum() > 0 else list(range(n))
+    if RANK != -1:
+        obj = [indices]
+        torch.distributed.broadcast_object_list(obj, src=0)
+        indices = obj[0]
+    run.dataset.indices = indices
+    run.loader._iterator = None  # persistent workers hold their own copy of the dataset: start fresh ones
+
+
 def train_one_epoch(run: Run, epoch: int) -> torch.Tensor:
     """One pass over the training loader; returns the mean (box, obj, cls, total) loss of the epoch."""
     run.model.train()
+    if run.opt.image_weights:
+        sample_images(run)
     if RANK != -1 and hasattr(run.loader.sampler, "set_epoch"):
         run.loader.sampler.set_epoch(epoch)
     mloss = torch.zeros(4, device=run.device)
@@ -398,7 +416,7 @@ def check_finite_weights(run: Run, epoch: int) -> None:
 
 def validate(run: Run, final: bool) -> tuple:
     """Evaluate the EMA model on the validation loader (with a progress bar; plots after the final epoch)."""
-    results, _, _ = run_test(
+    results, run.maps, _ = run_test(
         run.data, batch_size=run.opt.batch_size * 2, imgsz=run.imgsz_test, model=run.ema.ema,
         single_cls=run.opt.single_cls, dataloader=run.val_loader, save_dir=run.save_dir,
         verbose=False, plots=final, compute_loss=run.compute_loss, names=run.names,
@@ -429,16 +447,18 @@ def end_epoch(run: Run, epoch: int, mloss: torch.Tensor) -> None:
     if not run.log.main:
         return
     opt, final = run.opt, epoch + 1 == run.opt.epochs
+    testing, saving = not opt.notest or final, not opt.nosave or final
     check_finite_weights(run, epoch)
     run.ema.update_attr(de_parallel(run.model), include=EMA_ATTRS)
-    if run.bn_batches:  # recompute the EMA model's BatchNorm statistics (validated and saved as such)
+    if run.bn_batches and (testing or saving):  # EMA BatchNorm statistics of the model validated and saved
         update_bn_stats(run.ema.ema, run.bn_batches, run.device)
+    if run.bn_batches is not None:
         run.bn_batches.clear()
-    if not opt.notest or final:
+    if testing:
         run.results = validate(run, final)
     fi = float(fitness(np.array(run.results, dtype=np.float64).reshape(1, -1))[0])
     run.log.epoch(epoch, list(mloss[:3].cpu().numpy()) + list(run.results) + lr)  # row first: see ResultsCSV
-    if not opt.nosave or final:
+    if saving:
         save_checkpoints(run, epoch, fi)
 
 
@@ -461,7 +481,7 @@ def finish_run(run: Run, t0: float) -> tuple:
     safe_plot(plot_results, save_dir=run.save_dir)
     finish_checkpoints(run)
     final = run.results
-    if run.best.is_file():
+    if run.best.is_file() and run.opt.evolve is None:  # a generation of --evolve reports its last validation
         run.log.info(f"\nValidating {run.best}...")
         with quiet_logs():  # the layer table was printed when training started
             model = attempt_load(run.best, map_location=run.device, fuse=True)
@@ -600,35 +620,28 @@ def _repo_default(path: str) -> str:
     return path
 
 
-def find_resume_checkpoint(opt: argparse.Namespace) -> Path:
-    """The checkpoint ``--resume`` means: the given file (or the best.pt beside a missing last.pt),
-    else the newest last.pt (or best.pt where no last.pt is left) under --project."""
+def resume_checkpoint(opt: argparse.Namespace) -> Path:
+    """The checkpoint ``--resume`` means: the given file (else what is left beside it: last.pt, best.pt,
+    epoch_NNN.pt), or for a bare ``--resume`` the newest run's under --project (else runs/)."""
     if isinstance(opt.resume, str):
         path = Path(opt.resume)
         if path.is_file():
             return path
-        from utils.runs import resume_candidates
-        if path.is_dir():
-            path = path / "weights" if (path / "weights").is_dir() else path
-            found = resume_candidates(path)
-        else:
-            found = [path] if path.is_file() else resume_candidates(path.parent)
+        wdir = path / "weights" if (path / "weights").is_dir() else path if path.is_dir() else path.parent
+        found = resume_candidates(wdir)
         require(bool(found), f"--resume {opt.resume}: no checkpoint found "
                              f"(no such file, no last.pt or best.pt beside it)")
-        if found[0] != path:
-            print(f"--resume: {path} does not exist; resuming from {found[0]}")
+        print(f"--resume: {path} is not a checkpoint file; resuming from {found[0]}")
         return found[0]
-    from utils.runs import resume_candidates
     search = Path(opt.project) if Path(opt.project).is_dir() else Path("runs")
-    folders = {p.parent for p in search.rglob("*.pt") if p.parent.name == "weights"} if search.is_dir() else set()
-    found = [c for d in folders for c in resume_candidates(d)[:1]]
-    require(bool(found), f"--resume: no checkpoint found (no last.pt or best.pt under {search})")
-    return max(found, key=lambda p: p.stat().st_mtime)
+    found = find_resume_checkpoint(search)
+    require(found is not None, f"--resume: no checkpoint found (no last.pt or best.pt under {search})")
+    return found
 
 
 def prepare_resume(opt: argparse.Namespace) -> Optional[tuple[argparse.Namespace, dict]]:
     """The interrupted run's options and hyperparameters; None when it already finished."""
-    ckpt_path = find_resume_checkpoint(opt)
+    ckpt_path = resume_checkpoint(opt)
     ck = load_checkpoint(ckpt_path)
     saved = ck.get("opt")
     require(isinstance(saved, dict) and "epoch" in ck and isinstance(ck.get("hyp"), dict) and "epochs" in saved,
@@ -647,7 +660,6 @@ def prepare_resume(opt: argparse.Namespace) -> Optional[tuple[argparse.Namespace
     new.batch_size = int(saved.get("total_batch_size", new.batch_size))
     new.save_dir = None
     if RANK in (-1, 0):
-        from utils.runs import resume_save_dir
         new.save_dir = str(resume_save_dir(ckpt_path, ck, opt.project, opt.name))
         print(f"Resuming training from {ckpt_path}; writing to {new.save_dir}")
     return new, load_hyp(ck["hyp"], source=f"{ckpt_path}: hyp")
@@ -693,8 +705,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     set_logging(RANK)
     check_opt(opt)
     if opt.evolve is not None:
-        from utils.evolve_run import evolve
-        return evolve(opt, prepare_new(opt), train_fn=run_training)
+        return evolve(opt, prepare_new(opt))
     if opt.resume:
         prepared = prepare_resume(opt)
         if prepared is None:
@@ -720,6 +731,39 @@ def run_training(hyp: dict, opt: argparse.Namespace) -> int:
         raise
     finally:
         cleanup()
+    return 0
+
+
+def evolve(opt: argparse.Namespace, base: dict) -> int:
+    """YOLOv7's ``--evolve N``: N generations of mutate, train (``--notest --nosave``), append to evolve.txt.
+
+    Everything lives in ``--project/--name`` (reused, as YOLOv7 does, so running the command again
+    continues the same evolve.txt): evolve.txt (best first), hyp_evolved.yaml (the best so far),
+    evolve.png, and the latest generation's run in ``generation/``.
+    """
+    require(WORLD_SIZE == 1, "--evolve runs in a single process (not under torchrun)")
+    opt.notest, opt.nosave = True, True
+    folder = Path(opt.project) / opt.name
+    folder.mkdir(parents=True, exist_ok=True)
+    evolve_txt, out_yaml = folder / "evolve.txt", folder / "hyp_evolved.yaml"
+    device, rng = setup_device(opt), np.random.default_rng()
+    for g in range(opt.evolve):
+        hyp = evo.next_hyp(base, evolve_txt, rng)
+        gen_opt = argparse.Namespace(**{**vars(opt), "save_dir": str(folder / "generation")})
+        try:
+            results = train(dict(hyp), gen_opt, device)
+        except NonFiniteLossError as e:  # a diverged generation is the least fit, not the end of the evolution
+            LOGGER.warning(f"WARNING: generation {g + 1}: {e}; counted with zero fitness")
+            results = (0.0,) * 7
+        table = evo.append_evolve(evolve_txt, hyp, results)
+        best, best_results = evo.best_hyp(table, base)
+        evo.write_evolved_yaml(out_yaml, best, best_results, len(table.rows))
+        LOGGER.info(f"{colorstr('evolve:')} generation {g + 1}/{opt.evolve} done; {len(table.rows)} rows in "
+                    f"{evolve_txt}, best so far in {out_yaml}")
+    safe_plot(evo.plot_evolve, evolve_txt)
+    cleanup()
+    print(f"Hyperparameter evolution complete. Best results saved as: {out_yaml}\n"
+          f"Train with: python train.py --hyp {out_yaml}")
     return 0
 
 

@@ -3,6 +3,7 @@ the NaN guard, 2-process CPU DDP (torchrun), and (slow) overfitting a few images
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import signal
 import subprocess
@@ -55,6 +56,14 @@ def run_cli(args: list[str], timeout: float = 600, module: list[str] | None = No
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, *(module or [str(ROOT / "train.py")]), *args]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def log_to_current_stderr() -> None:
+    """Point the project logger at this test's stderr (in-process runs: an earlier test's capture is closed)."""
+    from utils.general import LOGGER
+    for h in LOGGER.handlers:
+        if isinstance(h, logging.StreamHandler):
+            h.setStream(sys.stderr)
 
 
 def read_csv(path: Path) -> list[list[str]]:
@@ -236,10 +245,11 @@ def test_pretrained_transfer_and_freeze(tmp_path, capfd):
     from utils.checkpoint import save_checkpoint
     data = make_dataset(tmp_path, n_train=4, n_val=2)
     src = Model(str(CFG), nc=80)  # different nc: the head's class channels cannot transfer
-    save_checkpoint({"cfg": src.yaml, "state_dict": src.state_dict(), "ema": None, "nc": 80,
-                     "names": [str(i) for i in range(80)], "fused": False}, tmp_path / "src.pth")  # any suffix: a checkpoint is a checkpoint
+    save_checkpoint({  # a .pth name: any suffix loads
+                     "cfg": src.yaml, "state_dict": src.state_dict(), "ema": None, "nc": 80,
+                     "names": [str(i) for i in range(80)], "fused": False}, tmp_path / "src.pth")
     r = run_cli(base_args(tmp_path, data, "--noautoanchor", "--notest", "--weights", str(tmp_path / "src.pth"),
-                          "--freeze", "3", epochs=1))
+                          "--freeze", "3", "--quad", epochs=1))  # --quad: YOLOv7's 4-image collate
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = r.stdout + r.stderr
     assert "Transferred" in out and "skipped" in out and "Frozen" in out
@@ -259,8 +269,9 @@ def hand_checkpoint(tmp_path: Path, data: Path, epoch: int = 0, epochs: int = 2)
     opt.img_size, opt.total_batch_size, opt.save_dir = opt.img_size[:2], opt.batch_size, str(tmp_path / "gone")
     hyp = yaml.safe_load(HYP.read_text())
     model = Model(str(CFG), nc=4)
-    ck = training_checkpoint(model, ModelEMA(model), build_optimizer(model, hyp, adam=False), epoch, 0.01, hyp,
-                             vars(opt), ["a", "b", "c", "d"])
+    optimizer = build_optimizer(model, hyp, adam=False)
+    torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: 1.0)  # records 'initial_lr', as in train.py
+    ck = training_checkpoint(model, ModelEMA(model), optimizer, epoch, 0.01, hyp, vars(opt), ["a", "b", "c", "d"])
     return save_checkpoint(ck, tmp_path / "Downloads" / "last.pt")
 
 
@@ -297,6 +308,7 @@ def test_nonfinite_weights_after_last_step_are_never_saved(tmp_path, monkeypatch
         return out
 
     monkeypatch.setattr(torch.optim.SGD, "step", poisoned)
+    log_to_current_stderr()
     rc = train.main(base_args(tmp_path, data, "--noautoanchor", "--hyp", str(hyp), epochs=3))
     err = capfd.readouterr().err
     assert rc == 1 and calls["n"] == 2
@@ -323,6 +335,7 @@ def test_cli_errors_are_one_line(tmp_path, capfd, extra, needle):
     args = base_args(tmp_path, data, "--noautoanchor", epochs=1)
     args += [str(nothing) if a == "{nothing}" else a for a in extra]
     capfd.readouterr()
+    log_to_current_stderr()
     rc = cli(train.main, args, prog="train.py")
     err = capfd.readouterr().err.strip().splitlines()
     assert rc != 0 and "Traceback" not in "\n".join(err)
@@ -336,9 +349,35 @@ def test_cli_error_through_main_script(tmp_path):
     assert r.stderr.strip().splitlines()[-1] == "train.py: error: --epochs -3: must be at least 1"
 
 
+def test_evolve_two_generations(tmp_path):
+    """--evolve 2: two 1-epoch generations on CPU; evolve.txt has both rows, hyp_evolved.yaml loads as a --hyp."""
+    from utils.hyp import load_hyp
+    data = make_dataset(tmp_path, n_train=4, n_val=2, size=(64, 64))
+    r = run_cli(base_args(tmp_path, data, "--noautoanchor", "--evolve", "2", "--precise-bn", "0", epochs=1, img=64))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    folder = tmp_path / "runs" / "exp"
+    rows = [ln for ln in (folder / "evolve.txt").read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    assert len(rows) == 2, rows
+    hyp = load_hyp(folder / "hyp_evolved.yaml")
+    assert 1e-5 <= hyp["lr0"] <= 0.1
+    assert (folder / "evolve.png").is_file() and "Hyperparameter evolution complete" in r.stdout
+
+
+def test_yolov7_flags_accepted(tmp_path):
+    """YOLOv7's service flags and --local_rank parse; --help lists defaults; bare --cache-images means ram."""
+    import train
+    opt = train.parse_opt(["--local_rank", "0", "--entity", "me", "--bucket", "b", "--upload_dataset",
+                           "--bbox_interval", "5", "--artifact_alias", "v1", "--cache-images", "--quad",
+                           "--image-weights", "--v5-metric", "--sync-bn"])
+    assert opt.local_rank == 0 and opt.cache_images == "ram" and opt.quad and opt.image_weights and opt.v5_metric
+    assert train.parse_opt(["--local-rank=1", "--cache-images", "disk"]).cache_images == "disk"
+    r = run_cli(["--help"])
+    assert r.returncode == 0 and "(default: 30)" in r.stdout and "(default: runs/train)" in r.stdout
+
+
 def test_ddp_two_cpu_processes(tmp_path):
     data = make_dataset(tmp_path)
-    args = base_args(tmp_path, data, "--noautoanchor", epochs=1, batch=4)
+    args = base_args(tmp_path, data, "--noautoanchor", "--image-weights", epochs=1, batch=4)
     r = run_cli(args, module=["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                               str(ROOT / "train.py")])
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
