@@ -7,7 +7,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from deploy_utils import NAMES, count_frames, make_checkpoint, make_image, make_video
 
 import detect
@@ -180,3 +179,95 @@ def test_augmented_inference(ckpt, folder, tmp_path):
     res = detect.run(weights=ckpt, source=folder / "a.jpg", img_size=128, conf_thres=CONF, augment=True,
                      nosave=True, project=tmp_path / "r", name="aug")
     assert res["images"] == 1 and str(folder / "a.jpg") in res["detections"]
+
+
+def _png_header(w: int, h: int) -> bytes:
+    """A tiny PNG whose header claims ``w`` x ``h`` (8-bit RGB); its pixel data is a stub."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + \
+        chunk(b"IEND", b"")
+
+
+@pytest.mark.timeout(300)
+def test_hostile_inputs_are_named_and_skipped(ckpt, folder, tmp_path):
+    """A fifo named .jpg (must not block), a truncated JPEG, a 20000x20000 PNG header and a missing list
+    entry are each reported and skipped; the good images in the same list are processed."""
+    import os
+
+    from utils.general import LOGGER
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    os.mkfifo(bad / "pipe.jpg")
+    full = (folder / "a.jpg").read_bytes()
+    (bad / "cut.jpg").write_bytes(full[: len(full) // 2])
+    assert cv2.imread(str(bad / "cut.jpg")) is not None  # OpenCV alone would grey-fill it silently
+    (bad / "huge.png").write_bytes(_png_header(20000, 20000))
+    lst = tmp_path / "list.txt"
+    lst.write_text(f"{folder / 'a.jpg'}\n{tmp_path / 'gone.jpg'}\n{bad}\n{folder / 'b.png'}\n")
+    assert not detect._is_stream(str(lst))
+    records = _Records()
+    LOGGER.addHandler(records)
+    try:
+        res = detect.run(weights=ckpt, source=lst, img_size=96, conf_thres=CONF, nosave=True,
+                         project=tmp_path / "r", name="hostile")
+    finally:
+        LOGGER.removeHandler(records)
+    assert sorted(Path(p).name for p in res["detections"]) == ["a.jpg", "b.png"] and res["images"] == 2
+    assert sorted(Path(p).name for p in res["skipped"]) == ["cut.jpg", "gone.jpg", "huge.png", "pipe.jpg"]
+    text = "\n".join(records.messages)
+    assert "named pipe" in text and "truncated" in text and "gone.jpg does not exist" in text
+    assert "huge.png" in text and ("too large" in text or "megapixel" in text)
+
+
+def test_sources_split_and_read(folder, tmp_path):
+    """utils.sources directly: per-line list split, stream detection, the pixel limit before decoding."""
+    from utils.datasets import ImageReadError
+    from utils.sources import LoadImages, read_source_image, split_sources
+
+    lst = tmp_path / "mixed.txt"
+    lst.write_text(f"{folder / 'a.jpg'}\n\nrtsp://example.com/live\n0\nmissing.png\n")
+    files, streams, problems = split_sources(lst)
+    assert files == [str(folder / "a.jpg")] and streams == ["rtsp://example.com/live", "0"]
+    assert problems == [("missing.png", f"{lst}:5: missing.png does not exist; skipped")]
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(_png_header(20000, 20000))
+    with pytest.raises(ImageReadError, match="huge.png"):
+        read_source_image(str(huge))
+    assert read_source_image(str(folder / "a.jpg")).shape == (120, 150, 3)
+    ds = LoadImages(folder, img_size=64)
+    assert [Path(p).name for p, *_ in ds] == ["a.jpg", "b.png"] and list(ds.skipped) == [str(folder / "corrupt.jpg")]
+
+
+def test_yolov7_flags_ensemble_no_trace_update(ckpt, folder, tmp_path, capsys):
+    """Several --weights = one ensemble (same model twice: NMS leaves the single model's boxes);
+    --no-trace is accepted; --update strips the optimizer state (fp16 weights: a smaller file)."""
+    import shutil
+
+    from models.experimental import attempt_load
+    from utils.checkpoint import load_checkpoint
+
+    w = tmp_path / "copy.pt"
+    shutil.copy(ckpt, w)
+    size0 = w.stat().st_size
+    img = folder / "a.jpg"
+    common = ["--source", str(img), "--img-size", "128", "--conf-thres", str(CONF), "--save-txt", "--nosave",
+              "--project", str(tmp_path / "r")]
+    assert detect.main(["--weights", str(ckpt), "--name", "one", *common]) == 0
+    assert detect.main(["--weights", str(w), str(ckpt), "--name", "two", "--no-trace", "--update",
+                        "--threads", "1", *common]) == 0
+    one = np.loadtxt(tmp_path / "r" / "one" / "labels" / "a.txt", ndmin=2)
+    two = np.loadtxt(tmp_path / "r" / "two" / "labels" / "a.txt", ndmin=2)
+    one, two = one[np.lexsort(one.T[::-1])], two[np.lexsort(two.T[::-1])]  # equal-score rows may swap
+    assert len(one) > 0 and one.shape == two.shape and np.abs(one - two).max() < 1e-6
+    assert w.stat().st_size < 0.7 * size0 and load_checkpoint(w).get("optimizer") is None
+    assert attempt_load(w).nc == len(NAMES)
+    with pytest.raises(SystemExit):
+        detect.parse_opt(["--help"])
+    assert "(default: 0.25)" in capsys.readouterr().out

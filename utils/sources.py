@@ -61,8 +61,8 @@ def is_stream(source: str) -> bool:
     return False
 
 
-def split_sources(txt: Union[str, Path]) -> tuple[list[str], list[str], list[str]]:
-    """(local paths, streams, problems) of a .txt list, one entry per line.
+def split_sources(txt: Union[str, Path]) -> tuple[list[str], list[str], list[tuple[str, str]]]:
+    """(local paths, streams, problems as (entry, message)) of a .txt list, one entry per line.
 
     Local entries may be files, folders or globs (relative ones are taken from the working
     folder, then from the list's folder); a missing one becomes a problem line and is left out.
@@ -78,7 +78,7 @@ def split_sources(txt: Union[str, Path]) -> tuple[list[str], list[str], list[str
         if any(ch in s for ch in "*?[") or os.path.lexists(p):
             files.append(str(p))
         else:
-            problems.append(f"{txt}:{ln}: {s} does not exist; skipped")
+            problems.append((s, f"{txt}:{ln}: {s} does not exist; skipped"))
     return files, streams, problems
 
 
