@@ -1,53 +1,59 @@
-"""Export a trained detector as fused weights, TorchScript and ONNX, each checked against PyTorch.
+"""Export a trained detector (fused weights, TorchScript, ONNX, OpenVINO, NCNN, INT8), each file checked.
 
 Usage:
     python export.py --weights best.pt                          # torchscript + onnx + fused (default)
-    python export.py --weights best.pt --include fused          # -> best-fused.pt
+    python export.py --weights best.pt --include onnx openvino ncnn
+    python export.py --weights best.pt --include onnx openvino --int8 --data data/my.yaml
     python export.py --weights best.pt --include onnx --dynamic --simplify
     python export.py --weights best.pt --include onnx --end2end --topk-all 100 --conf-thres 0.25
+    python export.py --weights best.pt --include onnx --end2end --max-wh 640   # YOLOv7's ORT (N, 7) output
 
-Outputs are written beside the weights: ``best-fused.pt``, ``best.torchscript.pt``, ``best.onnx``.
+Outputs are written beside the weights: ``best-fused.pt``, ``best.torchscript.pt``, ``best.onnx``,
+``best-int8.onnx``, ``best_openvino_model/``, ``best_int8_openvino_model/``, ``best_ncnn_model/``.
+Every file carries the class names, stride and image size it needs to be used alone (ONNX
+metadata, TorchScript ``config.txt``, ``metadata.yaml`` in folders) and is written atomically:
+it appears at its final path complete, or not at all.
 
 Every artefact is made from the *fused* model (MobileOne, RepConv, Conv+BN and the IDetect
-implicit layers re-parameterized). Nothing is trusted blindly:
+implicit layers re-parameterized) and checked before it is put in place:
 
-* fusing: parameters and GFLOPs are printed before and after, and the decoded predictions of the
-  unfused and fused model are compared on the same image (``--source`` image, else a seeded
-  random image); the fused checkpoint is then re-loaded from disk and compared again;
-* TorchScript: the saved file is re-loaded with ``torch.jit.load`` and run on the same input;
-* ONNX: ``onnx.checker`` must pass, then ONNX Runtime (CPU) runs the file on the same input; with
-  ``--dynamic`` it is also run at a second batch size and image size.
+* fusing: the decoded predictions of the unfused and fused model are compared on the same image
+  (``--source``, else the first val image of ``--data``, else a seeded random image);
+* fp32 files (TorchScript, ONNX, OpenVINO, NCNN) are loaded by ``models/backend.py`` and their
+  output compared with PyTorch's: ``max |a - b| / max |a|`` must not exceed ``--rtol`` (1e-3: the
+  network's own float32 rounding noise is ~1e-4 by this measure, real faults give 1e-2 and more);
+  ``--fp16`` files get 1e-2;
+* INT8 files (``--int8``) cannot match to a tolerance; they are checked by detection agreement
+  with PyTorch on val images and by mAP@.5 on ``--data``'s val split (test.py): a drop beyond
+  ``--int8-max-drop`` points fails the export and removes the file.
 
-The error reported for each output tensor is ``max |a - b| / max |a|`` (a = PyTorch, b = the
-artefact); beyond ``--rtol`` (default 1e-3) the export fails with a non-zero exit status. Why 1e-3:
-the float32 rounding noise of the network itself is ~1e-4 by this measure (float32 vs float64 of
-the same unfused model: 2e-5 to 1.2e-4 on random-weight yolov7-tiny-ms0 at 128-320 px), and
-fusing or ONNX Runtime's kernels reorder the arithmetic, so 1e-4 would fail on rounding alone,
-while real faults (a wrong BatchNorm eps, a missed branch) give errors of 1e-2 and more.
+INT8: post-training static quantization calibrated on ``--calib-images`` train images of ``--data``
+(letterboxed as at inference); ONNX Runtime QDQ with per-channel weights for ONNX, NNCF for
+OpenVINO. The decode tail after the head's last convs stays in float (see utils/quantize.py).
 
-Output layout:
-* default (``--grid``, on): one tensor ``output`` (B, N, 5 + nc) = pixel (cx, cy, w, h),
-  objectness, class scores, i.e. the decoded predictions that ``non_max_suppression`` and
-  ``detect.py`` take. ``--no-grid`` exports the raw per-level head outputs ``output0..`` of shape
-  (B, na, ny, nx, 5 + nc) (YOLOv7's export without ``--grid``) for custom decoders.
-* ``--end2end`` (ONNX only): NMS inside the graph with the standard ONNX ``NonMaxSuppression``
-  op (runs in ONNX Runtime without plugins). Outputs ``num_dets`` (B, 1) int32, ``det_boxes``
-  (B, topk, 4) float32 pixel xyxy, ``det_scores`` (B, topk), ``det_classes`` (B, topk) int32;
-  rows past ``num_dets`` are padded with 0 (boxes, scores) and -1 (classes). Score = objectness
-  x class score (objectness alone for one-class models), one best class per box, class-aware NMS:
-  the same boxes as ``non_max_suppression(pred, conf_thres, iou_thres, max_det=topk_all)``.
-  The top-k size is fixed at export (``min(topk_all, N)``); a ``--dynamic`` end2end graph therefore
-  needs inputs with at least that many candidates (N = 63 * h * w / 1024 for three levels of 3
-  anchors: 100 needs about 40x40 pixels).
+Output layouts (ONNX; other formats give the decoded predictions):
+* default (``--grid``): ``output`` (B, N, 5 + nc) = pixel (cx, cy, w, h), objectness, class scores;
+  ``--no-grid``: raw per-level head outputs ``output0..`` (B, na, ny, nx, 5 + nc).
+* ``--end2end``: NMS in the graph (standard ``NonMaxSuppression`` op, runs in ONNX Runtime):
+  ``num_dets`` (B, 1) int32, ``det_boxes`` (B, topk, 4) pixel xyxy, ``det_scores`` (B, topk),
+  ``det_classes`` (B, topk) int32, padded with 0 / -1; score = obj * cls, class-aware NMS.
+  With ``--max-wh N`` (YOLOv7's ONNX Runtime variant): one ``output`` (K, 7) of rows
+  [batch_id, x0, y0, x1, y1, cls, score], classes offset by N pixels for class-aware NMS.
+* ``--include-nms``: ``boxes`` (B, N, 4) pixel xyxy and ``scores`` (B, N, nc) = obj * cls, the
+  inputs of an external NMS (TensorRT/DeepStream NMS plugins), as YOLOv7's include_nms head.
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import json
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -61,12 +67,17 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from models.experimental import attempt_load, fused_checkpoint  # noqa: E402
+from utils.atomic import atomic_dir, atomic_path, write_text  # noqa: E402
 from utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
+from utils.cli import run_cli  # noqa: E402
 from utils.general import LOGGER, check_img_size, colorstr, set_logging, xywh2xyxy  # noqa: E402
 from utils.torch_utils import model_info, select_device  # noqa: E402
 
-INCLUDE_CHOICES = ("torchscript", "onnx", "fused")
+INCLUDE_CHOICES = ("torchscript", "onnx", "openvino", "ncnn", "fused")
+DEFAULT_INCLUDE = ("torchscript", "onnx", "fused")
 MAX_WH = 4096  # class offset of class-aware NMS in the end2end graph (pixels), as YOLOv7
+FP16_RTOL = 1e-2
+METADATA = "metadata.yaml"
 
 
 class ExportError(RuntimeError):
@@ -124,6 +135,28 @@ class RawHead(nn.Module):
             head.training = was
 
 
+class HeadMaps(nn.Module):
+    """The head convs' outputs (B, na * no, ny, nx) per level: 4-D maps, no reshape or decode.
+
+    The NCNN export (ncnn blobs are at most 4-D; batch 1) ends here; the runtime decodes with
+    the anchors and strides stored beside it, exactly as the Detect head does.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        layers, head, y = self.model.model, detect_head(self.model), []
+        for m in layers[:-1]:  # Model's forward, stopping before the Detect layer
+            if m.f != -1:
+                x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
+            x = m(x)
+            y.append(x if m.i in self.model.save else None)
+        xs = [x if j == -1 else y[j] for j in head.f]
+        return tuple(head._head(i, xi) for i, xi in enumerate(xs))
+
+
 class DecodedHead(nn.Module):
     """Returns only the decoded predictions (B, N, 5 + nc), whatever the Detect convention."""
 
@@ -134,6 +167,18 @@ class DecodedHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.model(x)
         return y[0] if isinstance(y, (list, tuple)) else y
+
+
+class BoxesScores(nn.Module):
+    """YOLOv7's ``include_nms`` outputs: boxes (B, N, 4) pixel xyxy, scores (B, N, nc) = obj * cls."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = DecodedHead(model)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        p = self.model(x)
+        return xywh2xyxy(p[..., :4]), p[..., 5:] * p[..., 4:5]
 
 
 class ORTNonMaxSuppression(torch.autograd.Function):
@@ -166,7 +211,34 @@ class ORTNonMaxSuppression(torch.autograd.Function):
                     score_threshold, center_point_box_i=0)
 
 
-class End2End(nn.Module):
+class _NMSGraph(nn.Module):
+    """Shared part of the end2end graphs: decoded boxes, best class and score, NMS selection."""
+
+    def __init__(self, model: nn.Module, topk_all: int, iou_thres: float, conf_thres: float,
+                 agnostic: bool, max_wh: int):
+        super().__init__()
+        self.model = DecodedHead(model)
+        self.topk_all = int(topk_all)
+        self.agnostic = agnostic
+        self.max_wh = int(max_wh)
+        self.register_buffer("max_out", torch.tensor([int(topk_all)], dtype=torch.int64), persistent=False)
+        self.register_buffer("iou_thres", torch.tensor([float(iou_thres)]), persistent=False)
+        self.register_buffer("conf_thres", torch.tensor([float(conf_thres)]), persistent=False)
+
+    def select(self, x: torch.Tensor):
+        """(p, boxes xyxy, score (B, N, 1), cls (B, N, 1), selected (K, 3) [batch, class, box])."""
+        p = self.model(x).float()  # (B, N, 5 + nc)
+        boxes = xywh2xyxy(p[..., :4])
+        obj = p[..., 4:5]
+        scores = obj if p.shape[2] == 6 else p[..., 5:] * obj
+        score, cls = scores.max(2, keepdim=True)  # (B, N, 1)
+        nms_boxes = boxes if self.agnostic else boxes + cls.to(boxes.dtype) * self.max_wh
+        sel = ORTNonMaxSuppression.apply(nms_boxes, score.transpose(1, 2), self.max_out,
+                                         self.iou_thres, self.conf_thres)
+        return p, boxes, score, cls, sel
+
+
+class End2End(_NMSGraph):
     """Model + NMS in one graph: returns (num_dets, det_boxes, det_scores, det_classes).
 
     Same selection as ``utils.general.non_max_suppression(pred, conf_thres, iou_thres,
@@ -176,23 +248,10 @@ class End2End(nn.Module):
 
     def __init__(self, model: nn.Module, topk_all: int = 100, iou_thres: float = 0.45,
                  conf_thres: float = 0.25, agnostic: bool = False):
-        super().__init__()
-        self.model = DecodedHead(model)
-        self.topk_all = int(topk_all)
-        self.agnostic = agnostic
-        self.register_buffer("max_out", torch.tensor([int(topk_all)], dtype=torch.int64), persistent=False)
-        self.register_buffer("iou_thres", torch.tensor([float(iou_thres)]), persistent=False)
-        self.register_buffer("conf_thres", torch.tensor([float(conf_thres)]), persistent=False)
+        super().__init__(model, topk_all, iou_thres, conf_thres, agnostic, MAX_WH)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        p = self.model(x).float()  # (B, N, 5 + nc)
-        boxes = xywh2xyxy(p[..., :4])
-        obj = p[..., 4:5]
-        scores = obj if p.shape[2] == 6 else p[..., 5:] * obj
-        score, cls = scores.max(2, keepdim=True)  # (B, N, 1)
-        nms_boxes = boxes if self.agnostic else boxes + cls.to(boxes.dtype) * MAX_WH
-        sel = ORTNonMaxSuppression.apply(nms_boxes, score.transpose(1, 2), self.max_out,
-                                         self.iou_thres, self.conf_thres)
+        p, boxes, score, cls, sel = self.select(x)
         keep = torch.zeros_like(score[..., 0])  # (B, N): 1 where NMS kept the box
         keep[sel[:, 0], sel[:, 2]] = 1.0
         k = min(self.topk_all, int(p.shape[1]))  # a constant in exported graphs
@@ -206,7 +265,102 @@ class End2End(nn.Module):
         return num_dets, det_boxes, det_scores, det_classes
 
 
-# --------------------------------------------------------------------------- inputs
+class End2EndORT(_NMSGraph):
+    """YOLOv7's ONNX Runtime end2end graph (``--end2end --max-wh N``): one (K, 7) output of rows
+    [batch_id, x0, y0, x1, y1, cls, score], at most ``topk_all`` boxes per class and image."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, boxes, score, cls, sel = self.select(x)
+        b, i = sel[:, 0], sel[:, 2]
+        return torch.cat((b.unsqueeze(1).float(), boxes[b, i, :], cls[b, i, :].float(), score[b, i, :]), 1)
+
+
+# --------------------------------------------------------------------------- options and context
+@dataclass
+class Options:
+    """What to export and how (the keyword arguments of :func:`run`)."""
+
+    include: list[str]
+    img_size: list[int]
+    batch_size: int = 1
+    dynamic: bool = False
+    dynamic_batch: bool = False
+    simplify: bool = False
+    opset: int = 17
+    grid: bool = True
+    end2end: bool = False
+    include_nms: bool = False
+    max_wh: Optional[int] = None
+    topk_all: int = 100
+    iou_thres: float = 0.45
+    conf_thres: float = 0.25
+    agnostic_nms: bool = False
+    fp16: bool = False
+    int8: bool = False
+    data: Optional[str] = None
+    calib_images: int = 300
+    calib_method: str = "minmax"
+    keep_head_float: bool = False
+    int8_max_drop: float = 1.0
+    rtol: float = 1e-3
+    threads: Optional[int] = None
+
+
+@dataclass
+class Context:
+    """The fused model and what every exporter compares against."""
+
+    weights: Path
+    model: nn.Module
+    img: torch.Tensor
+    ref: torch.Tensor  # decoded predictions of the fused model on ``img``
+    meta: dict
+    device: torch.device
+    results: dict = field(default_factory=lambda: {"files": {}})
+
+    @property
+    def stem(self) -> Path:
+        return self.weights.with_suffix("")
+
+
+def check_options(o: Options) -> None:
+    """Refuse option combinations that cannot give a working file, naming the flag."""
+    bad = [x for x in o.include if x not in INCLUDE_CHOICES]
+    if bad:
+        raise ExportError(f"--include {bad}: unknown format(s); choose from {list(INCLUDE_CHOICES)}")
+    if (o.end2end or o.include_nms) and not o.grid:
+        raise ExportError(f"{'--end2end' if o.end2end else '--include-nms'} needs the decoded output: drop --no-grid")
+    if o.end2end and o.include_nms:
+        raise ExportError("--end2end and --include-nms are two different graphs: choose one")
+    if (o.end2end or o.include_nms) and "onnx" not in o.include:
+        raise ExportError(f"{'--end2end' if o.end2end else '--include-nms'} applies to the ONNX export: "
+                          f"add onnx to --include")
+    if o.end2end and o.opset < 11:
+        raise ExportError(f"--end2end needs --opset >= 11 (NonMaxSuppression), got {o.opset}")
+    checks = [(o.topk_all >= 1, f"--topk-all {o.topk_all}: must be at least 1 (0 keeps no detection)"),
+              (o.max_wh is None or o.max_wh >= 1, f"--max-wh {o.max_wh}: must be a positive pixel offset"),
+              (o.batch_size >= 1, f"--batch-size {o.batch_size}: must be at least 1"),
+              (0 <= o.iou_thres <= 1, f"--iou-thres {o.iou_thres}: must be in 0..1"),
+              (0 <= o.conf_thres <= 1, f"--conf-thres {o.conf_thres}: must be in 0..1"),
+              (o.rtol >= 0, f"--rtol {o.rtol}: must be >= 0"),
+              (o.calib_images >= 1, f"--calib-images {o.calib_images}: must be at least 1"),
+              (len(o.img_size) == 2 and min(o.img_size) > 0, f"--img-size {o.img_size}: one or two positive sizes"),
+              (not o.int8 or o.data, "--int8 needs --data (a dataset yaml: calibration and the mAP check)"),
+              (not o.int8 or {"onnx", "openvino"} & set(o.include), "--int8 applies to onnx and openvino: add one")]
+    for ok, msg in checks:
+        if not ok:
+            raise ExportError(msg)
+
+
+def verify_image(o: Options, source: Optional[str]) -> Optional[str]:
+    """The real image the checks run on: ``--source``, else the first val image of ``--data``."""
+    if source or not o.data:
+        return source
+    from utils.quantize import split_images
+
+    return sorted(split_images(o.data, "val"))[0]
+
+
 def make_input(img_size: Sequence[int], batch_size: int, stride: int, device: torch.device,
                source: Optional[str] = None) -> torch.Tensor:
     """A (B, 3, H, W) float image in [0, 1]: the letterboxed ``source`` image, else seeded noise."""
@@ -214,20 +368,55 @@ def make_input(img_size: Sequence[int], batch_size: int, stride: int, device: to
     if source:
         import cv2
 
-        from utils.datasets import letterbox
+        from models.backend import preprocess, to_tensor
         im0 = cv2.imread(str(source))
         if im0 is None:
             raise ExportError(f"--source {source}: not a readable image")
-        im = letterbox(im0, (h, w), stride=stride, auto=False)[0]
-        im = np.ascontiguousarray(im[:, :, ::-1].transpose(2, 0, 1))  # BGR HWC -> RGB CHW
-        img = torch.from_numpy(im).float().div(255.0)[None].repeat(batch_size, 1, 1, 1)
+        img = to_tensor(preprocess(im0, (h, w), stride, auto=False)[0]).repeat(batch_size, 1, 1, 1)
     else:
         g = torch.Generator().manual_seed(0)
         img = torch.rand((batch_size, 3, h, w), generator=g)
     return img.to(device)
 
 
-# --------------------------------------------------------------------------- exporters
+def model_meta(model: nn.Module, weights: Path, o: Options) -> dict:
+    """Names, stride, image size, anchors: what a file needs to be used without the checkpoint."""
+    head = detect_head(model)
+    strides = [float(s) for s in head.stride]
+    return {"names": list(getattr(model, "names", []) or []), "stride": int(max(strides)), "nc": int(head.nc),
+            "img_size": list(o.img_size), "batch_size": o.batch_size, "dynamic": o.dynamic,
+            "grid": o.grid, "end2end": False, "strides": strides,
+            "anchors": head.anchor_grid.detach().cpu().reshape(head.nl, -1, 2).tolist(),
+            "source_weights": weights.name}
+
+
+def prepare(weights: Path, o: Options, device: str, source: Optional[str]) -> Context:
+    """Load and fuse the model, check fusing on the verification image; the shared export context."""
+    dev = select_device(device)
+    ckpt_fused = bool(load_checkpoint(weights).get("fused", False))
+    model0 = attempt_load(weights, map_location=dev, fuse=False).eval()
+    stride = int(model0.stride.max())
+    o.img_size = [check_img_size(int(x), stride) for x in o.img_size]
+    source = verify_image(o, source)
+    img = make_input(o.img_size, o.batch_size, stride, dev, source)
+    LOGGER.info(f"{colorstr('export:')} {weights} ({'fused' if ckpt_fused else 'training'} checkpoint), "
+                f"input {tuple(img.shape)} ({'image ' + str(source) if source else 'seeded random image'})")
+    info0 = model_info(model0, img_size=o.img_size)
+    ref_unfused = decoded(model0, img).cpu()
+    model = model0 if ckpt_fused else copy.deepcopy(model0).fuse().eval()
+    info1 = model_info(model, img_size=o.img_size)
+    ctx = Context(weights, model, img, decoded(model, img).cpu(), model_meta(model, weights, o), dev)
+    ctx.results["params"] = (info0["parameters"], info1["parameters"])
+    ctx.results["gflops"] = (info0["gflops"], info1["gflops"])
+    g0, g1 = (f"{i['gflops']:.2f}" if i["gflops"] is not None else "?" for i in (info0, info1))
+    LOGGER.info(f"{colorstr('fuse:')} parameters {info0['parameters']:,} -> {info1['parameters']:,}, "
+                f"GFLOPs {g0} -> {g1} at {o.img_size[0]}x{o.img_size[1]}")
+    _check("fused vs unfused (PyTorch)", [ref_unfused], [ctx.ref], o.rtol, ctx.results)
+    ctx.results["checkpoint_fused"] = ckpt_fused
+    return ctx
+
+
+# --------------------------------------------------------------------------- checks
 def _check(name: str, refs: list[torch.Tensor], outs: list, rtol: float, results: dict) -> None:
     if len(refs) != len(outs):
         raise ExportError(f"{name}: {len(outs)} outputs, PyTorch has {len(refs)}")
@@ -243,6 +432,21 @@ def _check(name: str, refs: list[torch.Tensor], outs: list, rtol: float, results
         raise ExportError(f"{name}: relative error {worst_rel:.3g} exceeds the tolerance {rtol:g}")
 
 
+def _match_boxes(name: str, i: int, rb, rc, ob, oc) -> float:
+    """Largest coordinate difference after matching each output box to a PyTorch box of its class."""
+    free = np.ones(len(rb), dtype=bool)
+    worst = 0.0
+    for j in range(len(ob)):
+        cand = np.flatnonzero(free & (rc == oc[j]))
+        if not len(cand):
+            raise ExportError(f"{name}: image {i}: detection {j} (class {int(oc[j])}) has no PyTorch match")
+        d = np.abs(rb[cand] - ob[j]).max(1)
+        k = int(d.argmin())
+        free[cand[k]] = False
+        worst = max(worst, float(d[k]))
+    return worst
+
+
 def _end2end_check(name: str, refs: list[torch.Tensor], outs: list, rtol: float, results: dict) -> None:
     """Same detections per image: equal num_dets, scores to ``rtol``, and every box matched to a
     PyTorch box of the same class within ``rtol * max|box|`` (detections whose scores differ only
@@ -253,24 +457,15 @@ def _end2end_check(name: str, refs: list[torch.Tensor], outs: list, rtol: float,
                           f"(a box at the score or IoU threshold within rounding, or a faulty graph)")
     worst_abs, worst_rel = 0.0, 0.0
     for i, n in enumerate(n_ref.tolist()):
-        rb, rs, rc = (refs[k][i, :n].detach().cpu().double().numpy() for k in (1, 2, 3))
-        ob, os_, oc = (np.asarray(outs[k][i, :n], dtype=np.float64) for k in (1, 2, 3))
         if n == 0:
             continue
+        rb, rs, rc = (refs[k][i, :n].detach().cpu().double().numpy() for k in (1, 2, 3))
+        ob, os_, oc = (np.asarray(outs[k][i, :n], dtype=np.float64) for k in (1, 2, 3))
         s_abs = float(np.abs(rs - os_).max())  # both sorted by decreasing score
-        box_scale = max(float(np.abs(rb).max()), 1e-12)
-        free = np.ones(n, dtype=bool)
-        b_abs = 0.0
-        for j in range(n):
-            cand = np.flatnonzero(free & (rc == oc[j]))
-            if not len(cand):
-                raise ExportError(f"{name}: image {i}: detection {j} (class {int(oc[j])}) has no PyTorch match")
-            d = np.abs(rb[cand] - ob[j]).max(1)
-            k = int(d.argmin())
-            free[cand[k]] = False
-            b_abs = max(b_abs, float(d[k]))
+        b_abs = _match_boxes(name, i, rb, rc, ob, oc)
         worst_abs = max(worst_abs, s_abs, b_abs)
-        worst_rel = max(worst_rel, s_abs / max(float(np.abs(rs).max()), 1e-12), b_abs / box_scale)
+        worst_rel = max(worst_rel, s_abs / max(float(np.abs(rs).max()), 1e-12),
+                        b_abs / max(float(np.abs(rb).max()), 1e-12))
     results[name] = {"max_abs_diff": worst_abs, "rel_error": worst_rel, "num_dets": n_ref.tolist()}
     ok = worst_rel <= rtol
     LOGGER.info(f"{colorstr('verify:')} {name}: num_dets {n_ref.tolist()} equal, max abs diff {worst_abs:.3g}, "
@@ -279,214 +474,428 @@ def _end2end_check(name: str, refs: list[torch.Tensor], outs: list, rtol: float,
         raise ExportError(f"{name}: relative error {worst_rel:.3g} exceeds the tolerance {rtol:g}")
 
 
-def export_fused_checkpoint(model: nn.Module, f: Path, ref: torch.Tensor, img: torch.Tensor,
-                            device: torch.device, rtol: float, results: dict) -> Path:
-    """Save ``fused_checkpoint(model)`` to ``f``, re-load it with ``attempt_load`` and compare."""
-    t = time.time()
-    save_checkpoint(fused_checkpoint(model), f)
-    reloaded = attempt_load(f, map_location=device)
-    _check(f"fused checkpoint {f.name} (re-loaded)", [ref], [decoded(reloaded, img)], rtol, results)
+def _ort7_check(name: str, refs: list[torch.Tensor], outs: list, rtol: float, results: dict) -> None:
+    """The (K, 7) ORT end2end output: same rows (sorted by batch, class, score) to ``rtol``."""
+    def rows(a):
+        a = np.asarray(a, dtype=np.float64)
+        return a[np.lexsort((-a[:, 6], a[:, 5], a[:, 0]))] if len(a) else a
+    r, o = rows(refs[0].detach().cpu().numpy()), rows(outs[0])
+    if r.shape != o.shape:
+        raise ExportError(f"{name}: {len(o)} detections, PyTorch has {len(r)}")
+    _check(name, [torch.from_numpy(r)], [o], rtol, results)
+
+
+# --------------------------------------------------------------------------- exporters
+def export_fused_checkpoint(ctx: Context, o: Options) -> Path:
+    """Save ``fused_checkpoint(model)`` beside the weights, re-load it with ``attempt_load`` and compare."""
+    if ctx.results.get("checkpoint_fused"):
+        LOGGER.info(f"{colorstr('fused:')} {ctx.weights} is already a fused checkpoint; not re-written")
+        return ctx.weights
+    t, f = time.time(), Path(f"{ctx.stem}-fused.pt")
+    save_checkpoint(fused_checkpoint(ctx.model), f)
+    reloaded = attempt_load(f, map_location=ctx.device)
+    _check(f"fused checkpoint {f.name} (re-loaded)", [ctx.ref], [decoded(reloaded, ctx.img)], o.rtol, ctx.results)
     LOGGER.info(f"{colorstr('fused:')} saved {f} ({f.stat().st_size / 1e6:.1f} MB, {time.time() - t:.1f}s)")
     return f
 
 
-def export_torchscript(net: nn.Module, img: torch.Tensor, f: Path, meta: dict, refs: list[torch.Tensor],
-                       rtol: float, results: dict) -> Path:
-    """Trace ``net`` on ``img``, save with the metadata as ``config.txt``, re-load and compare."""
-    t = time.time()
+def output_net(ctx: Context, o: Options) -> tuple[nn.Module, list[str], str]:
+    """(module, output names, layout) of the graph to write: decoded, raw, end2end or include-nms."""
+    head = detect_head(ctx.model)
+    if o.end2end and o.max_wh is not None:
+        return End2EndORT(ctx.model, o.topk_all, o.iou_thres, o.conf_thres, o.agnostic_nms, o.max_wh), \
+            ["output"], "end2end_ort"
+    if o.end2end:
+        return End2End(ctx.model, o.topk_all, o.iou_thres, o.conf_thres, o.agnostic_nms), \
+            ["num_dets", "det_boxes", "det_scores", "det_classes"], "end2end"
+    if o.include_nms:
+        return BoxesScores(ctx.model), ["boxes", "scores"], "include_nms"
+    if not o.grid:
+        return RawHead(ctx.model), [f"output{i}" for i in range(int(head.nl))], "raw"
+    return DecodedHead(ctx.model), ["output"], "decoded"
+
+
+def export_torchscript(ctx: Context, o: Options) -> Path:
+    """Trace the decoded (or raw) graph, save with the metadata as ``config.txt``, re-load and compare."""
+    t, f = time.time(), Path(f"{ctx.stem}.torchscript.pt")
+    net = (DecodedHead(ctx.model) if o.grid else RawHead(ctx.model)).eval()
+    with torch.no_grad():
+        refs = [r.cpu() for r in _as_list(net(ctx.img))]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ts = torch.jit.trace(net, img, strict=False, check_trace=False)
-    ts.save(str(f), _extra_files={"config.txt": json.dumps(meta)})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load deprecation notice
-        loaded = torch.jit.load(str(f), map_location=img.device)
-    with torch.no_grad():
-        outs = [o.cpu() for o in _as_list(loaded(img))]
-    _check(f"TorchScript {f.name}", refs, outs, rtol, results)
+        ts = torch.jit.trace(net, ctx.img, strict=False, check_trace=False)
+    with atomic_path(f) as tmp:
+        ts.save(str(tmp), _extra_files={"config.txt": json.dumps(ctx.meta)})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load deprecation notice
+            loaded = torch.jit.load(str(tmp), map_location=ctx.img.device)
+        with torch.no_grad():
+            outs = [r.cpu() for r in _as_list(loaded(ctx.img))]
+        _check(f"TorchScript {f.name}", refs, outs, o.rtol, ctx.results)
     LOGGER.info(f"{colorstr('TorchScript:')} saved {f} ({f.stat().st_size / 1e6:.1f} MB, {time.time() - t:.1f}s)")
     return f
 
 
-def _ort_run(f: Path, img: torch.Tensor) -> list[np.ndarray]:
-    import onnxruntime as ort
-    sess = ort.InferenceSession(str(f), providers=["CPUExecutionProvider"])
-    return sess.run(None, {sess.get_inputs()[0].name: img.detach().cpu().numpy()})
+def _dynamic_axes(o: Options, output_names: list[str], layout: str) -> Optional[dict]:
+    """ONNX dynamic axes: batch (``--dynamic-batch``) or batch, height and width (``--dynamic``)."""
+    if not (o.dynamic or o.dynamic_batch):
+        return None
+    axes: dict[str, dict[int, str]] = {"images": {0: "batch", 2: "height", 3: "width"} if o.dynamic
+                                       else {0: "batch"}}
+    for name in output_names:
+        if layout == "end2end_ort":  # (K, 7) rows of all images
+            axes[name] = {0: "detections"}
+        elif layout == "end2end" or not o.dynamic:
+            axes[name] = {0: "batch"}
+        elif layout == "raw":  # (B, na, ny, nx, no) per level
+            axes[name] = {0: "batch", 2: f"{name}_height", 3: f"{name}_width"}
+        else:  # decoded / include_nms: (B, N, ...)
+            axes[name] = {0: "batch", 1: "anchors"}
+    return axes
 
 
-def export_onnx(net: nn.Module, img: torch.Tensor, f: Path, meta: dict, output_names: list[str], opset: int,
-                dynamic: bool, simplify: bool, end2end: bool, rtol: float, results: dict,
-                stride: int) -> Path:
-    """Export ``net`` with the TorchScript-based exporter, check the graph, run it in ONNX Runtime."""
+def write_onnx(net: nn.Module, img: torch.Tensor, f: Path, meta: dict, output_names: list[str],
+               o: Options, layout: str) -> None:
+    """torch.onnx.export (TorchScript-based exporter) to ``f``, checker, optional onnxslim, metadata."""
     import onnx
 
-    t = time.time()
-    dynamic_axes = None
-    if dynamic:
-        dynamic_axes = {"images": {0: "batch", 2: "height", 3: "width"}}
-        for name in output_names:
-            if name == "output":
-                dynamic_axes[name] = {0: "batch", 1: "anchors"}
-            elif end2end:
-                dynamic_axes[name] = {0: "batch"}
-            else:  # raw level outputs (B, na, ny, nx, no)
-                dynamic_axes[name] = {0: "batch", 2: f"{name}_height", 3: f"{name}_width"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(net, img, str(f), dynamo=False, opset_version=opset, do_constant_folding=True,
-                          input_names=["images"], output_names=output_names, dynamic_axes=dynamic_axes)
+        torch.onnx.export(net, img, str(f), dynamo=False, opset_version=o.opset, do_constant_folding=True,
+                          input_names=["images"], output_names=output_names,
+                          dynamic_axes=_dynamic_axes(o, output_names, layout))
     model_onnx = onnx.load(str(f))
     onnx.checker.check_model(model_onnx)
-    if simplify:
+    if o.simplify:
         import onnxslim
         n0 = len(model_onnx.graph.node)
         model_onnx = onnxslim.slim(model_onnx)
         onnx.checker.check_model(model_onnx)
         LOGGER.info(f"{colorstr('ONNX:')} simplified with onnxslim {onnxslim.__version__}: "
                     f"{n0} -> {len(model_onnx.graph.node)} nodes")
+    set_onnx_meta(model_onnx, meta)
+    onnx.checker.check_model(model_onnx)
+    onnx.save(model_onnx, str(f))
+
+
+def set_onnx_meta(model_onnx: Any, meta: dict) -> None:
+    """Replace the model's ``metadata_props`` with ``meta`` (values as JSON)."""
     del model_onnx.metadata_props[:]
     for k, v in meta.items():
         entry = model_onnx.metadata_props.add()
         entry.key, entry.value = k, json.dumps(v)
-    onnx.checker.check_model(model_onnx)
-    onnx.save(model_onnx, str(f))
-    results["onnx_checker"] = "passed"
 
-    check = _end2end_check if end2end else _check
+
+def _ort_outputs(f: Path, img: torch.Tensor, threads: Optional[int]) -> list[np.ndarray]:
+    from models.backend import OnnxBackend
+
+    b = OnnxBackend(f, torch.device("cpu"), threads=threads)
+    return b.session.run(None, {b.input_name: img.detach().cpu().numpy()})
+
+
+def _verify_onnx(f: Path, name: str, net: nn.Module, img: torch.Tensor, layout: str, o: Options,
+                 results: dict) -> None:
     with torch.no_grad():
-        refs = [o.cpu() for o in _as_list(net(img))]
-    check(f"ONNX Runtime {f.name}", refs, _ort_run(f, img), rtol, results)
-    if dynamic:  # a second batch size and image size through the same graph
-        b, _, h, w = img.shape
-        img2 = torch.rand((b + 1, 3, h + stride, max(stride, w - stride)),
-                          generator=torch.Generator().manual_seed(1)).to(img.device)
-        with torch.no_grad():
-            refs2 = [o.cpu() for o in _as_list(net(img2))]
-        check(f"ONNX Runtime {f.name} dynamic {tuple(img2.shape)}", refs2, _ort_run(f, img2), rtol, results)
-    LOGGER.info(f"{colorstr('ONNX:')} saved {f} (opset {opset}, {f.stat().st_size / 1e6:.1f} MB, "
+        refs = [r.cpu() for r in _as_list(net(img))]
+    check = {"end2end": _end2end_check, "end2end_ort": _ort7_check}.get(layout, _check)
+    check(name, refs, _ort_outputs(f, img, o.threads), o.rtol, results)
+
+
+def export_onnx(ctx: Context, o: Options) -> Path:
+    """Export the chosen graph, check it, run it in ONNX Runtime (and at a second shape when dynamic)."""
+    t, f = time.time(), Path(f"{ctx.stem}.onnx")
+    net, out_names, layout = output_net(ctx, o)
+    net.eval()
+    meta = dict(ctx.meta, dynamic=o.dynamic, dynamic_batch=o.dynamic_batch, layout=layout,
+                end2end=layout.startswith("end2end"))
+    if o.end2end:
+        meta.update(topk_all=o.topk_all, iou_thres=o.iou_thres, conf_thres=o.conf_thres,
+                    agnostic_nms=o.agnostic_nms, max_wh=o.max_wh if o.max_wh is not None else MAX_WH)
+    with atomic_path(f) as tmp:
+        write_onnx(net, ctx.img, tmp, meta, out_names, o, layout)
+        ctx.results["onnx_checker"] = "passed"
+        _verify_onnx(tmp, f"ONNX Runtime {f.name}", net, ctx.img, layout, o, ctx.results)
+        if o.dynamic or o.dynamic_batch:  # a second batch size (and image size) through the same graph
+            b, _, h, w = ctx.img.shape
+            s = int(ctx.meta["stride"]) if o.dynamic else 0
+            img2 = torch.rand((b + 1, 3, h + s, max(s, w - s) if s else w),
+                              generator=torch.Generator().manual_seed(1)).to(ctx.img.device)
+            _verify_onnx(tmp, f"ONNX Runtime {f.name} dynamic {tuple(img2.shape)}", net, img2, layout, o,
+                         ctx.results)
+    LOGGER.info(f"{colorstr('ONNX:')} saved {f} (opset {o.opset}, {f.stat().st_size / 1e6:.1f} MB, "
                 f"{time.time() - t:.1f}s)")
     return f
 
 
+def plain_onnx(ctx: Context, o: Options, folder: Path) -> Path:
+    """The decoded-output fp32 ONNX graph in ``folder`` (input of OpenVINO and of INT8 calibration)."""
+    f = folder / "decoded.onnx"
+    plain = copy.copy(o)
+    plain.simplify = False
+    write_onnx(DecodedHead(ctx.model).eval(), ctx.img, f, dict(ctx.meta, dynamic=o.dynamic), ["output"],
+               plain, "decoded")
+    return f
+
+
+def _write_folder_meta(folder: Path, meta: dict) -> None:
+    import yaml
+
+    write_text(folder / METADATA, yaml.safe_dump(meta, sort_keys=False))
+
+
+def _compare_backend(name: str, backend: Any, ctx: Context, rtol: float) -> None:
+    with torch.no_grad():
+        out = backend(ctx.img)
+    _check(name, [ctx.ref], [out.cpu()], rtol, ctx.results)
+
+
+def export_openvino(ctx: Context, o: Options, src_onnx: Path) -> Path:
+    """``<stem>_openvino_model/``: OpenVINO IR (.xml/.bin, fp32 or fp16 weights) plus metadata.yaml."""
+    import openvino as ov
+
+    from models.backend import OpenVINOBackend
+
+    t, d = time.time(), Path(f"{ctx.stem}_openvino_model")
+    ov_model = ov.convert_model(str(src_onnx))
+    with atomic_dir(d) as tmp:
+        ov.save_model(ov_model, str(tmp / f"{ctx.stem.name}.xml"), compress_to_fp16=o.fp16)
+        _write_folder_meta(tmp, dict(ctx.meta, dynamic=o.dynamic, format="openvino", fp16=o.fp16))
+        _compare_backend(f"OpenVINO {d.name}", OpenVINOBackend(tmp, ctx.device, threads=o.threads), ctx,
+                         FP16_RTOL if o.fp16 else o.rtol)
+    LOGGER.info(f"{colorstr('OpenVINO:')} saved {d} (openvino {ov.__version__}, {time.time() - t:.1f}s)")
+    return d
+
+
+def run_pnnx(ts_file: Path, img: torch.Tensor, stride: int, out: Path, fp16: bool) -> None:
+    """Convert the traced ``ts_file`` to ``out/model.ncnn.param|bin`` with pnnx (dynamic H and W)."""
+    import pnnx
+
+    _, c, h, w = img.shape
+    side = ts_file.parent
+    cmd = [pnnx.EXEC_PATH, str(ts_file), f"inputshape=[1,{c},{h},{w}]f32",
+           f"inputshape2=[1,{c},{h + 2 * stride},{w + stride}]f32", "device=cpu", f"fp16={int(fp16)}",
+           f"ncnnparam={out / 'model.ncnn.param'}", f"ncnnbin={out / 'model.ncnn.bin'}",
+           f"ncnnpy={side / 'model_ncnn.py'}", f"pnnxparam={side / 'model.pnnx.param'}",
+           f"pnnxbin={side / 'model.pnnx.bin'}", f"pnnxpy={side / 'model_pnnx.py'}",
+           f"pnnxonnx={side / 'model.pnnx.onnx'}"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0 or not (out / "model.ncnn.param").is_file():
+        tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise ExportError(f"pnnx failed (exit {r.returncode}): {tail[0][:200]}")
+
+
+def export_ncnn(ctx: Context, o: Options) -> Path:
+    """``<stem>_ncnn_model/``: ncnn .param/.bin of the head maps (pnnx) plus metadata.yaml."""
+    from models.backend import NCNNBackend
+
+    t, d = time.time(), Path(f"{ctx.stem}_ncnn_model")
+    net = HeadMaps(ctx.model).eval()
+    img1 = ctx.img[:1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ts = torch.jit.trace(net, img1, strict=False, check_trace=False)
+    with tempfile.TemporaryDirectory(prefix="moy-pnnx-") as side, atomic_dir(d) as tmp:
+        ts.save(str(Path(side) / "model.pt"))
+        run_pnnx(Path(side) / "model.pt", img1, int(ctx.meta["stride"]), tmp, o.fp16)
+        _write_folder_meta(tmp, dict(ctx.meta, dynamic=True, batch_size=1, format="ncnn", fp16=o.fp16,
+                                     layout="head_maps"))
+        _compare_backend(f"NCNN {d.name}", NCNNBackend(tmp, ctx.device, threads=o.threads), ctx,
+                         FP16_RTOL if o.fp16 else o.rtol)
+    LOGGER.info(f"{colorstr('NCNN:')} saved {d} ({time.time() - t:.1f}s)")
+    return d
+
+
+# --------------------------------------------------------------------------- INT8
+def export_onnx_int8(ctx: Context, o: Options, src_onnx: Path, calib: list) -> Path:
+    """``<stem>-int8.onnx``: ONNX Runtime static QDQ quantization of the decoded fp32 graph."""
+    import onnx
+
+    from utils.quantize import quantize_onnx
+
+    f = Path(f"{ctx.stem}-int8.onnx")
+    info = quantize_onnx(src_onnx, f, calib, method=o.calib_method, keep_head=o.keep_head_float)
+    model_onnx = onnx.load(str(f))
+    set_onnx_meta(model_onnx, dict(ctx.meta, dynamic=o.dynamic, layout="decoded", int8=info))
+    with atomic_path(f) as tmp:
+        onnx.save(model_onnx, str(tmp))
+    return f
+
+
+def export_openvino_int8(ctx: Context, o: Options, src_onnx: Path, calib: list) -> Path:
+    """``<stem>_int8_openvino_model/``: NNCF post-training quantization of the OpenVINO model."""
+    import onnx
+    import openvino as ov
+
+    from utils.quantize import quantize_openvino
+
+    d = Path(f"{ctx.stem}_int8_openvino_model")
+    qmodel, info = quantize_openvino(ov.convert_model(str(src_onnx)), onnx.load(str(src_onnx)), calib,
+                                     method=o.calib_method, keep_head=o.keep_head_float)
+    with atomic_dir(d) as tmp:
+        ov.save_model(qmodel, str(tmp / f"{ctx.stem.name}.xml"), compress_to_fp16=False)
+        _write_folder_meta(tmp, dict(ctx.meta, dynamic=o.dynamic, format="openvino", int8=info))
+    return d
+
+
+def verify_int8(ctx: Context, o: Options, path: Path) -> dict:
+    """mAP@.5 and mAP@.5:.95 of ``path`` and of the fp32 model on the val split (test.py), plus
+    detection agreement on val images; a mAP@.5 drop beyond ``--int8-max-drop`` removes the file."""
+    from models.backend import load_backend
+    from test import test as evaluate
+
+    common = dict(batch_size=1, imgsz=max(o.img_size), plots=False, device="cpu", workers=0, threads=o.threads,
+                  progress=False, verbose=False)
+    if "fp32_map" not in ctx.results:
+        ctx.results["fp32_map"] = tuple(evaluate(o.data, weights=str(ctx.weights), **common)[0][2:4])
+    q50, q95 = evaluate(o.data, weights=str(path), **common)[0][2:4]
+    agree = detection_agreement(ctx.model, load_backend(path, "cpu", threads=o.threads), val_images(ctx, o))
+    m50, m95 = ctx.results["fp32_map"]
+    res = {"map50": q50, "map": q95, "fp32_map50": m50, "fp32_map": m95, "agreement": agree}
+    LOGGER.info(f"{colorstr('verify:')} INT8 {path.name}: mAP@.5 {q50:.4f} (fp32 {m50:.4f}), mAP@.5:.95 "
+                f"{q95:.4f} (fp32 {m95:.4f}), detection agreement with PyTorch {agree:.3f}")
+    if (m50 - q50) * 100 > o.int8_max_drop:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+        raise ExportError(f"INT8 {path.name}: mAP@.5 drops {100 * (m50 - q50):.2f} points "
+                          f"(> --int8-max-drop {o.int8_max_drop}); removed")
+    return res
+
+
+def val_images(ctx: Context, o: Options, n: int = 20) -> list[torch.Tensor]:
+    """Up to ``n`` val images of ``--data`` letterboxed to the export size (agreement check)."""
+    from utils.quantize import load_images, pick_evenly, split_images
+
+    ims = load_images(pick_evenly(split_images(o.data, "val"), n), o.img_size, int(ctx.meta["stride"]))
+    return [torch.from_numpy(x) for x in ims]
+
+
+@torch.no_grad()
+def detection_agreement(model: nn.Module, backend: Any, images: Sequence[torch.Tensor], conf: float = 0.25,
+                        iou: float = 0.5) -> float:
+    """Share of detections (conf >= ``conf`` after NMS) of either model that the other one also
+    makes: same class and IoU >= ``iou``. 1.0 when neither detects anything."""
+    from utils.general import non_max_suppression
+
+    found, total = 0, 0
+    for x in images:
+        r = non_max_suppression(decoded(model, x.to(ctx_device(model))).cpu(), conf, 0.45)[0]
+        q = non_max_suppression(backend(x).cpu().float(), conf, 0.45)[0]
+        total += len(r) + len(q)
+        if len(r) and len(q):
+            same = (r[:, 5:6] == q[:, 5].unsqueeze(0)).float()
+            ious = torchvision.ops.box_iou(r[:, :4], q[:, :4]) * same
+            found += int((ious.max(1).values >= iou).sum()) + int((ious.max(0).values >= iou).sum())
+    return 1.0 if total == 0 else found / total
+
+
+def ctx_device(model: nn.Module) -> torch.device:
+    """The device of ``model``'s parameters."""
+    return next(model.parameters()).device
+
+
+def export_int8(ctx: Context, o: Options, src_onnx: Path) -> None:
+    """INT8 ONNX and/or OpenVINO from the decoded fp32 graph, calibrated on ``--data``'s train images."""
+    from utils.quantize import calibration_images
+
+    calib = calibration_images(o.data, o.calib_images, o.img_size, int(ctx.meta["stride"]))
+    for fmt, fn in (("onnx", export_onnx_int8), ("openvino", export_openvino_int8)):
+        if fmt in o.include:
+            path = fn(ctx, o, src_onnx, calib)
+            ctx.results[f"{fmt}_int8"] = verify_int8(ctx, o, path)
+            ctx.results["files"][f"{fmt}_int8"] = str(path)
+
+
 # --------------------------------------------------------------------------- driver
 def run(weights: str | Path = "best.pt", img_size: Sequence[int] = (640, 640), batch_size: int = 1,
-        device: str = "cpu", include: Sequence[str] = INCLUDE_CHOICES, dynamic: bool = False,
-        simplify: bool = False, opset: int = 17, grid: bool = True, end2end: bool = False,
-        topk_all: int = 100, iou_thres: float = 0.45, conf_thres: float = 0.25, agnostic_nms: bool = False,
-        source: Optional[str] = None, rtol: float = 1e-3) -> dict[str, Any]:
+        device: str = "cpu", include: Sequence[str] = DEFAULT_INCLUDE, source: Optional[str] = None,
+        **options: Any) -> dict[str, Any]:
     """Export ``weights`` to each format in ``include`` and verify each; returns a results dict.
 
-    Raises :class:`ExportError` when an artefact fails its check.
+    ``options`` are the fields of :class:`Options` (the CLI flags). Raises :class:`ExportError`
+    when an artefact fails its check.
     """
-    weights = Path(weights)
-    include = [x.lower() for x in include]
-    bad = [x for x in include if x not in INCLUDE_CHOICES]
-    if bad:
-        raise ExportError(f"--include {bad}: unknown format(s); choose from {list(INCLUDE_CHOICES)}")
-    if end2end and not grid:
-        raise ExportError("--end2end needs the decoded output: drop --no-grid")
-    if end2end and "onnx" not in include:
-        raise ExportError("--end2end applies to the ONNX export: add onnx to --include")
     img_size = list(img_size) * 2 if len(img_size) == 1 else list(img_size)
-    if len(img_size) != 2:
-        raise ExportError(f"--img-size takes one or two values (h w), got {img_size}")
-    dev = select_device(device)
-
-    ckpt_fused = bool(load_checkpoint(weights).get("fused", False))
-    model0 = attempt_load(weights, map_location=dev, fuse=False).eval()
-    stride = int(model0.stride.max())
-    img_size = [check_img_size(int(x), stride) for x in img_size]
-    names = list(getattr(model0, "names", []) or [])
-    img = make_input(img_size, batch_size, stride, dev, source)
-    LOGGER.info(f"{colorstr('export:')} {weights} ({'fused' if ckpt_fused else 'training'} checkpoint), "
-                f"input {tuple(img.shape)} ({'image ' + str(source) if source else 'seeded random image'})")
-
-    results: dict[str, Any] = {"files": {}}
-    info0 = model_info(model0, img_size=img_size)
-    ref_unfused = decoded(model0, img).cpu()
-    if ckpt_fused:
-        model = model0
-    else:
-        model = copy.deepcopy(model0).fuse().eval()
-    info1 = model_info(model, img_size=img_size)
-    ref = decoded(model, img).cpu()
-    results["params"] = (info0["parameters"], info1["parameters"])
-    results["gflops"] = (info0["gflops"], info1["gflops"])
-    g0 = f"{info0['gflops']:.2f}" if info0["gflops"] is not None else "?"
-    g1 = f"{info1['gflops']:.2f}" if info1["gflops"] is not None else "?"
-    LOGGER.info(f"{colorstr('fuse:')} parameters {info0['parameters']:,} -> {info1['parameters']:,}, "
-                f"GFLOPs {g0} -> {g1} at {img_size[0]}x{img_size[1]}")
-    _check("fused vs unfused (PyTorch)", [ref_unfused], [ref], rtol, results)
-
-    stem = weights.with_suffix("")
-    if "fused" in include:
-        if ckpt_fused:
-            LOGGER.info(f"{colorstr('fused:')} {weights} is already a fused checkpoint; not re-written")
-            results["files"]["fused"] = str(weights)
-        else:
-            f = export_fused_checkpoint(model, Path(f"{stem}-fused.pt"), ref, img, dev, rtol, results)
-            results["files"]["fused"] = str(f)
-
-    head = detect_head(model)
-    meta = {"names": names, "stride": stride, "nc": int(head.nc), "img_size": img_size,
-            "batch_size": batch_size, "dynamic": dynamic, "grid": grid, "end2end": False,
-            "source_weights": weights.name}
-    net = DecodedHead(model) if grid else RawHead(model)
-    net.eval()
-    out_names = ["output"] if grid else [f"output{i}" for i in range(int(head.nl))]
-
-    if "torchscript" in include:
-        with torch.no_grad():
-            refs = [o.cpu() for o in _as_list(net(img))]
-        f = export_torchscript(net, img, Path(f"{stem}.torchscript.pt"), meta, refs, rtol, results)
-        results["files"]["torchscript"] = str(f)
-
-    if "onnx" in include:
-        if end2end:
-            net = End2End(model, topk_all, iou_thres, conf_thres, agnostic_nms).eval()
-            out_names = ["num_dets", "det_boxes", "det_scores", "det_classes"]
-            meta.update(end2end=True, topk_all=topk_all, iou_thres=iou_thres, conf_thres=conf_thres,
-                        agnostic_nms=agnostic_nms)
-            if opset < 11:
-                raise ExportError(f"--end2end needs --opset >= 11 (NonMaxSuppression), got {opset}")
-        f = export_onnx(net, img, Path(f"{stem}.onnx"), meta, out_names, opset, dynamic, simplify, end2end,
-                        rtol, results, stride)
-        results["files"]["onnx"] = str(f)
-    return results
+    o = Options(include=[x.lower() for x in include], img_size=img_size, batch_size=batch_size, **options)
+    check_options(o)
+    announce_precision(o)
+    ctx = prepare(Path(weights), o, device, source)
+    files = ctx.results["files"]
+    if "fused" in o.include:
+        files["fused"] = str(export_fused_checkpoint(ctx, o))
+    if "torchscript" in o.include:
+        files["torchscript"] = str(export_torchscript(ctx, o))
+    if "onnx" in o.include:
+        files["onnx"] = str(export_onnx(ctx, o))
+    if "openvino" in o.include or o.int8:
+        with tempfile.TemporaryDirectory(prefix="moy-export-") as tmpd:
+            src = plain_onnx(ctx, o, Path(tmpd))
+            if "openvino" in o.include:
+                files["openvino"] = str(export_openvino(ctx, o, src))
+            if o.int8:
+                export_int8(ctx, o, src)
+    if "ncnn" in o.include:
+        files["ncnn"] = str(export_ncnn(ctx, o))
+    return ctx.results
 
 
-def parse_opt(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+def announce_precision(o: Options) -> None:
+    """Say what ``--fp16`` does for the chosen formats (it changes no ONNX or TorchScript file)."""
+    if o.fp16:
+        notes = [f for f in ("openvino", "ncnn") if f in o.include]
+        LOGGER.info(f"{colorstr('fp16:')} weights stored in fp16 for {', '.join(notes) or 'no chosen format'}; "
+                    f"ONNX and TorchScript stay fp32 (an fp16 graph runs slower than fp32 on CPUs)")
+
+
+def parse_opt(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="export.py", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--weights", type=str, default="best.pt", help="training or fused checkpoint (.pt)")
-    p.add_argument("--include", nargs="+", default=list(INCLUDE_CHOICES), choices=INCLUDE_CHOICES,
+    p.add_argument("--include", nargs="+", default=list(DEFAULT_INCLUDE), choices=INCLUDE_CHOICES,
                    help="formats to write")
     p.add_argument("--img-size", nargs="+", type=int, default=[640, 640], help="image size: h w (or one value)")
     p.add_argument("--batch-size", type=int, default=1, help="batch size of the exported graph")
     p.add_argument("--device", default="cpu", help="cuda device, i.e. 0 or cpu")
-    p.add_argument("--dynamic", action="store_true", help="ONNX: dynamic batch and image size axes")
+    p.add_argument("--dynamic", action="store_true", help="ONNX/OpenVINO: dynamic batch and image size axes")
+    p.add_argument("--dynamic-batch", action="store_true", help="ONNX: dynamic batch axis only (YOLOv7)")
     p.add_argument("--simplify", action="store_true", help="ONNX: simplify the graph with onnxslim")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset version")
     p.add_argument("--grid", action=argparse.BooleanOptionalAction, default=True,
                    help="decoded output (B, N, 5+nc); --no-grid exports the raw per-level head outputs")
     p.add_argument("--end2end", action="store_true", help="ONNX: NMS inside the graph")
-    p.add_argument("--topk-all", type=int, default=100, help="end2end: max detections per image")
+    p.add_argument("--include-nms", action="store_true",
+                   help="ONNX: boxes (xyxy) and obj*cls scores outputs for an external NMS plugin (YOLOv7)")
+    p.add_argument("--max-wh", type=int, default=None,
+                   help="end2end: None = (num_dets, boxes, scores, classes) outputs; N = YOLOv7's ONNX Runtime "
+                        "(K, 7) output with a class offset of N pixels")
+    p.add_argument("--topk-all", type=int, default=100, help="end2end: max detections per image (per class with "
+                   "--max-wh)")
     p.add_argument("--iou-thres", type=float, default=0.45, help="end2end: NMS IoU threshold")
     p.add_argument("--conf-thres", type=float, default=0.25, help="end2end: score threshold")
     p.add_argument("--agnostic-nms", action="store_true", help="end2end: class-agnostic NMS")
-    p.add_argument("--source", type=str, default=None, help="image used for the checks (default: random)")
+    p.add_argument("--fp16", action="store_true", help="OpenVINO/NCNN: store weights in fp16")
+    p.add_argument("--int8", action="store_true", help="ONNX/OpenVINO: also write INT8 post-training quantized files")
+    p.add_argument("--data", type=str, default=None, help="dataset yaml: INT8 calibration (train) and check (val)")
+    p.add_argument("--calib-images", type=int, default=300, help="INT8: calibration images from the train split")
+    p.add_argument("--calib-method", default="minmax", choices=("minmax", "entropy", "percentile"),
+                   help="INT8: activation range calibration")
+    p.add_argument("--keep-head-float", action="store_true", help="INT8: keep the head's last convs in float too")
+    p.add_argument("--int8-max-drop", type=float, default=1.0, help="INT8: largest mAP@.5 drop (points) accepted")
+    p.add_argument("--threads", type=int, default=None, help="runtime threads for the checks (default: all usable)")
+    p.add_argument("--source", type=str, default=None, help="image used for the checks (default: a val image "
+                   "of --data, else random)")
     p.add_argument("--rtol", type=float, default=1e-3, help="verification tolerance: max|a-b|/max|a|")
+    p.add_argument("--verbose", action="store_true", help="tracebacks on errors")
     return p.parse_args(argv)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     set_logging()
-    opt = parse_opt(argv)
+    opt = vars(parse_opt(argv))
+    opt.pop("verbose")
     t = time.time()
     try:
-        results = run(**{k: v for k, v in vars(opt).items()})
+        results = run(**opt)
     except (ExportError, CheckpointError, FileNotFoundError) as e:
-        LOGGER.error(f"{colorstr('red', 'bold', 'export failed:')} {e}")
+        print(f"export.py: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 1
     files = results["files"]
     LOGGER.info(f"\nExport complete ({time.time() - t:.1f}s), all checks passed: "
@@ -495,4 +904,4 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, prog="export.py"))

@@ -213,16 +213,27 @@ class PyTorchBackend(Backend):
     format = "pytorch"
     supports_augment = True
 
-    def __init__(self, path: PathLike, device: torch.device, fuse: bool = True, half: bool = False, **_: Any):
-        from models.experimental import attempt_load
-
+    def __init__(self, path: PathLike, device: torch.device, fuse: bool = True, half: bool = False,
+                 model: Optional[torch.nn.Module] = None, **_: Any):
         super().__init__(path, device)
-        self.model = attempt_load(path, map_location=device, fuse=fuse).eval()
+        if model is None:
+            from models.experimental import attempt_load
+
+            model = attempt_load(path, map_location=device, fuse=fuse)
+        elif fuse:
+            model.fuse()
+        self.model = model.to(device).eval()
         self.fp16 = bool(half and device.type == "cuda")
         if self.fp16:
             self.model.half()
         self.stride = int(self.model.stride.max())
         self.names = _names(getattr(self.model, "names", None), self.model.nc)
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module, device: Union[str, torch.device] = "cpu", fuse: bool = True,
+                   half: bool = False) -> "PyTorchBackend":
+        """A backend around an in-memory ``Model`` (e.g. freshly built); ``fuse`` re-parameterizes it in place."""
+        return cls(Path(f"<{type(model).__name__}>"), _device(device), fuse=fuse, half=half, model=model)
 
     def __call__(self, x: torch.Tensor, augment: bool = False) -> torch.Tensor:
         x = x.to(self.device, torch.half if self.fp16 else torch.float)
@@ -441,3 +452,114 @@ def load_backend(weights: Weights, device: Union[str, torch.device] = "cpu", thr
            f"{n} threads, {dev})")
     (LOGGER.info if verbose else LOGGER.debug)(msg)
     return model
+
+
+# --------------------------------------------------------------------------- folder formats (OpenVINO, NCNN)
+def read_folder_meta(folder: Path) -> dict[str, Any]:
+    """The ``metadata.yaml`` export.py writes into an OpenVINO or NCNN folder (names, stride, size)."""
+    from utils.dataset_config import load_yaml
+
+    f = folder / "metadata.yaml"
+    if not f.is_file():
+        raise UserError(f"{folder}: no metadata.yaml (names, stride, image size); export it with export.py")
+    return load_yaml(f, "export metadata")
+
+
+def _folder(path: Path, suffix: str) -> Path:
+    """The export folder of ``path`` (the folder itself, or the folder of a file inside it)."""
+    folder = path if path.is_dir() else path.parent
+    if not any(folder.glob(f"*{suffix}")):
+        raise UserError(f"{path}: no {suffix} file in {folder}")
+    return folder
+
+
+class OpenVINOBackend(Backend):
+    """An OpenVINO IR folder written by export.py (fp32, fp16 or INT8), run on the CPU plugin.
+
+    ``threads`` sets ``INFERENCE_NUM_THREADS``; inference precision is pinned to f32 so that an
+    fp32 file computes in fp32 (the CPU plugin would pick bf16 on CPUs with AMX/AVX512-BF16).
+    """
+
+    format = "openvino"
+
+    def __init__(self, path: PathLike, device: torch.device, threads: Optional[int] = None, **_: Any):
+        import openvino as ov
+
+        super().__init__(path, device)
+        folder = _folder(self.path, ".xml")
+        xml = self.path if self.path.suffix == ".xml" else sorted(folder.glob("*.xml"))[0]
+        meta = read_folder_meta(folder)
+        core = ov.Core()
+        try:
+            model = core.read_model(str(xml))
+        except RuntimeError as e:
+            raise UserError(f"{xml}: not a readable OpenVINO IR ({str(e).splitlines()[0][:200]})") from e
+        config = {"INFERENCE_NUM_THREADS": int(threads or default_threads()), "PERFORMANCE_HINT": "LATENCY",
+                  "INFERENCE_PRECISION_HINT": "f32"}
+        self.compiled = core.compile_model(model, "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        shape = model.input(0).get_partial_shape()
+        dims = [d.get_length() if d.is_static else None for d in shape]
+        self.batch = dims[0]
+        self.imgsz = tuple(dims[2:4]) if None not in dims[2:4] else None
+        _apply_meta(self, meta, None)
+
+    def __call__(self, x: torch.Tensor, augment: bool = False) -> torch.Tensor:
+        self.check_batch(int(x.shape[0]))
+        out = self.request.infer({0: x.detach().cpu().float().numpy()})[self.compiled.output(0)]
+        return torch.from_numpy(np.array(out, dtype=np.float32)).to(self.device)
+
+
+class NCNNBackend(Backend):
+    """An ncnn folder written by export.py: the head maps per level, decoded here with the
+    anchors and strides of its metadata. ncnn runs one image at a time; ``threads`` sets
+    ``opt.num_threads``."""
+
+    format = "ncnn"
+
+    def __init__(self, path: PathLike, device: torch.device, threads: Optional[int] = None, **_: Any):
+        import ncnn
+
+        super().__init__(path, device)
+        folder = _folder(self.path, ".param")
+        meta = read_folder_meta(folder)
+        self.net = ncnn.Net()
+        self.net.opt.num_threads = int(threads or default_threads())
+        param, weights = sorted(folder.glob("*.param"))[0], sorted(folder.glob("*.bin"))[0]
+        if self.net.load_param(str(param)) != 0 or self.net.load_model(str(weights)) != 0:
+            raise UserError(f"{folder}: not a readable ncnn model ({param.name}, {weights.name})")
+        _apply_meta(self, meta, None)
+        self._anchors = torch.tensor(meta["anchors"], dtype=torch.float32)
+        self._strides = [float(s) for s in meta["strides"]]
+        self.input_name = self.net.input_names()[0]
+        self.output_names = list(self.net.output_names())
+        if len(self.output_names) != len(self._strides):
+            raise UserError(f"{folder}: {len(self.output_names)} outputs but {len(self._strides)} levels in metadata")
+
+    def _maps(self, chw: np.ndarray) -> list[np.ndarray]:
+        import ncnn
+
+        ex = self.net.create_extractor()
+        ex.input(self.input_name, ncnn.Mat(chw))  # ncnn.Mat borrows chw's memory: chw must outlive ex
+        maps = []
+        for name in self.output_names:
+            ret, m = ex.extract(name)
+            if ret != 0:
+                raise RuntimeError(f"{self.path}: ncnn failed to compute {name} (error {ret})")
+            maps.append(np.array(m, dtype=np.float32))  # a copy
+        return maps
+
+    def __call__(self, x: torch.Tensor, augment: bool = False) -> torch.Tensor:
+        ims = [np.ascontiguousarray(im) for im in x.detach().cpu().float().numpy()]
+        per_image = [self._maps(im) for im in ims]
+        na, no = self._anchors.shape[1], self.nc + 5
+        raw = []
+        for level in range(len(self.output_names)):
+            m = torch.from_numpy(np.stack([p[level] for p in per_image]))  # (B, na * no, ny, nx)
+            b, _, ny, nx = m.shape
+            raw.append(m.view(b, na, no, ny, nx).permute(0, 1, 3, 4, 2))
+        return decode_raw(raw, self._anchors, self._strides).to(self.device)
+
+
+register(lambda p: p.name.lower().endswith("_openvino_model") or p.suffix.lower() == ".xml", OpenVINOBackend)
+register(lambda p: p.name.lower().endswith("_ncnn_model") or p.suffix.lower() == ".param", NCNNBackend)
