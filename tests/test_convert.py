@@ -294,3 +294,14 @@ def test_unreadable_source_is_named(coco, tmp_path, monkeypatch):
         convert_coco(js, idir, tmp_path / "o", copy=True)
     assert str(idir) in str(ei.value.filename)
     assert not (tmp_path / "o" / "data.yaml").exists() and not list((tmp_path / "o").iterdir())
+
+
+def test_named_pipes_are_not_read(voc, coco, tmp_path):
+    import os
+    xd, vidir = voc
+    os.mkfifo(xd / "pipe.xml")  # ElementTree would block on it
+    r = convert_voc(xd, vidir, tmp_path / "v", names=["cat", "dog"])
+    assert any(i.where == str(xd / "pipe.xml") and i.reason.startswith("not a regular file") for i in r.issues)
+    os.mkfifo(tmp_path / "pipe.json")
+    with pytest.raises(ValueError, match="pipe.json: not a regular file"):
+        convert_coco(tmp_path / "pipe.json", coco[1], tmp_path / "c")

@@ -35,6 +35,8 @@ def test_names_list_mapping_and_nc():
         parse_names({0: "a", 2: "c"}, None, "x")
     with pytest.raises(DatasetConfigError, match="positive integer"):
         parse_names(["a"], "1", "x")
+    with pytest.raises(DatasetConfigError, match="x: 'nc' is 1000000000, more than"):
+        parse_names(None, 10 ** 9, "x")  # would build a billion default names
 
 
 def test_path_root_relative_to_yaml_folder(tmp_path, monkeypatch):

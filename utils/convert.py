@@ -101,7 +101,7 @@ def _reason_key(reason: str) -> str:
     """Group label for a reason ('unknown class 'dog'' -> 'unknown class')."""
     for k in ("unknown class", "unknown category", "unknown image", "missing image", "unreadable image",
               "unsupported image", "degenerate box", "malformed", "crowd", "difficult", "duplicate",
-              "clipped", "size", "unreadable xml"):
+              "clipped", "size", "unreadable xml", "not a regular file"):
         if reason.startswith(k):
             return k
     return reason
@@ -340,14 +340,15 @@ def convert_voc(xml_dir: Path | str, img_dir: Path | str, out: Path | str, names
     are dropped (and reported) unless ``keep_difficult``.
     """
     xml_dir, img_dir, out = Path(xml_dir), Path(img_dir), Path(out)
-    xmls = sorted(xml_dir.glob("*.xml"))
+    found = sorted(xml_dir.glob("*.xml"))
+    xmls = [x for x in found if x.is_file()]  # a named pipe would block the parser
     if not xmls:
         raise FileNotFoundError(f"no .xml files in {xml_dir}")
     if not img_dir.is_dir():
         raise FileNotFoundError(f"image folder {img_dir} does not exist")
     if names is not None and len(set(names)) != len(names):
         raise ValueError(f"duplicate class names in --names {list(names)}")
-    issues: list[Issue] = []
+    issues: list[Issue] = [Issue(str(x), "not a regular file; not read") for x in found if not x.is_file()]
     parsed = []  # (xml path, root element)
     for x in xmls:
         try:
@@ -421,6 +422,8 @@ def convert_coco(json_path: Path | str, img_dir: Path | str, out: Path | str, va
     annotation are kept as background images (empty label file).
     """
     json_path, img_dir, out = Path(json_path), Path(img_dir), Path(out)
+    if json_path.exists() and not json_path.is_file():
+        raise ValueError(f"{json_path}: not a regular file")
     try:
         data = json.loads(json_path.read_text())
     except (OSError, ValueError) as e:

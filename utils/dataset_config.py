@@ -40,6 +40,7 @@ class YamlError(yaml.YAMLError, ValueError):
 
 MAX_YAML_BYTES = 4 << 20  # config yamls are a few KB; a bigger file is not a config
 MAX_YAML_NODES = 1_000_000  # scalars + lists + mappings after aliases are expanded
+MAX_CLASSES = 100_000  # a bound on 'nc' so that a typo cannot allocate a billion class names
 
 
 def _expanded_size(root: Any, children: Callable[[Any], Iterable[Any]], limit: int) -> int:
@@ -163,6 +164,9 @@ def parse_names(names: Any, nc: Any, where: str) -> tuple[int, list[str]]:
     if nc is not None:
         if isinstance(nc, bool) or not isinstance(nc, int) or nc < 1:
             raise DatasetConfigError(f"{where}: 'nc' must be a positive integer, got {nc!r}")
+        if nc > MAX_CLASSES:
+            raise DatasetConfigError(f"{where}: 'nc' is {nc}, more than the {MAX_CLASSES} classes a detector "
+                                     f"here can have")
     if names is None:
         if nc is None:
             raise DatasetConfigError(f"{where}: needs 'names' (list or {{id: name}}) and/or 'nc'")

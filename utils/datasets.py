@@ -6,6 +6,10 @@
   corrupt, fixed or missing-label file). Results are cached in a ``.cache`` file keyed by a
   hash of the image and label paths, sizes and mtimes (beside the labels when that folder is
   writable, else under ``$MOYOLO_CACHE_DIR`` or ``~/.cache/moyolo``).
+- ``read_image`` is the one image reader (the checker decodes with it too, so what the check
+  accepts, training can read) and ``check_image_size`` its header-only decompression-bomb guard
+  (``MAX_IMAGE_PIXELS``). Image folders are walked once per real folder (symlink loops end) and
+  only regular files are opened (a named pipe is reported, never read).
 - ``LoadImagesAndLabels`` / ``create_dataloader``: training and evaluation batches
   ``(imgs uint8 (B,3,H,W) RGB, targets (N,6) [img_idx, cls, cx, cy, w, h], paths, shapes)``.
 - ``LoadImages`` / ``LoadStreams``: images, folders, globs, videos, webcams and stream URLs.
