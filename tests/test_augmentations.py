@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.augmentations import (augment_hsv, box_candidates, check_hyp, flip_labels, letterbox,
-                                 random_perspective)
+from utils.augmentations import augment_hsv, box_candidates, check_hyp, flip_labels, letterbox, random_perspective
 from utils.datasets import LoadImagesAndLabels
 from utils.general import LOGGER, init_seeds, xywhn2xyxy
 

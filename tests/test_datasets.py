@@ -17,8 +17,17 @@ import yaml
 from PIL import Image
 
 from utils import datasets as D
-from utils.datasets import (LoadImages, LoadImagesAndLabels, LoadStreams, NoUsableImagesError, collate_fn,
-                            create_dataloader, img2label_paths, is_writable_dir, scan_dataset)
+from utils.datasets import (
+    LoadImages,
+    LoadImagesAndLabels,
+    LoadStreams,
+    NoUsableImagesError,
+    collate_fn,
+    create_dataloader,
+    img2label_paths,
+    is_writable_dir,
+    scan_dataset,
+)
 from utils.general import init_seeds
 
 NC = 3
@@ -280,6 +289,19 @@ def test_cache_reused_and_rebuilt(tmp_path):
     assert not r7.report.from_cache and scan_dataset(src, nc=NC).report.from_cache
 
 
+def test_cache_of_an_older_checker_is_rebuilt(tmp_path):
+    """Version-1 caches trusted PIL alone (a float32 TIFF was 'found'): they are not reused."""
+    root = tmp_path / "ds"
+    _good(root, n=2)
+    src = root / "images" / "train"
+    cache = Path(scan_dataset(src, nc=NC).report.cache_file)
+    old = torch.load(cache, weights_only=True)
+    assert old["version"] == D.CACHE_VERSION >= 2
+    old["version"] = 1
+    torch.save(old, cache)
+    assert not scan_dataset(src, nc=NC).report.from_cache
+
+
 def _snapshot(root: Path) -> dict:
     return {str(p): p.stat().st_mtime_ns for p in root.rglob("*")}
 
@@ -344,7 +366,7 @@ def test_rect_batches(tmp_path):
     ars = ds.shapes[:, 1] / ds.shapes[:, 0]
     assert (np.diff(ars) >= 0).all()  # sorted by aspect ratio
     seen = 0
-    for imgs, targets, paths, shapes in loader:
+    for imgs, _targets, paths, shapes in loader:
         assert imgs.shape[2] % 32 == 0 and imgs.shape[3] % 32 == 0
         assert all(s is not None for s in shapes)
         seen += len(paths)
@@ -455,7 +477,7 @@ def test_load_streams_from_video_file(tmp_path):
     v = _video(tmp_path / "s.avi", n=6)
     st = LoadStreams(str(v), img_size=64, stride=32)
     n = 0
-    for sources, img, img0, cap, info in st:
+    for sources, img, img0, _cap, _info in st:
         assert sources == [str(v)] and img.shape == (1, 3, 64, 64) and img0[0].shape == (48, 64, 3)
         n += 1
         if n > 50:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Sequence
+from typing import Optional, Sequence
 
 import cv2
 import numpy as np
@@ -140,15 +140,14 @@ def clipped_polygon_box(poly: np.ndarray, width: float, height: float) -> np.nda
     for axis, limit, keep_below in ((0, 0.0, False), (0, width, True), (1, 0.0, False), (1, height, True)):
         if not pts:
             break
-        inside = (lambda p: p[axis] <= limit) if keep_below else (lambda p: p[axis] >= limit)
         out = []
         for k, cur in enumerate(pts):
             prev = pts[k - 1]
-            if inside(cur):
-                if not inside(prev):
+            if _inside(cur, axis, limit, keep_below):
+                if not _inside(prev, axis, limit, keep_below):
                     out.append(_cross(prev, cur, axis, limit))
                 out.append(cur)
-            elif inside(prev):
+            elif _inside(prev, axis, limit, keep_below):
                 out.append(_cross(prev, cur, axis, limit))
         pts = out
     if not pts:
@@ -157,13 +156,18 @@ def clipped_polygon_box(poly: np.ndarray, width: float, height: float) -> np.nda
     return np.array([a[:, 0].min(), a[:, 1].min(), a[:, 0].max(), a[:, 1].max()])
 
 
+def _inside(p, axis: int, limit: float, keep_below: bool) -> bool:
+    """Whether point p is on the kept side of the line coordinate[axis] == limit."""
+    return p[axis] <= limit if keep_below else p[axis] >= limit
+
+
 def _cross(p, q, axis: int, limit: float) -> tuple[float, float]:
     """Point where segment p-q crosses the line coordinate[axis] == limit."""
     t = (limit - p[axis]) / (q[axis] - p[axis])
     return (p[0] + t * (q[0] - p[0]), p[1] + t * (q[1] - p[1]))
 
 
-def random_perspective(img: np.ndarray, targets: np.ndarray = np.zeros((0, 5)), degrees: float = 10,
+def random_perspective(img: np.ndarray, targets: Optional[np.ndarray] = None, degrees: float = 10,
                        translate: float = 0.1, scale: float = 0.1, shear: float = 10, perspective: float = 0.0,
                        border: Sequence[int] = (0, 0)):
     """Random rotation/scale/shear/translation/perspective of an image and its xyxy pixel boxes.
@@ -198,6 +202,7 @@ def random_perspective(img: np.ndarray, targets: np.ndarray = np.zeros((0, 5)), 
         else:
             img = cv2.warpAffine(img, M[:2], dsize=(width, height), borderValue=(114, 114, 114))
 
+    targets = np.zeros((0, 5)) if targets is None else targets
     n = len(targets)
     if n:
         xy = np.ones((n * 4, 3))
