@@ -305,3 +305,22 @@ def test_named_pipes_are_not_read(voc, coco, tmp_path):
     os.mkfifo(tmp_path / "pipe.json")
     with pytest.raises(ValueError, match="pipe.json: not a regular file"):
         convert_coco(tmp_path / "pipe.json", coco[1], tmp_path / "c")
+
+
+def test_write_failure_names_the_output_file(coco, tmp_path, monkeypatch):
+    import errno
+    import os
+
+    import utils.convert as C
+    from utils.atomic import WriteError
+    js, idir = coco
+    monkeypatch.chdir(tmp_path)  # a relative --out
+
+    def copy2(src, dst):
+        raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT), str(dst))
+    monkeypatch.setattr(C.shutil, "copy2", copy2)
+    with pytest.raises(WriteError) as ei:
+        convert_coco(js, idir, Path("rel_out"), copy=True)
+    assert Path(ei.value.filename).parent == Path("rel_out", "images", "train")  # as the user named it
+    assert ei.value.strerror == f"cannot write: {os.strerror(errno.EDQUOT)}"
+    assert list(Path("rel_out").iterdir()) == []

@@ -250,7 +250,7 @@ def _staged(out: Path) -> Iterator[Path]:
     """
     try:
         out.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=".convert.", suffix=".tmp", dir=out))
+        stage = Path(os.path.abspath(tempfile.mkdtemp(prefix=".convert.", suffix=".tmp", dir=out)))
     except OSError as e:
         raise WriteError(e.errno, f"cannot write: {e.strerror or e}", str(out)) from e
     try:
@@ -258,9 +258,10 @@ def _staged(out: Path) -> Iterator[Path]:
         _swap_in(stage, out)
     except OSError as e:
         names = [str(n) for n in (e.filename, e.filename2) if n is not None]
-        if isinstance(e, WriteError) or any(not n.startswith(str(out)) for n in names):
-            raise  # e.g. a source image that cannot be read: its own name says it
-        where = out / Path(names[0]).relative_to(stage) if names and names[0].startswith(str(stage)) else out
+        staged = [n for n in names if n.startswith(str(stage) + os.sep)]
+        if isinstance(e, WriteError) or (names and not staged):
+            raise  # a source image that cannot be read, a failed swap: the error names its own file
+        where = out / Path(staged[0]).relative_to(stage) if staged else out
         raise WriteError(e.errno, f"cannot write: {e.strerror or e}", str(where)) from e
     finally:
         shutil.rmtree(stage, ignore_errors=True)
