@@ -7,6 +7,7 @@ and conversion command lines (run as users run them, in a fresh interpreter).
 from __future__ import annotations
 
 import errno
+import io
 import logging
 import os
 import subprocess
@@ -20,6 +21,7 @@ import torch
 import yaml
 from PIL import Image
 
+from utils import atomic
 from utils import datasets as D
 from utils.general import LOGGER, increment_path
 
@@ -164,10 +166,15 @@ def test_enospc_on_cache_write_keeps_old_cache(tmp_path, monkeypatch, _cache_dir
     old = cache.read_bytes()
     (root / "labels" / "train" / "im0.txt").write_text("1 0.5 0.5 0.2 0.2\n")  # the cache must be rebuilt
 
-    def full_disk(obj, f, *a, **k):
-        f.write(b"partial cache bytes")
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    monkeypatch.setattr(D.torch, "save", full_disk)
+    class FullDisk(io.FileIO):
+        """A file on a disk that fills up after 100 bytes."""
+
+        def write(self, b):
+            if self.tell() + len(b) > 100:
+                super().write(bytes(b)[: max(0, 100 - self.tell())])
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return super().write(b)
+    monkeypatch.setattr(atomic, "open", lambda f, mode, **k: FullDisk(f, mode.replace("b", "")), raising=False)
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = records.append

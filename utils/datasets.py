@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import logging
 import math
 import os
@@ -507,6 +508,8 @@ def _save_cache(files: Sequence[Path], data: dict, prefix: str) -> Optional[str]
     A failed write (full disk, read-only folder) leaves any previous cache file intact and no
     temp file behind; it is logged with the path and the cause, and the next location is tried.
     """
+    blob = io.BytesIO()
+    torch.save(data, blob)  # in memory first: torch.save hides a full disk behind a vague RuntimeError
     failures = []
     for f in files:
         folder = f.parent
@@ -521,7 +524,7 @@ def _save_cache(files: Sequence[Path], data: dict, prefix: str) -> Optional[str]
             continue
         try:
             with atomic_write(f, "wb") as fh:
-                torch.save(data, fh)
+                fh.write(blob.getbuffer())
             return str(f)
         except OSError as e:
             failures.append(one_line(e))
