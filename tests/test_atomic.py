@@ -205,3 +205,47 @@ def test_clean_stale_temps_removes_what_a_kill_left(tmp_path):
     assert [x.name for x in tmp_path.iterdir() if x.name.startswith(".best.pt.")]
     assert len(clean_stale_temps(tmp_path)) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+class _Statvfs:
+    f_bavail = f_bfree = 0
+
+
+@pytest.mark.parametrize("use", ["path", "write", "dir"])
+def test_vague_writer_error_on_a_full_disk_names_the_cause(tmp_path, monkeypatch, use):
+    """torch.save / torch.jit.save report a full disk as RuntimeError('unexpected pos ...')."""
+    p = tmp_path / ("model_dir" if use == "dir" else "model.pt")
+    monkeypatch.setattr(atomic.os, "statvfs", lambda folder: _Statvfs())
+    cm = {"path": atomic_path, "write": atomic_write, "dir": atomic_dir}[use]
+    with pytest.raises(WriteError) as ei:
+        with cm(p):
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+    msg = one_line(ei.value)
+    assert msg.startswith(f"{p}: cannot write: No space left on device (RuntimeError: ")
+    assert ei.value.errno == errno.ENOSPC and leftovers(tmp_path) == [] and not p.exists()
+
+
+def test_writer_error_with_free_space_passes_through(tmp_path):
+    with pytest.raises(RuntimeError, match="bad graph"):
+        with atomic_path(tmp_path / "m.onnx"):
+            raise RuntimeError("bad graph")
+    assert leftovers(tmp_path) == []
+
+
+def test_real_torch_save_on_a_full_disk(tmp_path, monkeypatch):
+    """The actual torch.save failure mode, end to end through atomic_write."""
+    import io
+
+    import torch
+
+    class FullDisk(io.FileIO):
+        def write(self, b):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(atomic, "open", lambda f, mode, **k: FullDisk(f, mode.replace("b", "")), raising=False)
+    monkeypatch.setattr(atomic.os, "statvfs", lambda folder: _Statvfs())
+    p = tmp_path / "last.pt"
+    p.write_bytes(b"old")
+    with pytest.raises(WriteError, match="No space left on device"):
+        with atomic_write(p, "wb") as f:
+            torch.save({"w": torch.zeros(100)}, f)
+    assert p.read_bytes() == b"old" and leftovers(tmp_path) == []

@@ -8,6 +8,7 @@ temp file, leaves any previous file untouched and raises :class:`WriteError` nam
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import secrets
@@ -49,6 +50,27 @@ def _usual_mode(path: Path, is_dir: bool = False) -> None:
 def _write_error(path: Path, exc: OSError) -> WriteError:
     cause = exc.strerror or str(exc) or type(exc).__name__
     err = WriteError(exc.errno, f"cannot write: {cause}")
+    err.filename = str(path)
+    return err
+
+
+def _disk_full(folder: Path) -> bool:
+    """True when the file system of ``folder`` has no block left for this user.
+
+    Writers such as ``torch.save`` / ``torch.jit.save`` / ``torch.onnx.export`` turn a full disk
+    into a vague RuntimeError ("unexpected pos", "file write failed"); this recovers the cause.
+    """
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):  # no statvfs (Windows) or folder gone
+        return False
+    free = st.f_bfree if hasattr(os, "geteuid") and os.geteuid() == 0 else st.f_bavail
+    return free == 0
+
+
+def _full_disk_error(path: Path, exc: BaseException) -> WriteError:
+    detail = " ".join(str(exc).split())[:120]
+    err = WriteError(errno.ENOSPC, f"cannot write: {os.strerror(errno.ENOSPC)} ({type(exc).__name__}: {detail})")
     err.filename = str(path)
     return err
 
@@ -110,6 +132,12 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         if isinstance(e, WriteError) or not _ours(e, tmp, path):
             raise
         raise _write_error(path, e) from e
+    except Exception as e:
+        full = _disk_full(path.parent)  # checked before the partial temp file frees its space
+        tmp.unlink(missing_ok=True)
+        if full:
+            raise _full_disk_error(path, e) from e
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -168,11 +196,14 @@ def atomic_dir(path: PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException as e:
+        full = isinstance(e, Exception) and not isinstance(e, OSError) and _disk_full(path.parent)
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None and (old.exists() or old.is_symlink()) and not path.exists():
             os.replace(old, path)
         if isinstance(e, OSError) and not isinstance(e, WriteError) and _ours(e, tmp, path):
             raise _write_error(path, e) from e
+        if full:
+            raise _full_disk_error(path, e) from e
         raise
     if old is not None:
         _remove(old)
