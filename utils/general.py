@@ -300,6 +300,54 @@ def bbox_iou(box1: torch.Tensor, box2: torch.Tensor, x1y1x2y2: bool = True, GIoU
 
 
 # --------------------------------------------------------------------------- NMS
+def _label_rows(lb: torch.Tensor, nc: int, like: torch.Tensor) -> torch.Tensor:
+    """Prediction rows for given labels (n, 5) [cls, cx, cy, w, h]: objectness and class score 1."""
+    lb = lb.to(device=like.device, dtype=like.dtype)
+    v = torch.zeros((len(lb), nc + 5), device=like.device, dtype=like.dtype)
+    v[:, :4] = lb[:, 1:5]
+    v[:, 4] = 1.0
+    v[torch.arange(len(lb), device=like.device), lb[:, 0].long() + 5] = 1.0
+    return v
+
+
+def _candidates(x: torch.Tensor, nc: int, conf_thres: float, multi_label: bool,
+                cls_filter: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(row index, class, score) of every candidate above ``conf_thres`` (score = obj * cls, or obj if nc == 1)."""
+    scores = x[:, 4:5] if nc == 1 else x[:, 5:] * x[:, 4:5]
+    if multi_label:
+        i, j = (scores > conf_thres).nonzero(as_tuple=True)
+        conf = scores[i, j]
+    else:
+        conf, j = scores.max(1)
+        i = (conf > conf_thres).nonzero(as_tuple=True)[0]
+        conf, j = conf[i], j[i]
+    if cls_filter is not None:
+        keep = (j[:, None] == cls_filter[None]).any(1)
+        i, j, conf = i[keep], j[keep], conf[keep]
+    return i, j, conf
+
+
+def _nms_top(boxes: torch.Tensor, conf: torch.Tensor, idx: torch.Tensor, iou_thres: float, max_det: int,
+             max_nms: int) -> torch.Tensor | None:
+    """Indices (into ``conf``) of the boxes per-class NMS keeps, best first, at most ``max_det``; None if none.
+
+    Greedy NMS keeps a box iff no higher-scoring kept box overlaps it, so the kept set among the
+    k best candidates does not depend on the rest: NMS runs on a growing prefix until it yields
+    ``max_det`` boxes (exactly the full result, far cheaper when an untrained model floods NMS
+    with candidates). At most ``max_nms`` candidates (highest scores) are considered.
+    """
+    n = min(conf.shape[0], max_nms)
+    if not n:
+        return None
+    k = min(n, max(3 * max_det, 1000))  # 1000 boxes: torchvision still uses its one-call path
+    while True:
+        top = conf.topk(k).indices if k < conf.shape[0] else conf.argsort(descending=True)
+        keep = torchvision.ops.batched_nms(boxes[top].float(), conf[top].float(), idx[top], iou_thres)
+        if keep.shape[0] >= max_det or k >= n:
+            return top[keep[:max_det]]
+        k = min(4 * k, n)
+
+
 def non_max_suppression(prediction: torch.Tensor, conf_thres: float = 0.25, iou_thres: float = 0.45,
                         classes: Sequence[int] | None = None, agnostic: bool = False,
                         multi_label: bool = False, labels: Sequence[torch.Tensor] = (),
@@ -343,47 +391,14 @@ def non_max_suppression(prediction: torch.Tensor, conf_thres: float = 0.25, iou_
     for xi, x in enumerate(prediction):
         x = x[x[:, 4] > conf_thres]  # objectness pre-filter (score = obj * cls <= obj)
         if labels and len(labels[xi]):
-            lb = labels[xi].to(device=device, dtype=x.dtype)
-            v = torch.zeros((len(lb), nc + 5), device=device, dtype=x.dtype)
-            v[:, :4] = lb[:, 1:5]
-            v[:, 4] = 1.0
-            v[torch.arange(len(lb), device=device), lb[:, 0].long() + 5] = 1.0
-            x = torch.cat((x, v), 0)
+            x = torch.cat((x, _label_rows(labels[xi], nc, x)), 0)
         if not x.shape[0]:
             continue
-
-        if nc == 1:
-            scores = x[:, 4:5]
-        else:
-            scores = x[:, 5:] * x[:, 4:5]
         box = xywh2xyxy(x[:, :4])
-        if multi_label:
-            i, j = (scores > conf_thres).nonzero(as_tuple=True)
-            conf, j = scores[i, j], j
-        else:
-            conf, j = scores.max(1)
-            i = (conf > conf_thres).nonzero(as_tuple=True)[0]
-            conf, j = conf[i], j[i]
-        if cls_filter is not None:
-            keep = (j[:, None] == cls_filter[None]).any(1)
-            i, j, conf = i[keep], j[keep], conf[keep]
-        n = min(conf.shape[0], max_nms)  # cap the candidates by score so NMS cost stays bounded
-        if not n:
-            continue
-        # Greedy NMS keeps a box iff no higher-scoring kept box overlaps it, so the kept set
-        # among the k best candidates does not depend on the rest: run NMS on a growing
-        # prefix until it yields max_det boxes (exactly the full result, far cheaper when
-        # an untrained model floods NMS with candidates).
-        k = min(n, max(3 * max_det, 1000))  # 1000 boxes: torchvision still uses its one-call path
-        idx = torch.zeros_like(j) if agnostic else j
-        while True:
-            top = conf.topk(k).indices if k < conf.shape[0] else conf.argsort(descending=True)
-            keep = torchvision.ops.batched_nms(box[i[top]].float(), conf[top].float(), idx[top], iou_thres)
-            if keep.shape[0] >= max_det or k >= n:
-                break
-            k = min(4 * k, n)
-        sel = top[keep[:max_det]]
-        output[xi] = torch.cat((box[i[sel]], conf[sel, None], j[sel, None].to(box.dtype)), 1)
+        i, j, conf = _candidates(x, nc, conf_thres, multi_label, cls_filter)
+        sel = _nms_top(box[i], conf, torch.zeros_like(j) if agnostic else j, iou_thres, max_det, max_nms)
+        if sel is not None:
+            output[xi] = torch.cat((box[i[sel]], conf[sel, None], j[sel, None].to(box.dtype)), 1)
 
     elapsed = time.time() - t0
     if elapsed > time_limit:
