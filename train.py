@@ -290,9 +290,9 @@ def setup_ema_and_ddp(run: Run, ckpt: Optional[dict]) -> None:
         run.ema = ModelEMA(run.model)
         if opt.resume and ckpt is not None and ckpt.get("ema") is not None:
             run.ema.load_state_dict(ckpt["ema"], updates=int(ckpt.get("updates") or 0))
-    if opt.sync_bn and RANK != -1:
-        if run.device.type != "cuda":
-            run.log.warning("WARNING: --sync-bn needs CUDA devices; training without SyncBatchNorm on CPU")
+    if opt.sync_bn:
+        if RANK == -1 or run.device.type != "cuda":
+            run.log.warning("WARNING: --sync-bn needs DDP on CUDA devices; training without SyncBatchNorm")
         else:  # same Parameter objects: the optimizer stays valid
             run.model = nn.SyncBatchNorm.convert_sync_batchnorm(run.model).to(run.device)
             run.log.info("Using SyncBatchNorm")

@@ -63,7 +63,7 @@ def log_to_current_stderr() -> None:
     from utils.general import LOGGER
     for h in LOGGER.handlers:
         if isinstance(h, logging.StreamHandler):
-            h.setStream(sys.stderr)
+            h.stream = sys.stderr  # not setStream(): it flushes the old, closed stream
 
 
 def read_csv(path: Path) -> list[list[str]]:
