@@ -242,3 +242,14 @@ def test_check_data_size_for_unpickled_data():
     loop.append(loop)
     with pytest.raises(YamlError, match="refers to itself"):
         check_data_size(loop, "cfg")
+
+
+def test_category_ids_must_be_integers(tmp_path):
+    _tree(tmp_path / "ds")
+    base = {"path": "ds", "train": "images/train", "val": "images/val", "names": ["a", "b"]}
+    ok = _yaml(tmp_path / "ok.yaml", {**base, "category_ids": {0: 7, 1: "9"}})
+    assert check_dataset(ok)["category_ids"] == [7, 9]
+    for bad in (["x", 2], {"a": 1, "b": 2}, 5):
+        y = _yaml(tmp_path / "bad.yaml", {**base, "category_ids": bad})
+        with pytest.raises(DatasetConfigError, match="bad.yaml: 'category_ids' must be a list of integers"):
+            check_dataset(y)

@@ -207,57 +207,33 @@ def _resolve_one(p: Any, bases: list[Path], where: str, key: str) -> str:
     return str(candidates[0])
 
 
-def check_dataset(data: DataArg, require: Iterable[str] = SPLITS) -> dict:
-    """Load and validate a dataset yaml (path or dict); return it with absolute split paths.
-
-    Returns the yaml's dict plus: ``train``/``val``/``test`` as absolute path strings (or lists
-    of them; ``test`` may be None), ``nc`` (int), ``names`` (list[str]), ``yaml_file`` (str or
-    None), ``path`` (absolute root, or None). Splits named in ``require`` that are given must
-    exist; ``train`` and ``val`` must be given. Errors name the yaml and the key.
-    """
+def _read_dataset(data: DataArg) -> tuple[dict, Union[str, None]]:
+    """(a copy of the yaml's mapping, the yaml's absolute path or None for a dict)."""
     if isinstance(data, dict):
-        d, yaml_file = dict(data), data.get("yaml_file")
-    else:
-        yaml_file = str(Path(data).resolve())
-        d = load_yaml(data, "dataset yaml", mapping=False)
-        d = {} if d is None else d
-        if not isinstance(d, dict):
-            raise DatasetConfigError(f"{data}: expected a mapping at the top level, got {type(d).__name__}")
-    where = str(yaml_file) if yaml_file else "dataset dict"
-    yaml_dir = Path(yaml_file).parent if yaml_file else None
-    cwd = Path.cwd()
+        return dict(data), data.get("yaml_file")
+    d = load_yaml(data, "dataset yaml", mapping=False)
+    d = {} if d is None else d
+    if not isinstance(d, dict):
+        raise DatasetConfigError(f"{data}: expected a mapping at the top level, got {type(d).__name__}")
+    return d, str(Path(data).resolve())
 
-    nc, names = parse_names(d.get("names"), d.get("nc"), where)
-    d["nc"], d["names"], d["yaml_file"] = nc, names, yaml_file
 
-    # root folder
-    root = None
-    if d.get("path"):
-        r = Path(str(d["path"])).expanduser()
-        if r.is_absolute():
-            root = r
-        else:
-            cands = ([yaml_dir / r] if yaml_dir else []) + [cwd / r]
-            root = next((c for c in cands if c.exists()), cands[0])
-        root = root.resolve()
-        d["path"] = str(root)
-    else:
-        d["path"] = None
+def _root(path: Any, yaml_dir: Union[Path, None]) -> Union[Path, None]:
+    """The absolute dataset root for a ``path`` entry (relative: to the yaml's folder, else the cwd)."""
+    if not path:
+        return None
+    r = Path(str(path)).expanduser()
+    if not r.is_absolute():
+        cands = ([yaml_dir / r] if yaml_dir else []) + [Path.cwd() / r]
+        r = next((c for c in cands if c.exists()), cands[0])
+    return r.resolve()
 
-    builtin = d.get("builtin")
-    if builtin:
-        if builtin != "shapes":
-            raise DatasetConfigError(f"{where}: unknown 'builtin' dataset {builtin!r} (known: shapes)")
-        if root is None:
-            raise DatasetConfigError(f"{where}: 'builtin: shapes' needs a 'path' to generate it under")
-        from utils.shapes import ensure_shapes  # imported lazily: only built-in datasets need it
-        ensure_shapes(root)
 
-    bases = [root] if root is not None else [b for b in (yaml_dir, cwd) if b is not None]
+def _resolve_splits(d: dict, bases: list[Path], where: str, require: set[str]) -> None:
+    """Make every split absolute (in place); splits in ``require`` that are given must exist."""
     for key in ("train", "val"):
         if not d.get(key):
             raise DatasetConfigError(f"{where}: missing '{key}' split")
-    require = set(require)
     for key in SPLITS:
         v = d.get(key)
         if not v:
@@ -269,22 +245,59 @@ def check_dataset(data: DataArg, require: Iterable[str] = SPLITS) -> dict:
         else:
             d[key] = _resolve_one(v, bases, where, key)
             paths = [d[key]]
-        if key in require:
-            missing = [p for p in paths if not Path(p).exists()]
-            if missing:
-                hint = ""
-                if d.get("download"):
-                    hint = " (this yaml has download instructions: read its 'download' entry / comments)"
-                raise DatasetConfigError(f"{where}: '{key}' split not found: {', '.join(missing)}{hint}")
+        missing = [p for p in paths if not Path(p).exists()] if key in require else []
+        if missing:
+            hint = ""
+            if d.get("download"):
+                hint = " (this yaml has download instructions: read its 'download' entry / comments)"
+            raise DatasetConfigError(f"{where}: '{key}' split not found: {', '.join(missing)}{hint}")
 
+
+def _category_ids(cids: Any, nc: int, where: str) -> list[int]:
+    """``category_ids`` (list, or {class index: id}) as a list of nc integers."""
+    try:
+        if isinstance(cids, dict):
+            cids = [cids[k] for k in sorted(cids, key=int)]
+        if not isinstance(cids, (list, tuple)):
+            raise TypeError(type(cids).__name__)
+        ids = [int(c) for c in cids]
+    except (TypeError, ValueError) as e:
+        raise DatasetConfigError(f"{where}: 'category_ids' must be a list of integers ({e})") from None
+    if len(ids) != nc:
+        raise DatasetConfigError(f"{where}: 'category_ids' has {len(ids)} entries, nc is {nc}")
+    return ids
+
+
+def check_dataset(data: DataArg, require: Iterable[str] = SPLITS) -> dict:
+    """Load and validate a dataset yaml (path or dict); return it with absolute split paths.
+
+    Returns the yaml's dict plus: ``train``/``val``/``test`` as absolute path strings (or lists
+    of them; ``test`` may be None), ``nc`` (int), ``names`` (list[str]), ``yaml_file`` (str or
+    None), ``path`` (absolute root, or None). Splits named in ``require`` that are given must
+    exist; ``train`` and ``val`` must be given. Errors name the yaml and the key.
+    """
+    d, yaml_file = _read_dataset(data)
+    where = str(yaml_file) if yaml_file else "dataset dict"
+    yaml_dir = Path(yaml_file).parent if yaml_file else None
+    nc, names = parse_names(d.get("names"), d.get("nc"), where)
+    d["nc"], d["names"], d["yaml_file"] = nc, names, yaml_file
+    root = _root(d.get("path"), yaml_dir)
+    d["path"] = str(root) if root is not None else None
+
+    builtin = d.get("builtin")
+    if builtin:
+        if builtin != "shapes":
+            raise DatasetConfigError(f"{where}: unknown 'builtin' dataset {builtin!r} (known: shapes)")
+        if root is None:
+            raise DatasetConfigError(f"{where}: 'builtin: shapes' needs a 'path' to generate it under")
+        from utils.shapes import ensure_shapes  # imported lazily: only built-in datasets need it
+        ensure_shapes(root)
+
+    bases = [root] if root is not None else [b for b in (yaml_dir, Path.cwd()) if b is not None]
+    _resolve_splits(d, bases, where, set(require))
     if d.get("coco_json"):
         d["coco_json"] = _resolve_one(d["coco_json"], bases, where, "coco_json")
     if d.get("category_ids") is not None:
-        cids = d["category_ids"]
-        if isinstance(cids, dict):
-            cids = [cids[k] for k in sorted(cids, key=int)]
-        if len(cids) != nc:
-            raise DatasetConfigError(f"{where}: 'category_ids' has {len(cids)} entries, nc is {nc}")
-        d["category_ids"] = [int(c) for c in cids]
+        d["category_ids"] = _category_ids(d["category_ids"], nc, where)
     d["coco"] = bool(d.get("coco", False))
     return d
