@@ -324,3 +324,18 @@ def test_write_failure_names_the_output_file(coco, tmp_path, monkeypatch):
     assert Path(ei.value.filename).parent == Path("rel_out", "images", "train")  # as the user named it
     assert ei.value.strerror == f"cannot write: {os.strerror(errno.EDQUOT)}"
     assert list(Path("rel_out").iterdir()) == []
+
+
+def test_malformed_coco_json_names_the_file(coco, tmp_path):
+    js, idir = coco
+    good = json.loads(js.read_text())
+    for cats in ([{"name": "car"}], [{"id": "2", "name": "car"}], ["car"]):
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps({**good, "categories": cats}))
+        with pytest.raises(ValueError, match=r"bad.json: categories\[0\] needs an integer 'id' and a 'name'"):
+            convert_coco(bad, idir, tmp_path / "o")
+    odd = tmp_path / "odd.json"
+    odd.write_text(json.dumps({**good, "images": good["images"] + [7], "annotations": good["annotations"] + ["x"]}))
+    r = convert_coco(odd, idir, tmp_path / "o2")
+    assert any(i.reason.startswith("malformed image entry") for i in r.issues)
+    assert any(i.reason.startswith("malformed annotation") for i in r.issues)

@@ -413,6 +413,41 @@ def convert_voc(xml_dir: Path | str, img_dir: Path | str, out: Path | str, names
 
 
 # --------------------------------------------------------------------------- COCO
+def _coco_categories(cats: list, json_path: Path) -> list[dict]:
+    """The categories sorted by id; each must be a mapping with an integer 'id' (unique) and a 'name'."""
+    for k, c in enumerate(cats):
+        if not isinstance(c, dict) or "name" not in c or isinstance(c.get("id"), bool) \
+                or not isinstance(c.get("id"), int):
+            raise ValueError(f"{json_path}: categories[{k}] needs an integer 'id' and a 'name', got {str(c)[:80]}")
+    cats = sorted(cats, key=lambda c: c["id"])
+    ids = [c["id"] for c in cats]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{json_path}: duplicate category ids {ids}")
+    return cats
+
+
+def _coco_boxes(im: _Image, anns: list[tuple[int, dict]], cat_index: dict, names: list[str], keep_crowd: bool,
+                src: str, file_name: str, issues: list[Issue]) -> None:
+    """Add the boxes of one image's annotations to ``im``; every skipped or fixed one is an issue."""
+    seen: set = set()
+    for k, a in anns:
+        where = f"{src}:annotation id {a.get('id', f'#{k}')} (image {file_name})"
+        cid = a.get("category_id")
+        if cid not in cat_index:
+            issues.append(Issue(where, f"unknown category id {cid}"))
+            continue
+        if a.get("iscrowd", 0) and not keep_crowd:
+            issues.append(Issue(where, f"crowd '{names[cat_index[cid]]}' dropped (use --keep-crowd to keep)"))
+            continue
+        bb = a.get("bbox")
+        try:
+            x, y, bw, bh = (float(v) for v in bb)  # type: ignore[union-attr]
+        except (TypeError, ValueError):
+            issues.append(Issue(where, f"malformed bbox {bb!r}"))
+            continue
+        _add_box(im, seen, cat_index[cid], names[cat_index[cid]], (x, y, x + bw, y + bh), im.w, im.h, where, issues)
+
+
 def convert_coco(json_path: Path | str, img_dir: Path | str, out: Path | str, val: float = 0.2, seed: int = 0,
                  keep_crowd: bool = False, copy: bool = False, overwrite: bool = False) -> ConvertResult:
     """COCO instances json -> YOLO dataset under ``out``.
@@ -434,22 +469,26 @@ def convert_coco(json_path: Path | str, img_dir: Path | str, out: Path | str, va
         raise ValueError(f"{json_path}: not a COCO instances file (needs 'images' and 'categories' lists)")
     if not img_dir.is_dir():
         raise FileNotFoundError(f"image folder {img_dir} does not exist")
-    cats = sorted(data["categories"], key=lambda c: c["id"])
+    cats = _coco_categories(data["categories"], json_path)
     cat_index = {c["id"]: i for i, c in enumerate(cats)}
     names = [str(c["name"]) for c in cats]
-    if len(cat_index) != len(cats):
-        raise ValueError(f"{json_path}: duplicate category ids {[c['id'] for c in cats]}")
     issues: list[Issue] = []
     anns_by_img: dict[object, list[tuple[int, dict]]] = {}
-    for k, a in enumerate(data.get("annotations", [])):
-        anns_by_img.setdefault(a.get("image_id"), []).append((k, a))
+    annotations = data.get("annotations", [])
+    for k, a in enumerate(annotations if isinstance(annotations, list) else []):
+        if isinstance(a, dict):
+            anns_by_img.setdefault(a.get("image_id"), []).append((k, a))
+        else:
+            issues.append(Issue(f"{json_path}:annotation #{k}", f"malformed annotation {str(a)[:60]!r}"))
     _prepare_out(out, overwrite)
     images: list[_Image] = []
     used: set[str] = set()
     img_ids = set()
     # shallow paths first, so 'x.jpg' keeps its name and 'other/x.jpg' becomes 'other_x.jpg'
-    order = sorted(data["images"], key=lambda i: (len(Path(str(i.get("file_name", ""))).parts),
-                                                  str(i.get("file_name", ""))))
+    issues += [Issue(str(json_path), f"malformed image entry {str(i)[:60]!r}")
+               for i in data["images"] if not isinstance(i, dict)]
+    order = sorted((i for i in data["images"] if isinstance(i, dict)),
+                   key=lambda i: (len(Path(str(i.get("file_name", ""))).parts), str(i.get("file_name", ""))))
     for info in order:
         iid = info.get("id")
         img_ids.add(iid)
@@ -469,23 +508,7 @@ def convert_coco(json_path: Path | str, img_dir: Path | str, out: Path | str, va
             issues.append(Issue(where_img, f"{e}; its {len(anns)} annotations"))
             continue
         im = _Image(src=src, name=_unique_name(src, file_name, used), w=w, h=h)
-        seen = set()
-        for k, a in anns:
-            where = f"{json_path}:annotation id {a.get('id', f'#{k}')} (image {file_name})"
-            cid = a.get("category_id")
-            if cid not in cat_index:
-                issues.append(Issue(where, f"unknown category id {cid}"))
-                continue
-            if a.get("iscrowd", 0) and not keep_crowd:
-                issues.append(Issue(where, f"crowd '{names[cat_index[cid]]}' dropped (use --keep-crowd to keep)"))
-                continue
-            bb = a.get("bbox")
-            try:
-                x, y, bw, bh = (float(v) for v in bb)  # type: ignore[union-attr]
-            except (TypeError, ValueError):
-                issues.append(Issue(where, f"malformed bbox {bb!r}"))
-                continue
-            _add_box(im, seen, cat_index[cid], names[cat_index[cid]], (x, y, x + bw, y + bh), w, h, where, issues)
+        _coco_boxes(im, anns, cat_index, names, keep_crowd, f"{json_path}", file_name, issues)
         images.append(im)
     for iid, anns in anns_by_img.items():
         if iid not in img_ids:
