@@ -149,8 +149,8 @@ def end2end_to_detections(out: Sequence[torch.Tensor], conf_thres: float = 0.0,
 
 class Backend:
     """A loaded model of any format. ``__call__(x)`` takes (N, 3, H, W) float 0..1 and returns the
-    decoded predictions (N, anchors, 5 + nc) as the PyTorch model's inference output (end2end
-    graphs return their four outputs instead; use :meth:`predict`)."""
+    decoded predictions (N, anchors, 5 + nc) as the PyTorch model's inference output, without
+    gradients (end2end graphs return their four outputs instead; use :meth:`predict`)."""
 
     format = "?"
     end2end = False
@@ -235,6 +235,7 @@ class PyTorchBackend(Backend):
         """A backend around an in-memory ``Model`` (e.g. freshly built); ``fuse`` re-parameterizes it in place."""
         return cls(Path(f"<{type(model).__name__}>"), _device(device), fuse=fuse, half=half, model=model)
 
+    @torch.no_grad()
     def __call__(self, x: torch.Tensor, augment: bool = False) -> torch.Tensor:
         x = x.to(self.device, torch.half if self.fp16 else torch.float)
         y = self.model(x, augment=augment)
@@ -282,6 +283,7 @@ class TorchScriptBackend(Backend):
         if not meta.get("dynamic") and meta.get("img_size"):
             self.imgsz = tuple(int(v) for v in meta["img_size"])
 
+    @torch.no_grad()
     def __call__(self, x: torch.Tensor, augment: bool = False) -> torch.Tensor:
         y = self.model(x.to(self.device, torch.float))
         return y[0] if isinstance(y, (list, tuple)) else y
