@@ -246,6 +246,21 @@ def test_txt_list_entries_must_be_regular_files(tmp_path):
         D.list_image_files(root / "images" / "train" / "pipe.jpg")
 
 
+def test_label_that_is_a_pipe_or_huge_is_corrupt(tmp_path, monkeypatch):
+    root = tmp_path / "ds"
+    _good(root, n=3)
+    _write(root, "bg.jpg", "")  # an empty label: under any limit, keeps the split usable
+    lb = root / "labels" / "train"
+    (lb / "good0.txt").unlink()
+    os.mkfifo(lb / "good0.txt")  # opening it would block the scan
+    monkeypatch.setattr(D, "MAX_LABEL_BYTES", 20)
+    rep = scan_dataset(root / "images" / "train", nc=NC, use_cache=False).report
+    msgs = "\n".join(rep.corrupt_msgs)
+    assert f"{(lb / 'good0.txt').resolve()}: label file is not a regular file (a named pipe)" in msgs
+    assert "bytes is too large for a label file (limit 20)" in msgs  # good1/good2: 2 lines, > 20 bytes
+    assert rep.corrupt == 3
+
+
 def test_disk_image_cache_is_atomic_and_self_healing(tmp_path):
     root = tmp_path / "ds"
     _good(root, n=2)

@@ -55,6 +55,7 @@ CACHE_VERSION = 2  # 2: images verified by decoding with the training reader (ol
 BOX_TOLERANCE = 0.02  # box corners up to 2 % outside [0, 1] are clipped; further out is rejected
 FLOAT_NOISE = 1e-6  # overshoot below this is float rounding: clipped without a message
 MIN_IMAGE_SIZE = 10  # px
+MAX_LABEL_BYTES = 16 << 20  # ~400k boxes; a bigger .txt beside an image is not a label file
 MAX_IMAGE_PIXELS = 178_956_970  # PIL's decompression-bomb error limit: 20000x20000 (400 Mpx) is refused
 PathArg = Union[str, Path, Sequence[Union[str, Path]]]
 
@@ -334,8 +335,14 @@ def _check_labels(lb_file: str, nc: Optional[int]) -> tuple[str, np.ndarray, lis
     excluded: training on an image with an unusable label would teach it background).
     """
     empty = np.zeros((0, 5), dtype=np.float32)
-    if not os.path.isfile(lb_file):
+    st, why = _regular_file(Path(lb_file))
+    if st is None and why.startswith("does not exist"):
         return "missing", empty, [], []
+    if st is None:  # a folder or a named pipe where the label should be: never opened
+        return "corrupt", empty, [f"{lb_file}: label file {why}"], []
+    if st.st_size > MAX_LABEL_BYTES:
+        return "corrupt", empty, [f"{lb_file}: {st.st_size} bytes is too large for a label file "
+                                  f"(limit {MAX_LABEL_BYTES})"], []
     try:
         with open(lb_file, encoding="utf-8-sig") as f:  # tolerate a byte-order mark
             lines = f.read().splitlines()
