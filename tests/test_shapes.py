@@ -218,3 +218,13 @@ def test_full_disk_keeps_old_folder_and_names_it(tmp_path, monkeypatch):
     assert _tree_bytes(root) == before
     assert str(root) in one_line(ei.value) and "No space left on device" in one_line(ei.value)
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["shapes"]
+
+
+@pytest.mark.parametrize("args, match", [(["--n-train", "0"], "--n-train 0: must be at least 1"),
+                                         (["--n-val", "-3"], "--n-val -3: must be at least 1"),
+                                         (["--img-size", "64", "16"], "--img-size 64 16: needs 32 <= MIN <= MAX")])
+def test_cli_rejects_bad_sizes(tmp_path, capsys, args, match):
+    from utils.cli import run_cli
+    assert run_cli(shapes.main, ["--out", str(tmp_path / "x"), *args], prog="shapes") == 2
+    assert capsys.readouterr().err == f"shapes: error: {match}\n"
+    assert not (tmp_path / "x").exists()

@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 
 from utils.atomic import atomic_dir, temp_name
-from utils.cli import run_cli
+from utils.cli import require, run_cli
 from utils.general import LOGGER, xyxy2xywhn
 
 NAMES = ["circle", "rectangle", "triangle", "star"]
@@ -312,6 +312,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--img-size", type=int, nargs=2, default=list(DEFAULTS["img_size"]), metavar=("MIN", "MAX"))
     p.add_argument("--verbose", action="store_true", help="show the full traceback of an error")
     a = p.parse_args(argv)
+    require(a.n_train >= 1, f"--n-train {a.n_train}: must be at least 1")
+    require(a.n_val >= 1, f"--n-val {a.n_val}: must be at least 1")
+    require(32 <= a.img_size[0] <= a.img_size[1], f"--img-size {a.img_size[0]} {a.img_size[1]}: "
+            f"needs 32 <= MIN <= MAX")
     t0 = time.time()
     done = is_complete(a.out, a.n_train, a.n_val, a.seed, a.img_size)
     ensure_shapes(a.out, a.n_train, a.n_val, a.seed, a.img_size)
