@@ -239,6 +239,8 @@ def read_source(src: Path, trust_pickle: bool) -> Any:
 
 def _main(argv: Optional[list[str]] = None) -> int:
     opt = parse_opt(argv)
+    if opt.nc is not None and opt.nc < 1:
+        fail(f"--nc {opt.nc}: must be at least 1")
     src = Path(opt.src)
     out = Path(opt.out) if opt.out else src.with_name(src.stem + "-converted.pt")
     ckpt = read_source(src, opt.trust_pickle)
