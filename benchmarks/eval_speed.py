@@ -47,9 +47,9 @@ def make_untrained(path: Path, cfg: str, seed: int = 0) -> Path:
 def child(args: argparse.Namespace) -> None:
     """Run one evaluation in this process and print its report as the last stdout line."""
     sys.path.insert(0, str(ROOT))
-    import torch
+    from models.backend import set_threads
 
-    torch.set_num_threads(args.threads or torch.get_num_threads())
+    set_threads(args.threads or None)  # default: the cores this process may use
     import test as evaluator
 
     report: dict = {}
@@ -64,7 +64,7 @@ def child(args: argparse.Namespace) -> None:
 def run_one(weights: Path, size: int, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--_child", "--weights", str(weights), "--img-size",
            str(size), "--data", args.data, "--batch-size", str(args.batch_size), "--device", args.device,
-           "--workers", str(args.workers)] + (["--save-json"] if args.save_json else [])
+           "--workers", str(args.workers), "--threads", str(args.threads)] + (["--save-json"] if args.save_json else [])
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.time()
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=dict(os.environ))
@@ -84,7 +84,7 @@ def run_one(weights: Path, size: int, args: argparse.Namespace) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--weights", default="", help="a trained checkpoint (optional)")
+    ap.add_argument("--weights", default="", help="a trained checkpoint or any file test.py accepts (optional)")
     ap.add_argument("--cfg", default=str(ROOT / "cfg" / "training" / "yolov7-tiny-ms0.yaml"))
     ap.add_argument("--data", default=str(ROOT / "data" / "coco128.yaml"))
     ap.add_argument("--sizes", type=int, nargs="+", default=[320, 640])
@@ -92,7 +92,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--workers", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: the cores this process may use)")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--save-json", action="store_true", help="include --save-json (pycocotools) in the timing")
     ap.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)

@@ -1,14 +1,25 @@
 """CPU latency of the models, unfused vs fused (re-parameterized), as a markdown table.
 
-    python benchmarks/latency.py                      # 320 and 640, 2 threads, median of 20 runs
+    python benchmarks/latency.py                      # 320 and 640, all usable cores, median of 20 runs
     python benchmarks/latency.py --img 640 --runs 50 --threads 4
+    python benchmarks/latency.py --img 320 --contended --weights best.pt best.onnx
 
 Each row: batch 1, float32, ``torch.inference_mode``, median wall time of ``--runs`` forwards after
 ``--warmup`` forwards; parameters and GFLOPs (``torch.utils.flop_counter``, 2 FLOPs per multiply-add,
 convolutions / matmuls only) of the model as run.
 
 ONNX Runtime rows (``--ort-cfg``, default yolov7-tiny-ms0; ``--no-ort`` skips them): the fused model
-exported as export.py does, verified against PyTorch, run with ``intra_op_num_threads = --threads``.
+exported as export.py does, verified against PyTorch, run through ``models.backend`` (the runtime
+detect.py uses: ``--threads`` intra-op threads, sequential, no spinning).
+
+``--weights f1 f2 ...`` adds a row per file of any format ``models.backend.load_backend`` takes
+(``.pt``, ``.torchscript.pt``, ``.onnx``, ...), timed on the preprocessed (letterboxed) input at
+each ``--img`` size (a static-shape file at its own size).
+
+``--contended`` adds rows for a busy machine: each fused PyTorch / ONNX Runtime configuration is
+timed alone, then again while one competing CPU-bound process runs, and the contended / idle
+latency ratio is printed (the project's target: at most 3x). With ``--contended`` the script runs
+as the CLIs do (``OMP_WAIT_POLICY=PASSIVE`` unless set in the environment).
 
 Run it on a quiet machine with ``OMP_WAIT_POLICY`` unset: under CPU contention PyTorch's
 busy-waiting OpenMP threads inflate the PyTorch rows, and ``OMP_WAIT_POLICY=PASSIVE`` (which train.py
@@ -22,7 +33,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -32,9 +45,12 @@ from typing import Callable, Optional
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+if "--contended" in sys.argv:  # time as detect.py/test.py run (set before torch loads OpenMP)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
+from models.backend import PyTorchBackend, load_backend, set_threads  # noqa: E402
 from models.yolo import Model  # noqa: E402
 from utils.torch_utils import count_flops  # noqa: E402
 
@@ -108,17 +124,22 @@ def torch_rows(args: argparse.Namespace) -> list[Row]:
 ROW_PRODUCERS: list[Callable[[argparse.Namespace], list[Row]]] = [torch_rows]
 
 
+def _export_onnx(fused: Model, x: torch.Tensor, f: Path, opset: int) -> Path:
+    """The fused model exported by export.py (decoded output, static shape, checked against PyTorch)."""
+    from export import run as export_run
+    from models.experimental import fused_checkpoint
+    from utils.checkpoint import save_checkpoint
+
+    ckpt = save_checkpoint(fused_checkpoint(fused), f.with_suffix(".pt"))
+    return Path(export_run(ckpt, img_size=list(x.shape[2:]), include=["onnx"], opset=opset)["files"]["onnx"])
+
+
 def onnxruntime_rows(args: argparse.Namespace) -> list[Row]:
     """ONNX Runtime rows: the fused model exported as ``export.py`` does (decoded output, static
-    shape, opset 17), checked against PyTorch by ``export.export_onnx``, then run by ONNX Runtime on
-    the CPU with ``intra_op_num_threads = --threads`` (graph optimizations: all)."""
+    shape), loaded by ``models.backend.load_backend`` with ``--threads`` threads."""
     if args.no_ort:
         return []
     import tempfile
-
-    import onnxruntime as ort
-
-    from export import DecodedHead, export_onnx
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -130,22 +151,83 @@ def onnxruntime_rows(args: argparse.Namespace) -> list[Row]:
             for img in args.img:
                 x = torch.rand(1, 3, img, img)
                 gflops = count_flops(fused, x) / 1e9
-                f = Path(tmp) / f"{name}-{img}.onnx"
-                export_onnx(DecodedHead(fused).eval(), x, f, {"names": list(fused.names), "stride": 32}, ["output"],
-                            args.opset, False, False, False, 1e-3, {}, int(fused.stride.max()))
-                so = ort.SessionOptions()
-                so.intra_op_num_threads = args.threads
-                so.inter_op_num_threads = 1
-                so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-                sess = ort.InferenceSession(str(f), sess_options=so, providers=["CPUExecutionProvider"])
-                feed = {sess.get_inputs()[0].name: x.numpy()}
-                ms = median_latency_ms(lambda: sess.run(None, feed), args.warmup, args.runs)
+                m = load_backend(_export_onnx(fused, x, Path(tmp) / f"{name}-{img}.onnx", args.opset),
+                                 threads=args.threads)
+                ms = median_latency_ms(lambda m=m, x=x: m(x), args.warmup, args.runs)
                 rows.append(Row(name, "ONNX Runtime fused", img, params, gflops, ms, args.runs))
                 print(f"  measured {name} ONNX Runtime fused {img}: {ms:.1f} ms", file=sys.stderr, flush=True)
     return rows
 
 
 ROW_PRODUCERS.append(onnxruntime_rows)
+
+
+def weights_rows(args: argparse.Namespace) -> list[Row]:
+    """One row per ``--weights`` file (any format ``load_backend`` takes) at each ``--img`` size:
+    the letterboxed, normalised input of a random image through the backend's ``__call__``."""
+    import numpy as np
+
+    from models.backend import preprocess, to_tensor
+
+    rows = []
+    rng = np.random.default_rng(0)
+    for w in args.weights:
+        m = load_backend(w, threads=args.threads)
+        params = sum(p.numel() for p in m.model.parameters()) if isinstance(m, PyTorchBackend) else 0
+        for img in ([m.imgsz[0]] if m.imgsz else args.img):
+            shape, auto = m.input_size(img)
+            im = rng.integers(0, 255, (img, img, 3), dtype=np.uint8)
+            x = to_tensor(preprocess(im, shape, m.stride, auto)[0], m.device, m.fp16)
+            ms = median_latency_ms(lambda m=m, x=x: m(x), args.warmup, args.runs)
+            rows.append(Row(Path(w).name, f"{m.format} file", img, params, None, ms, args.runs))
+            print(f"  measured {w} ({m.format}) {img}: {ms:.1f} ms", file=sys.stderr, flush=True)
+    return rows
+
+
+ROW_PRODUCERS.append(weights_rows)
+
+
+def _competitor() -> subprocess.Popen:
+    """One CPU-bound process (a busy Python loop) competing for the cores."""
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
+
+
+def contended_rows(args: argparse.Namespace) -> list[Row]:
+    """With ``--contended``: the fused PyTorch and ONNX Runtime configurations of the first cfg,
+    timed alone ("idle") and while one competing CPU-bound process runs ("contended")."""
+    if not args.contended:
+        return []
+    import tempfile
+
+    cfg = args.cfg[0]
+    torch.manual_seed(0)
+    fused = Model(cfg).eval().fuse().eval()
+    name, params = Path(cfg).stem, sum(p.numel() for p in fused.parameters())
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for img in args.img:
+            x = torch.rand(1, 3, img, img)
+            runners = {"PyTorch fused": PyTorchBackend.from_model(fused, "cpu", fuse=False)}
+            if not args.no_ort:
+                f = _export_onnx(fused, x, Path(tmp) / f"{name}-{img}.onnx", args.opset)
+                runners["ONNX Runtime fused"] = load_backend(f, threads=args.threads)
+            for variant, m in runners.items():
+                for state in ("idle", "contended"):
+                    proc = _competitor() if state == "contended" else None
+                    try:
+                        if proc is not None:
+                            time.sleep(0.5)  # let it get scheduled
+                        ms = median_latency_ms(lambda m=m, x=x: m(x), args.warmup, args.runs)
+                    finally:
+                        if proc is not None:
+                            proc.kill()
+                            proc.wait()
+                    rows.append(Row(name, f"{variant}, {state}", img, params, None, ms, args.runs))
+                    print(f"  measured {name} {variant} {img} {state}: {ms:.1f} ms", file=sys.stderr, flush=True)
+    return rows
+
+
+ROW_PRODUCERS.append(contended_rows)
 
 
 def markdown_table(rows: list[Row]) -> str:
@@ -162,24 +244,31 @@ def markdown_table(rows: list[Row]) -> str:
 
 
 def parse_opt(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--cfg", nargs="+", default=["yolov7-tiny-ms0.yaml", "yolov7-tiny.yaml"], help="model yamls")
     p.add_argument("--img", nargs="+", type=int, default=[320, 640], help="square image sizes")
-    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    p.add_argument("--threads", type=int, default=None,
+                   help="intra-op threads for PyTorch and ONNX Runtime (default: the cores this process may use)")
     p.add_argument("--runs", type=int, default=20, help="timed runs per row (median reported)")
     p.add_argument("--warmup", type=int, default=5, help="untimed runs before timing")
     p.add_argument("--channels-last", action="store_true", help="run PyTorch models in channels_last")
     p.add_argument("--ort-cfg", nargs="+", default=["yolov7-tiny-ms0.yaml"], help="models for ONNX Runtime rows")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset of the ONNX Runtime rows")
     p.add_argument("--no-ort", action="store_true", help="skip the ONNX Runtime rows")
+    p.add_argument("--weights", nargs="*", default=[], help="model files (any format) to time as well")
+    p.add_argument("--contended", action="store_true",
+                   help="also time fused PyTorch / ONNX Runtime with one competing CPU-bound process")
     opt = p.parse_args(argv)
     if opt.runs < 1 or opt.warmup < 0:
         p.error("--runs must be >= 1 and --warmup >= 0")
+    if opt.threads is not None and opt.threads < 1:
+        p.error(f"--threads {opt.threads}: must be at least 1")
     return opt
 
 
 def main(opt: argparse.Namespace) -> list[Row]:
-    torch.set_num_threads(opt.threads)
+    opt.threads = set_threads(opt.threads)
     rows = []
     for producer in ROW_PRODUCERS:
         rows.extend(producer(opt))
@@ -201,6 +290,12 @@ def main(opt: argparse.Namespace) -> list[Row]:
             t, o = by.get((n, "PyTorch fused", img)), by.get((n, "ONNX Runtime fused", img))
             if t and o:
                 print(f"\n{n} @ {img}: ONNX Runtime fused is {t / o:.2f}x faster than PyTorch eager fused", end="")
+    for (n, variant, img), idle in by.items():
+        busy = by.get((n, variant.replace(", idle", ", contended"), img)) if variant.endswith(", idle") else None
+        if busy:
+            print(f"\n{n} {variant[:-6]} @ {img}: {busy / idle:.2f}x the idle latency with one competing "
+                  f"CPU-bound process (target: at most 3x; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '')})",
+                  end="")
     print()
     return rows
 

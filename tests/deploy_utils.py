@@ -19,20 +19,14 @@ NAMES = ["circle", "square", "triangle"]
 
 def make_model(seed: int = 0, calib_size: int = 128, head_scale: float = 0.3):
     from models.yolo import Model
+    from utils.train_steps import update_bn_stats
 
     torch.manual_seed(seed)
     model = Model("yolov7-tiny-ms0.yaml", nc=len(NAMES))
     model.names = list(NAMES)
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative average over the calibration batches
-    model.train()
-    with torch.no_grad():
-        for _ in range(2):
-            model(torch.rand(2, 3, calib_size, calib_size))
-        for bn in bns:
-            bn.momentum = 0.03
+    with torch.no_grad():  # the project's precise-BN recalibration, on random uint8 images
+        update_bn_stats(model, [torch.randint(0, 256, (2, 3, calib_size, calib_size), dtype=torch.uint8)
+                                for _ in range(2)], torch.device("cpu"))
         for conv in model.model[-1].m:
             conv.weight.mul_(head_scale)
             conv.bias.zero_()
