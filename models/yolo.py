@@ -148,7 +148,8 @@ MAX_LAYERS = 1_000  # backbone + head rows
 MAX_CHANNELS = 1 << 15  # output channels of one layer
 MAX_BLOCKS = 10_000  # repeats x MobileOne blocks x conv branches, summed over the model
 MAX_PARAMS = 1_000_000_000  # parameters, counted on the meta device before anything is allocated
-MAX_PROBE_ELEMENTS = 100_000_000  # elements of one layer output for a 1x3x128x128 input
+MAX_PROBE_ELEMENTS = 1 << 25  # elements of one layer output in the shape probe
+PROBE_SIZE = 128  # input size of the shape probe (a multiple of every stride in use)
 
 
 class ModelConfigError(ValueError):
@@ -467,11 +468,23 @@ def parse_model(d: dict, ch: list[int], device: Union[str, torch.device, None] =
     return nn.Sequential(*layers), sorted(set(save))
 
 
+def _without_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every BatchNorm2d by Identity in place: BatchNorm never changes a shape, and its meta
+    kernel is by far the slowest part of a shape probe."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            setattr(module, name, nn.Identity())
+        else:
+            _without_batchnorm(child)
+    return module
+
+
 @torch.no_grad()
-def _probe_layers(layers: nn.Sequential, save: list[int], ch: int, s: int = 128) -> None:
-    """Run a 1 x ch x s x s meta tensor through ``layers`` (detection heads raw) and name the first
-    layer whose inputs do not fit it (e.g. a Concat of different sizes) or whose output is too large."""
-    layers.eval()
+def _probe_layers(layers: nn.Sequential, save: list[int], ch: int, s: int = PROBE_SIZE) -> Any:
+    """Run a 1 x ch x s x s meta tensor through ``layers`` (detection heads raw), naming the first layer
+    whose inputs do not fit it (e.g. a Concat of different sizes) or whose output is too large; returns
+    the last layer's output."""
+    _without_batchnorm(layers).eval()
     for m in layers:
         if isinstance(m, Detect):
             m.train()
@@ -491,21 +504,23 @@ def _probe_layers(layers: nn.Sequential, save: list[int], ch: int, s: int = 128)
             raise ModelConfigError(f"layer {m.i} ({m.type}): an output of {numel} elements for a {s}x{s} input "
                                    f"exceeds the limit of {MAX_PROBE_ELEMENTS}")
         y.append(x if m.i in save else None)
+    return x
 
 
-def check_model_size(d: dict, ch: int = 3) -> int:
+def check_model_size(d: dict, ch: int = 3) -> tuple[int, Optional[list[float]]]:
     """Build ``d`` on the meta device (nothing allocated) and refuse it before the real build when it
-    has more than :data:`MAX_PARAMS` parameters or its layers do not fit together; returns the
-    parameter count."""
-    if not _is_int(ch) or not 0 < ch * 128 * 128 <= MAX_PROBE_ELEMENTS:
+    has more than :data:`MAX_PARAMS` parameters or its layers do not fit together (a shape probe at
+    :data:`PROBE_SIZE` px). Returns (parameter count, strides of the detection levels or None)."""
+    if not _is_int(ch) or not 0 < ch * PROBE_SIZE ** 2 <= MAX_PROBE_ELEMENTS:
         raise ModelConfigError(f"input channels 'ch' must be a small positive integer, got {ch!r}")
     layers, save = parse_model(d, [ch], device="meta")
     n = sum(p.numel() for p in layers.parameters())
     if n > MAX_PARAMS:
         raise ModelConfigError(f"{n:,} parameters (from its width/depth multiples, block and channel counts) "
                                f"exceed the limit of {MAX_PARAMS:,}; refused before allocating")
-    _probe_layers(layers, save, ch)
-    return n
+    out = _probe_layers(layers, save, ch)
+    strides = [PROBE_SIZE / o.shape[-2] for o in out] if isinstance(layers[-1], Detect) else None
+    return n, strides
 
 
 def load_model_yaml(cfg: Union[str, Path]) -> dict:
@@ -559,7 +574,7 @@ class Model(nn.Module):
             LOGGER.info(f"Overriding {where} anchors with anchors={anchors}")
             self.yaml["anchors"] = round(anchors) if isinstance(anchors, (int, float)) else anchors
         try:
-            check_model_size(self.yaml, ch)  # on the meta device: refused before allocating
+            _, strides = check_model_size(self.yaml, ch)  # on the meta device: refused before allocating
             self.model, self.save = parse_model(copy.deepcopy(self.yaml), ch=[ch])
         except ModelConfigError as e:
             raise ModelConfigError(f"{where}: {e}") from None
@@ -570,7 +585,7 @@ class Model(nn.Module):
 
         m = self.model[-1]
         if isinstance(m, Detect):
-            self._compute_strides(m, ch)
+            self._set_strides(m, strides)
             self.stride = m.stride
             self._initialize_biases()
         else:
@@ -578,19 +593,11 @@ class Model(nn.Module):
         initialize_weights(self)
 
     @torch.no_grad()
-    def _compute_strides(self, det: Detect, ch: int, s: int = 128) -> None:
-        """Strides from a small probe forward in eval mode (BatchNorm statistics stay untouched).
-
-        ``s`` only needs to be a multiple of the largest stride; 128 keeps model building cheap.
-        """
-        was_training = self.training
-        det.stride = torch.ones(det.nl)  # placeholder for the probe's decoding
-        self.eval()
-        try:
-            raw = self._forward_once(torch.zeros(1, ch, s, s))[1]
-        finally:
-            self.train(was_training)
-        det.stride = torch.tensor([s / x.shape[-2] for x in raw])
+    def _set_strides(self, det: Detect, strides: list[float]) -> None:
+        """Strides measured by the shape probe of :func:`check_model_size` (probe size / output size
+        per level: no forward of the real model, so BatchNorm statistics stay untouched); anchors
+        ordered like the strides and converted to stride units."""
+        det.stride = torch.tensor(strides)
         check_anchor_order(det)
         det.anchors /= det.stride.view(-1, 1, 1)
 

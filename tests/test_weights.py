@@ -25,6 +25,20 @@ CFG = ROOT / "cfg" / "training" / "yolov7-tiny-ms0.yaml"
 APPLE_EPS, OUR_EPS = 1e-5, 1e-3
 S0_WIDTHS = (48, 48, 128, 256, 1024)  # stage0..stage4 output channels of Apple's MobileOne-S0
 S0_BLOCKS = (2, 8, 10, 1)
+# Apple's mobileone(variant=...) as its paper code builds it: width multipliers of stages 1-4,
+# conv branches per block (stage 0 always has 1), SE blocks {stage: that many final blocks}.
+APPLE_MULTIPLIERS = {"s0": ((0.75, 1.0, 1.0, 2.0), 4, {}), "s1": ((1.5, 1.5, 2.0, 2.5), 1, {}),
+                     "s2": ((1.5, 2.0, 2.5, 4.0), 1, {}), "s3": ((2.0, 2.5, 3.0, 4.0), 1, {}),
+                     "s4": ((3.0, 3.5, 3.5, 4.0), 1, {3: 5, 4: 1})}
+VARIANT_CFG = {"s0": "yolov7-tiny-ms0-full.yaml", "s1": "yolov7-tiny-ms1.yaml", "s2": "yolov7-tiny-ms2.yaml",
+               "s3": "yolov7-tiny-ms3.yaml", "s4": "yolov7-tiny-ms4.yaml"}
+
+
+def apple_variant(name: str) -> dict:
+    """widths (stage0 = min(64, 64 w1), then 64 w1, 128 w2, 256 w3, 512 w4), branches, se of a variant."""
+    w, branches, se = APPLE_MULTIPLIERS[name]
+    widths = (min(64, int(64 * w[0])), int(64 * w[0]), int(128 * w[1]), int(256 * w[2]), int(512 * w[3]))
+    return {"widths": widths, "blocks": S0_BLOCKS, "branches": branches, "se": se}
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -32,7 +46,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 # --------------------------------------------------------------------------- Apple-format generator
-def apple_block_specs(widths=S0_WIDTHS, blocks=S0_BLOCKS, se=None):
+def apple_block_specs(widths=S0_WIDTHS, blocks=S0_BLOCKS, se=None, branches=4):
     """(prefix, c_in, c_out, k, stride, groups, branches, use_se) of every MobileOneBlock of Apple's
     classifier, in forward order: stage0 (1 branch), then per stage depthwise 3x3 + pointwise 1x1;
     ``se`` = {stage: number of final blocks with SE} (Apple's S4 uses SE)."""
@@ -41,13 +55,13 @@ def apple_block_specs(widths=S0_WIDTHS, blocks=S0_BLOCKS, se=None):
     for n, nb in enumerate(blocks, start=1):
         for ix in range(nb):
             use_se = ix >= nb - (se or {}).get(n, 0)
-            specs.append((f"stage{n}.{2 * ix}", c, c, 3, 2 if ix == 0 else 1, c, 4, use_se))
-            specs.append((f"stage{n}.{2 * ix + 1}", c, widths[n], 1, 1, 1, 4, use_se))
+            specs.append((f"stage{n}.{2 * ix}", c, c, 3, 2 if ix == 0 else 1, c, branches, use_se))
+            specs.append((f"stage{n}.{2 * ix + 1}", c, widths[n], 1, 1, 1, branches, use_se))
             c = widths[n]
     return specs
 
 
-def make_apple_state_dict(widths=S0_WIDTHS, blocks=S0_BLOCKS, seed=0, fused=False, se=None):
+def make_apple_state_dict(widths=S0_WIDTHS, blocks=S0_BLOCKS, seed=0, fused=False, se=None, branches=4):
     """Apple-named random MobileOne state dict (unfused: conv+BN branches with small running
     variances so a BatchNorm eps mismatch shows; fused: one biased ``reparam_conv`` per block)."""
     g = torch.Generator().manual_seed(seed)
@@ -63,9 +77,9 @@ def make_apple_state_dict(widths=S0_WIDTHS, blocks=S0_BLOCKS, seed=0, fused=Fals
         return torch.randn(c_out, c_in_g, k, k, generator=g) * (2.0 / (c_in_g * k * k)) ** 0.5
 
     sd = {}
-    for p, ci, co, k, s, gr, nbr, use_se in apple_block_specs(widths, blocks, se):
+    for p, ci, co, k, s, gr, nbr, use_se in apple_block_specs(widths, blocks, se, branches):
         if use_se:
-            hid = max(int(co * 0.0625), 1)
+            hid = int(co * 0.0625)  # Apple's SE reduction ratio
             sd[f"{p}.se.reduce.weight"] = conv(hid, co, 1)
             sd[f"{p}.se.reduce.bias"] = 0.1 * torch.randn(hid, generator=g)
             sd[f"{p}.se.expand.weight"] = conv(co, hid, 1)
@@ -87,24 +101,41 @@ def make_apple_state_dict(widths=S0_WIDTHS, blocks=S0_BLOCKS, seed=0, fused=Fals
     return {k: (v.half() if v.is_floating_point() else v) for k, v in sd.items()}  # Apple-like storage
 
 
-def apple_reference_stages(sd, x, widths=S0_WIDTHS, blocks=S0_BLOCKS, eps=APPLE_EPS, upto=4, se=None):
-    """Apple's forward (sum of conv+BN branches, scale, skip; ReLU) written from the state dict,
-    returning each stage's output: the ground truth for the BN-eps compensation."""
-    sd = {k: v.float() for k, v in sd.items()}
+def _conv(x: torch.Tensor, w: torch.Tensor, stride: int, padding: int, groups: int) -> torch.Tensor:
+    """conv2d; 1x1 and depthwise ones written as a matrix product / a sum of shifted slices
+    (PyTorch's float64 CPU kernels for them are very slow)."""
+    if groups == 1 and w.shape[-1] == 1 and padding == 0:
+        return torch.einsum("oc,bchw->bohw", w[:, :, 0, 0], x[:, :, ::stride, ::stride])
+    if groups == 1 or w.shape[1] != 1 or groups != x.shape[1]:
+        return F.conv2d(x, w, stride=stride, padding=padding, groups=groups)
+    k = w.shape[-1]
+    xp = F.pad(x, [padding] * 4)
+    ho, wo = (xp.shape[2] - k) // stride + 1, (xp.shape[3] - k) // stride + 1
+    return sum(xp[:, :, dy:dy + stride * (ho - 1) + 1:stride, dx:dx + stride * (wo - 1) + 1:stride]
+               * w[:, 0, dy, dx].view(1, -1, 1, 1) for dy in range(k) for dx in range(k))
 
-    def bn(t, p):
-        return F.batch_norm(t, sd[f"{p}.running_mean"], sd[f"{p}.running_var"], sd[f"{p}.weight"],
-                            sd[f"{p}.bias"], training=False, eps=eps)
+
+def apple_reference_stages(sd, x, widths=S0_WIDTHS, blocks=S0_BLOCKS, eps=APPLE_EPS, upto=4, se=None, branches=4,
+                           dtype=torch.float32):
+    """Apple's forward (sum of conv+BN branches, scale, skip; SE; ReLU) written from the state dict,
+    returning each stage's output: the ground truth for the BN-eps compensation."""
+    sd = {k: v.to(dtype) for k, v in sd.items()}
+    x = x.to(dtype)
+
+    def bn(t, p):  # eval-mode BatchNorm
+        def v(name):
+            return sd[f"{p}.{name}"].view(1, -1, 1, 1)
+        return (t - v("running_mean")) / torch.sqrt(v("running_var") + eps) * v("weight") + v("bias")
 
     outs = {}
-    for p, ci, co, k, s, gr, nbr, use_se in apple_block_specs(widths, blocks, se):
+    for p, ci, co, k, s, gr, nbr, use_se in apple_block_specs(widths, blocks, se, branches):
         stage = p.split(".")[0]
         if int(stage[5:]) >= upto:
             break
-        y = sum(bn(F.conv2d(x, sd[f"{p}.rbr_conv.{b}.conv.weight"], stride=s, padding=k // 2, groups=gr),
-                   f"{p}.rbr_conv.{b}.bn") for b in range(nbr))
+        y = sum(bn(_conv(x, sd[f"{p}.rbr_conv.{b}.conv.weight"], s, k // 2, gr), f"{p}.rbr_conv.{b}.bn")
+                for b in range(nbr))
         if k > 1:
-            y = y + bn(F.conv2d(x, sd[f"{p}.rbr_scale.conv.weight"], stride=s, groups=gr), f"{p}.rbr_scale.bn")
+            y = y + bn(_conv(x, sd[f"{p}.rbr_scale.conv.weight"], s, 0, gr), f"{p}.rbr_scale.bn")
         if f"{p}.rbr_skip.weight" in sd:
             y = y + bn(x, f"{p}.rbr_skip")
         if use_se:
@@ -329,6 +360,77 @@ def test_se_stage_and_custom_backbone():
     ours = backbone_features(model.eval(), x, upto=5)
     for s in ref:
         assert rel_err(ours[s], ref[s]) <= 1e-4, s
+
+
+# --------------------------------------------------------------------------- the family: S0 (full) .. S4
+def test_variant_table_matches_apple_facts():
+    assert cm.APPLE_VARIANTS == {v: (apple_variant(v)["widths"], VARIANT_CFG[v]) for v in APPLE_MULTIPLIERS}
+    assert apple_variant("s0")["widths"] == S0_WIDTHS
+    assert cm.detect_variant({"stage0.rbr_conv.0.conv.weight": torch.zeros(32, 3, 3, 3)}) is None
+
+
+@pytest.mark.parametrize("variant", list(APPLE_MULTIPLIERS))
+def test_every_apple_tensor_loads_and_reproduces_stages(variant):
+    """Each variant's Apple-format state dict fills the whole backbone of its yaml (nothing missing,
+    mismatched or skipped; only the classifier unused) and reproduces Apple's stage outputs."""
+    v = apple_variant(variant)
+    sd = make_apple_state_dict(v["widths"], v["blocks"], seed=10, se=v["se"], branches=v["branches"])
+    assert cm.detect_variant(sd) == variant
+    torch.manual_seed(0)
+    ckpt, report, model = cm.convert_mobileone(sd, VARIANT_CFG[variant], nc=3, src_name=variant)
+    assert [s.loaded for s in report.stages] == [True] * 5
+    assert not report.missing and not report.mismatched and not report.skipped
+    assert set(report.unused) == {"linear.weight", "linear.bias"}
+    backbone = {k for k in model.state_dict() if int(k.split(".")[1]) < 5}
+    assert set(ckpt["state_dict"]) == backbone == set(report.loaded)
+    assert len(backbone) == len(sd) - 2
+    if v["se"]:  # SE exactly where Apple puts it: the last 5 blocks of stage 3 and all of stage 4
+        assert "model.3.stage.10.se.reduce.weight" in backbone and "model.3.stage.9.se.reduce.weight" not in backbone
+        assert "model.4.stage.0.se.expand.bias" in backbone
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(11))
+    ref = apple_reference_stages(sd, x, upto=5, dtype=torch.float64, **v)
+    ours = backbone_features(model.eval(), x, upto=5)
+    for s in ref:
+        assert ours[s].shape == ref[s].shape and rel_err(ours[s].double(), ref[s]) <= 1e-4, (variant, s)
+
+
+def test_cli_picks_the_variants_yaml(tmp_path, capsys):
+    v = apple_variant("s1")
+    src = tmp_path / "mobileone_s1_unfused.pth.tar"
+    torch.save(make_apple_state_dict(v["widths"], v["blocks"], seed=12, branches=1), src)
+    out = tmp_path / "s1.pt"
+    assert cm.main(["--src", str(src), "--out", str(out), "--nc", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "MobileOne-S1" in text and "yolov7-tiny-ms1.yaml" in text and "NOT loaded" not in text
+    ck = load_checkpoint(out)
+    assert ck["cfg"]["yaml_file"] == "yolov7-tiny-ms1.yaml" and ck["nc"] == 2
+    bad = tmp_path / "odd.pth.tar"
+    torch.save(make_apple_state_dict((32, 32, 64, 64, 128), (1, 1, 1, 1), branches=1), bad)
+    assert cm.main(["--src", str(bad), "--out", str(tmp_path / "x.pt")]) == 2
+    assert "none of Apple's S0-S4" in capsys.readouterr().err
+
+
+def test_train_py_from_generated_s2_backbone(tmp_path):
+    """python train.py --cfg yolov7-tiny-ms2.yaml --weights <converted S2 backbone> runs end to end and
+    transfers every backbone tensor of the file."""
+    v = apple_variant("s2")
+    src = tmp_path / "mobileone_s2_unfused.pth.tar"
+    torch.save(make_apple_state_dict(v["widths"], v["blocks"], seed=13, branches=1), src)
+    bb = tmp_path / "yolov7-tiny-ms2-backbone.pt"
+    cfg = ROOT / "cfg" / "training" / "yolov7-tiny-ms2.yaml"
+    assert cm.main(["--src", str(src), "--cfg", str(cfg), "--out", str(bb), "--nc", "1"]) == 0
+    n_file = len(load_checkpoint(bb)["state_dict"])
+    data = _tiny_dataset(tmp_path / "ds")
+    args = ["--weights", str(bb), "--cfg", str(cfg), "--data", str(data), "--epochs", "1", "--batch-size", "2",
+            "--img-size", "64", "64", "--device", "cpu", "--workers", "0", "--project", str(tmp_path / "runs"),
+            "--name", "ms2"]
+    r = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], capture_output=True, text=True, cwd=ROOT,
+                       timeout=600, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    assert f"Transferred {n_file}/" in out, out[-3000:]
+    last = next((tmp_path / "runs").glob("ms2*/weights/last.pt"))
+    assert load_checkpoint(last)["cfg"]["backbone"][4][3][0] == 2048
 
 
 # --------------------------------------------------------------------------- the reference fixture

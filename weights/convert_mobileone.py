@@ -19,10 +19,15 @@ computes ``(x - mean) / sqrt(var + eps) * w + b``; keeping ``mean``, ``var`` and
 rescaling ``w`` by ``sqrt(var + eps_dst) / sqrt(var + eps_src)`` gives the same output under
 the new eps. (In train mode batch statistics are used and eps barely matters.)
 
+Every variant has a yaml whose backbone is Apple's exactly, so all of its tensors load:
+S0 -> yolov7-tiny-ms0-full.yaml (yolov7-tiny-ms0.yaml narrows stage 4 to 512: stages 0-3 load),
+S1..S4 -> yolov7-tiny-ms1.yaml .. yolov7-tiny-ms4.yaml. Without ``--cfg`` the variant is told from
+the source's stage widths and its yaml is used.
+
 Usage::
 
-    python weights/convert_mobileone.py --src mobileone_s0_unfused.pth.tar \\
-        --cfg cfg/training/yolov7-tiny-ms0.yaml --out weights/yolov7-tiny-ms0-backbone.pt
+    python weights/convert_mobileone.py --src mobileone_s2_unfused.pth.tar \\
+        [--cfg cfg/training/yolov7-tiny-ms2.yaml] [--out weights/yolov7-tiny-ms2-backbone.pt]
 """
 from __future__ import annotations
 
@@ -43,6 +48,17 @@ from torch import nn
 from utils.checkpoint import FORMAT, CheckpointError, load_checkpoint, save_checkpoint
 
 APPLE_BN_EPS = 1e-5
+ROOT = Path(__file__).resolve().parents[1]
+
+#: Apple's variants (``mobileone(variant=...)``): stage0..stage4 output channels and the yaml whose
+#: backbone matches them tensor for tensor.
+APPLE_VARIANTS: dict[str, tuple[tuple[int, ...], str]] = {
+    "s0": ((48, 48, 128, 256, 1024), "yolov7-tiny-ms0-full.yaml"),
+    "s1": ((64, 96, 192, 512, 1280), "yolov7-tiny-ms1.yaml"),
+    "s2": ((64, 96, 256, 640, 2048), "yolov7-tiny-ms2.yaml"),
+    "s3": ((64, 128, 320, 768, 2048), "yolov7-tiny-ms3.yaml"),
+    "s4": ((64, 192, 448, 896, 2048), "yolov7-tiny-ms4.yaml"),
+}
 _STAGE_RE = re.compile(r"^stage(\d+)\.(.+)$")
 _BLOCK_RE = re.compile(r"^(\d+)\.(.+)$")
 
@@ -94,6 +110,24 @@ def load_apple_state_dict(path: Union[str, Path]) -> dict[str, torch.Tensor]:
     return extract_state_dict(load_checkpoint(path), str(path))
 
 
+def stage_widths(sd: Mapping[str, torch.Tensor]) -> tuple[int, ...]:
+    """Output channels of Apple's stage0, stage1, ... read from the shapes of an Apple state dict."""
+    last: dict[int, tuple[int, int]] = {}  # stage -> (block index, out channels)
+    for k, v in sd.items():
+        m = re.match(r"^stage(\d+)\.(?:(\d+)\.)?(?:rbr_conv\.0\.conv|reparam_conv)\.weight$", k)
+        if m and v.dim() == 4:
+            n, j = int(m.group(1)), int(m.group(2) or 0)
+            if n not in last or j > last[n][0]:
+                last[n] = (j, int(v.shape[0]))
+    return tuple(last[n][1] for n in sorted(last))
+
+
+def detect_variant(sd: Mapping[str, torch.Tensor]) -> Optional[str]:
+    """Apple's variant name (``s0`` .. ``s4``) whose stage widths ``sd`` has, else None."""
+    widths = stage_widths(sd)
+    return next((v for v, (w, _) in APPLE_VARIANTS.items() if w == widths), None)
+
+
 # --------------------------------------------------------------------------- target
 def backbone_layers(model: nn.Module) -> dict[int, int]:
     """Map Apple stage number -> layer index of ``model.model``.
@@ -101,7 +135,7 @@ def backbone_layers(model: nn.Module) -> dict[int, int]:
     Stage 0 is the first MobileOneBlock layer of the yaml backbone, stages 1.. are the
     MobileOne layers of the backbone in order.
     """
-    from models.common import MobileOne, MobileOneBlock
+    from models.common import MobileOneBlock, MobileOneStage
 
     n_backbone = len(model.yaml.get("backbone", [])) if isinstance(getattr(model, "yaml", None), dict) else len(model.model)
     stages: dict[int, int] = {}
@@ -109,7 +143,7 @@ def backbone_layers(model: nn.Module) -> dict[int, int]:
     for i, m in enumerate(list(model.model)[:n_backbone]):
         if isinstance(m, MobileOneBlock) and 0 not in stages and n == 1:
             stages[0] = i
-        elif isinstance(m, MobileOne):
+        elif isinstance(m, MobileOneStage):
             stages[n] = i
             n += 1
     if not stages:
@@ -335,8 +369,9 @@ def parse_opt(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--src", required=True, help="Apple checkpoint, e.g. mobileone_s0_unfused.pth.tar")
-    p.add_argument("--cfg", default="cfg/training/yolov7-tiny-ms0.yaml", help="model yaml")
-    p.add_argument("--out", default="weights/yolov7-tiny-ms0-backbone.pt", help="output checkpoint")
+    p.add_argument("--cfg", default=None,
+                   help="model yaml (default: the yaml matching the source's variant, e.g. yolov7-tiny-ms2.yaml)")
+    p.add_argument("--out", default=None, help="output checkpoint (default: weights/<cfg name>-backbone.pt)")
     p.add_argument("--nc", type=int, default=None, help="number of classes (default: the yaml's nc)")
     p.add_argument("--fused", action="store_true",
                    help="build the model fused (inference only); required for Apple's fused checkpoints")
@@ -344,24 +379,38 @@ def parse_opt(argv: Optional[list[str]] = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def default_cfg(apple_sd: Mapping[str, torch.Tensor], src: str) -> str:
+    """The yaml of the source's variant (told from its stage widths)."""
+    variant = detect_variant(apple_sd)
+    if variant is None:
+        raise ConversionError(f"{src}: stage widths {stage_widths(apple_sd)} are none of Apple's S0-S4 "
+                              f"({', '.join(f'{v}: {w}' for v, (w, _) in APPLE_VARIANTS.items())}); pass --cfg")
+    return str(ROOT / "cfg" / "training" / APPLE_VARIANTS[variant][1])
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     opt = parse_opt(argv)
     try:
         apple_sd = load_apple_state_dict(opt.src)
-        ckpt, report, _ = convert_mobileone(apple_sd, opt.cfg, nc=opt.nc, fused=opt.fused,
+        cfg = opt.cfg or default_cfg(apple_sd, opt.src)
+        ckpt, report, _ = convert_mobileone(apple_sd, cfg, nc=opt.nc, fused=opt.fused,
                                             src_eps=opt.src_eps, src_name=opt.src)
     except (CheckpointError, ConversionError, FileNotFoundError, ValueError) as e:
         print(f"convert_mobileone: error: {e}", file=sys.stderr)
         return 2
-    print(f"{opt.src} -> {opt.cfg}" + (" (fused)" if opt.fused else ""))
+    variant = detect_variant(apple_sd)
+    opt.out = opt.out or f"weights/{Path(cfg).stem}{'-fused' if opt.fused else '-backbone'}.pt"
+    print(f"{opt.src} (MobileOne-{variant.upper() if variant else '?'}) -> {cfg}" + (" (fused)" if opt.fused else ""))
     print(report.table())
     save_checkpoint(ckpt, opt.out)
     print(f"\nwrote {opt.out} ({len(ckpt['state_dict'])} tensors, "
           f"{'fused' if ckpt['fused'] else 'training'} checkpoint format)")
     if not opt.fused:
-        print(f"train with: python train.py --weights {opt.out} --cfg {opt.cfg} --data DATA.yaml")
+        print(f"train with: python train.py --weights {opt.out} --cfg {cfg} --data DATA.yaml")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from utils.cli import run_cli
+
+    sys.exit(run_cli(main, prog="convert_mobileone.py"))
