@@ -244,13 +244,78 @@ class SEBlock(nn.Module):
         return inputs * x
 
 
+# ----------------------------------------------------------------------------- memory-lean training
+_MEMORY_LEAN = False
+
+
+def set_memory_lean(enabled: bool) -> bool:
+    """Turn the memory-lean training path of every MobileOneBlock on or off (process-wide, off by
+    default); returns the previous setting. Outputs, gradients and BatchNorm running statistics are
+    the same either way. Lean keeps one activation per block for backward instead of one per branch
+    plus the output, and pays for it with one more forward pass of the branches during backward."""
+    global _MEMORY_LEAN
+    previous, _MEMORY_LEAN = _MEMORY_LEAN, bool(enabled)
+    return previous
+
+
+def memory_lean() -> bool:
+    """Whether MobileOneBlocks train on the memory-lean path (see :func:`set_memory_lean`)."""
+    return _MEMORY_LEAN
+
+
+def _autocast_state(device_type: str) -> dict:
+    """The current autocast settings of ``device_type``, as ``torch.autocast`` keyword arguments."""
+    return {"device_type": device_type, "enabled": torch.is_autocast_enabled(device_type),
+            "dtype": torch.get_autocast_dtype(device_type), "cache_enabled": torch.is_autocast_cache_enabled()}
+
+
+class _LeanBranchSum(torch.autograd.Function):
+    """Sum of a MobileOneBlock's train-time branches that saves only the block input for backward.
+
+    Forward runs the branch modules without a graph (BatchNorm in train mode: batch statistics, running
+    statistics updated exactly once). Backward rebuilds the branches from the saved input with the same
+    batch statistics but without touching the running buffers, and back-propagates ``grad_out``
+    through them, so outputs and gradients are the plain block's. The autocast state of the forward is
+    restored in backward (what ``torch.amp.custom_fwd`` / ``custom_bwd`` do, for the input's device).
+    ``params`` are passed only so that autograd routes their gradients (DDP hooks, AMP scaling).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, block: "MobileOneBlock", *params: torch.Tensor) -> torch.Tensor:
+        ctx.block = block
+        ctx.autocast = _autocast_state(x.device.type)
+        ctx.save_for_backward(x)
+        return block._branch_sum(x)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        block, needs = ctx.block, ctx.needs_input_grad
+        params = block._branch_params()
+        wanted = [i for i, p in enumerate(params) if needs[2 + i]]
+        xd = x.detach().requires_grad_(needs[0])
+        inputs = ([xd] if needs[0] else []) + [params[i] for i in wanted]
+        grads = [None] * len(params)
+        grad_x = None
+        if inputs:
+            with torch.enable_grad(), torch.autocast(**ctx.autocast):
+                out = block._branch_sum(xd, recompute=True)
+            got = list(torch.autograd.grad(out, inputs, grad_out, allow_unused=True))
+            grad_x = got.pop(0) if needs[0] else None
+            for i, g in zip(wanted, got):
+                grads[i] = g
+        return (grad_x, None, *grads)
+
+
 class MobileOneBlock(nn.Module):
     """MobileOne block (https://arxiv.org/abs/2206.04040).
 
     Train time: ``num_conv_branches`` parallel conv+BN branches (``rbr_conv``), a 1x1 conv+BN scale
     branch (``rbr_scale``, only when kernel_size > 1) and a BN skip (``rbr_skip``, only when
     in == out and stride == 1), summed, then optional SE and ReLU. ``reparameterize()`` folds all
-    branches into one biased conv ``reparam_conv`` with the same output.
+    branches into one biased conv ``reparam_conv`` with the same output. With
+    :func:`set_memory_lean` on, training sums the branches through :class:`_LeanBranchSum`, which
+    keeps only the block input for backward.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
@@ -290,14 +355,40 @@ class MobileOneBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if hasattr(self, "reparam_conv"):
             return self.activation(self.se(self.reparam_conv(x)))
-        out = self.rbr_conv[0](x)
-        for branch in self.rbr_conv[1:]:
-            out = out + branch(x)
-        if self.rbr_scale is not None:
-            out = out + self.rbr_scale(x)
-        if self.rbr_skip is not None:
-            out = out + self.rbr_skip(x)
+        if self._lean():
+            out = _LeanBranchSum.apply(x, self, *self._branch_params())
+        else:
+            out = self._branch_sum(x)
         return self.activation(self.se(out))
+
+    def _branches(self) -> list[tuple[Optional[nn.Conv2d], nn.BatchNorm2d]]:
+        """(conv or None for the skip, BatchNorm) of every train-time branch, in summation order."""
+        pairs = [(b.conv, b.bn) for b in self.rbr_conv]
+        if self.rbr_scale is not None:
+            pairs.append((self.rbr_scale.conv, self.rbr_scale.bn))
+        if self.rbr_skip is not None:
+            pairs.append((None, self.rbr_skip))
+        return pairs
+
+    def _branch_params(self) -> list[torch.Tensor]:
+        """The branches' parameters (conv weight, BN weight, BN bias) in a fixed order."""
+        return [p for conv, bn in self._branches() for p in (conv.weight if conv is not None else None,
+                                                            bn.weight, bn.bias) if p is not None]
+
+    def _branch_sum(self, x: torch.Tensor, recompute: bool = False) -> torch.Tensor:
+        """Sum of the branches; ``recompute`` uses batch statistics without updating running ones."""
+        out = None
+        for conv, bn in self._branches():
+            z = conv(x) if conv is not None else x
+            y = (F.batch_norm(z, None, None, bn.weight, bn.bias, True, 0.0, bn.eps) if recompute else bn(z))
+            out = y if out is None else out + y
+        return out
+
+    def _lean(self) -> bool:
+        """Train on the memory-lean path: enabled, training with autograd, and every BatchNorm a plain
+        train-mode BatchNorm2d (SyncBatchNorm or frozen statistics take the plain path)."""
+        return (_MEMORY_LEAN and self.training and torch.is_grad_enabled() and not torch.jit.is_tracing()
+                and all(type(bn) is nn.BatchNorm2d and bn.training for _, bn in self._branches()))
 
     @torch.no_grad()
     def get_kernel_bias(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,7 +21,9 @@ from models.common import (
     RepConv,
     SEBlock,
     autopad,
+    memory_lean,
     reparameterize_model,
+    set_memory_lean,
 )
 
 
@@ -280,3 +282,149 @@ def test_implicit_layers():
     x = torch.randn(2, 4, 3, 3)
     assert torch.allclose(a(x), x + a.implicit) and torch.allclose(m(x), x * m.implicit)
     assert abs(float(a.implicit.detach().mean())) < 0.1 and abs(float(m.implicit.detach().mean()) - 1) < 0.1
+
+
+# ----------------------------------------------------------------------------- memory-lean training
+@pytest.fixture
+def lean_switch():
+    """Restore the process-wide memory-lean setting after the test."""
+    previous = memory_lean()
+    yield
+    set_memory_lean(previous)
+
+
+def _lean_vs_plain(net: nn.Module, x: torch.Tensor, weights: torch.Tensor | None = None):
+    """Outputs, input gradient, parameter gradients and buffers after one train step, plain then lean."""
+    results = []
+    for lean in (False, True):
+        set_memory_lean(lean)
+        m = copy.deepcopy(net).train()
+        xi = x.detach().clone().requires_grad_(x.requires_grad)
+        y = m(xi)
+        w = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y) if weights is None else weights
+        (y * w).sum().backward()
+        results.append((y.detach(), xi.grad, {n: p.grad for n, p in m.named_parameters()},
+                        {n: b.clone() for n, b in m.named_buffers()}, y.grad_fn))
+    return results
+
+
+def _uses_lean(grad_fn) -> bool:
+    """True when the autograd graph behind ``grad_fn`` goes through the lean branch sum."""
+    stack, seen = [grad_fn], set()
+    while stack:
+        f = stack.pop()
+        if f is None or f in seen:
+            continue
+        seen.add(f)
+        if "LeanBranchSum" in type(f).__name__:
+            return True
+        stack.extend(g for g, _ in f.next_functions)
+    return False
+
+
+@pytest.mark.parametrize("variant", BLOCK_VARIANTS, ids=lambda v: "in%d-out%d-k%d-s%d-g%d-se%d-br%d" % v)
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
+def test_memory_lean_block_is_exact_in_outputs_gradients_and_running_stats(lean_switch, variant, dtype, tol):
+    cin, cout, k, s, g, se, nb = variant
+    m = _block(cin, cout, k, s, g, se, nb, dtype)
+    x = torch.randn(3, cin, 9, 7, dtype=dtype, requires_grad=True)
+    (y0, gx0, gp0, b0, f0), (y1, gx1, gp1, b1, f1) = _lean_vs_plain(m, x)
+    assert not _uses_lean(f0) and _uses_lean(f1)
+    assert rel_err(y0, y1) <= tol and rel_err(gx0, gx1) <= tol
+    assert gp0.keys() == gp1.keys() and len(gp0) == len(list(m.parameters()))
+    for name in gp0:
+        assert gp1[name] is not None and rel_err(gp0[name], gp1[name]) <= tol, name
+    for name in b0:  # running statistics updated exactly once, identically
+        assert torch.allclose(b0[name], b1[name], rtol=tol, atol=0), name
+    assert int(b1["rbr_conv.0.bn.num_batches_tracked"]) == 1
+
+
+def test_memory_lean_stage_with_inplace_relu_and_partial_grads(lean_switch):
+    net = nn.Sequential(MobileOneBlock(3, 16, 3, stride=2, padding=1, num_conv_branches=4),
+                        MobileOne(16, 24, 2, num_conv_branches=4, use_se=True, num_se=1))
+    for mod in net.modules():  # as in a Model: in-place activations
+        if isinstance(mod, nn.ReLU):
+            mod.inplace = True
+    net[1].stage[0].rbr_conv[1].conv.weight.requires_grad_(False)  # a frozen parameter
+    x = torch.randn(2, 3, 16, 16)  # an image batch: no input gradient
+    (y0, _, gp0, b0, _), (y1, gx1, gp1, b1, f1) = _lean_vs_plain(net, x)
+    assert _uses_lean(f1) and gx1 is None
+    assert rel_err(y0, y1) <= 1e-5
+    assert gp0["1.stage.0.rbr_conv.1.conv.weight"] is None and gp1["1.stage.0.rbr_conv.1.conv.weight"] is None
+    for name, g in gp0.items():
+        if g is not None:
+            assert rel_err(g, gp1[name]) <= 1e-5, name
+    assert all(torch.allclose(b0[n], b1[n], rtol=1e-6, atol=0) for n in b0)
+
+
+def test_memory_lean_saves_one_activation_per_block(lean_switch):
+    m = MobileOneBlock(16, 16, 3, padding=1, num_conv_branches=4).train()
+    x = torch.randn(2, 16, 32, 32)
+    act = x.numel() * x.element_size()
+
+    def saved_bytes() -> int:
+        storages = {}
+
+        def pack(t):
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            m(x)
+        return sum(storages.values())
+
+    set_memory_lean(False)
+    plain = saved_bytes()  # input + 5 conv outputs (4 branches + scale) + ReLU output
+    set_memory_lean(True)
+    lean = saved_bytes()  # input + ReLU output
+    assert plain >= 7 * act and lean <= 2 * act + 4096
+
+
+def test_memory_lean_falls_back_when_bn_is_frozen_or_not_training(lean_switch):
+    set_memory_lean(True)
+    m = _block(8, 8, 3, 1, 1, False, 2).train()
+    x = torch.randn(2, 8, 6, 6, requires_grad=True)
+    assert _uses_lean(m(x).grad_fn)
+    m.rbr_conv[0].bn.eval()  # frozen statistics: the plain path reproduces them
+    assert not _uses_lean(m(x).grad_fn)
+    m.train().eval()
+    assert not _uses_lean(m(x).grad_fn)
+    with torch.no_grad():
+        assert m.train()(x).grad_fn is None
+    assert set_memory_lean(False) is True and not memory_lean()
+
+
+def test_memory_lean_under_cpu_autocast_matches_plain(lean_switch):
+    m = _block(8, 16, 3, 1, 1, False, 4)  # no BN skip on the fp32 input: the sum stays bfloat16
+    x = torch.randn(2, 8, 8, 8, requires_grad=True)
+    grads = []
+    for lean in (False, True):
+        set_memory_lean(lean)
+        mi = copy.deepcopy(m).train()
+        xi = x.detach().clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = mi(xi)
+        y.float().square().mean().backward()
+        grads.append((y.dtype, xi.grad, mi.rbr_conv[2].conv.weight.grad))
+    assert grads[0][0] == grads[1][0] == torch.bfloat16
+    assert rel_err(grads[0][1], grads[1][1]) <= 1e-2 and rel_err(grads[0][2], grads[1][2]) <= 1e-2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
+@pytest.mark.parametrize("amp", [False, True])
+def test_memory_lean_on_cuda(lean_switch, amp):
+    m = _block(16, 16, 3, 1, 16, True, 4).cuda()
+    x = torch.randn(4, 16, 20, 20, device="cuda", requires_grad=True)
+    out = []
+    for lean in (False, True):
+        set_memory_lean(lean)
+        mi = copy.deepcopy(m).train()
+        xi = x.detach().clone().requires_grad_()
+        with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+            y = mi(xi)
+        y.float().square().mean().backward()
+        out.append((y.float(), xi.grad, [p.grad for p in mi.parameters()], _uses_lean(y.grad_fn)))
+    assert out[1][3] and not out[0][3]
+    tol = 2e-3 if amp else 1e-5
+    assert rel_err(out[0][0], out[1][0]) <= tol and rel_err(out[0][1], out[1][1]) <= tol
+    assert all(rel_err(a, b) <= tol for a, b in zip(out[0][2], out[1][2]))
