@@ -18,8 +18,20 @@ import torch
 import torch.nn as nn
 import yaml
 
-from models.common import (MP, SP, SPPCSPC, Concat, Conv, ImplicitA, ImplicitM, MobileOneBlock, MobileOneStage,
-                           RepConv, SEBlock, reparameterize_model)
+from models.common import (
+    MP,
+    SP,
+    SPPCSPC,
+    Concat,
+    Conv,
+    ImplicitA,
+    ImplicitM,
+    MobileOneBlock,
+    MobileOneStage,
+    RepConv,
+    SEBlock,
+    reparameterize_model,
+)
 from utils.autoanchor import check_anchor_order
 from utils.general import LOGGER, make_divisible
 from utils.torch_utils import initialize_weights, model_info, scale_img

@@ -2,16 +2,13 @@
 depth/width multiples applied to MobileOne stages, and exact, idempotent fusing of every yaml."""
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 import torch.nn as nn
+from model_checks import TRAIN_BRANCHES, randomize_weights, rel_err
 
 from models.common import ImplicitA, ImplicitM, MobileOneBlock, MobileOneStage, SEBlock
 from models.yolo import Model, check_model_size, load_model_yaml
-
-from model_checks import TRAIN_BRANCHES, randomize_weights, rel_err
 
 #: yaml -> (parameters at nc=80, stage0..stage4 widths, conv branches of stages 1-4, SE blocks of stages 3, 4)
 FAMILY = {

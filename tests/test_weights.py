@@ -128,7 +128,7 @@ def apple_reference_stages(sd, x, widths=S0_WIDTHS, blocks=S0_BLOCKS, eps=APPLE_
         return (t - v("running_mean")) / torch.sqrt(v("running_var") + eps) * v("weight") + v("bias")
 
     outs = {}
-    for p, ci, co, k, s, gr, nbr, use_se in apple_block_specs(widths, blocks, se, branches):
+    for p, _ci, _co, k, s, gr, nbr, use_se in apple_block_specs(widths, blocks, se, branches):
         stage = p.split(".")[0]
         if int(stage[5:]) >= upto:
             break

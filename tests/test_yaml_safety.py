@@ -9,8 +9,19 @@ import pytest
 import torch
 import yaml
 
-from models.yolo import (MAX_BLOCKS, MAX_CHANNELS, MAX_PARAMS, MAX_YAML_BYTES, MAX_YAML_NODES, Model, ModelConfigError,
-                         check_cfg_size, check_model_size, load_model_yaml, safe_yaml_load)
+from models.yolo import (
+    MAX_BLOCKS,
+    MAX_CHANNELS,
+    MAX_PARAMS,
+    MAX_YAML_BYTES,
+    MAX_YAML_NODES,
+    Model,
+    ModelConfigError,
+    check_cfg_size,
+    check_model_size,
+    load_model_yaml,
+    safe_yaml_load,
+)
 
 ANCHORS = [[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119], [116, 90, 156, 198, 373, 326]]
 

@@ -137,7 +137,8 @@ def backbone_layers(model: nn.Module) -> dict[int, int]:
     """
     from models.common import MobileOneBlock, MobileOneStage
 
-    n_backbone = len(model.yaml.get("backbone", [])) if isinstance(getattr(model, "yaml", None), dict) else len(model.model)
+    yaml_dict = getattr(model, "yaml", None)
+    n_backbone = len(yaml_dict.get("backbone", [])) if isinstance(yaml_dict, dict) else len(model.model)
     stages: dict[int, int] = {}
     n = 1
     for i, m in enumerate(list(model.model)[:n_backbone]):
