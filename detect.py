@@ -316,6 +316,8 @@ def run(weights: WeightsArg = "best.pt", source: str = "data/images", img_size: 
         LOGGER.info(f"{wlist[0]}: fixed input {imgsz[0]}x{imgsz[1]}; using it")
     tally = Tally(view=view_img)
     datasets = make_sources(source, imgsz, model.stride, auto, tally)
+    for ds in datasets:  # a static-batch file must fit the source before anything is written
+        model.check_batch(len(ds.sources) if isinstance(ds, LoadStreams) else 1)
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)
     (save_dir / "labels" if save_txt else save_dir).mkdir(parents=True, exist_ok=True)
     opt = dict(conf_thres=conf_thres, iou_thres=iou_thres, classes=classes, agnostic_nms=agnostic_nms,

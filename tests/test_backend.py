@@ -18,7 +18,7 @@ RTOL = 1e-3  # export.py's tolerance: max |a - b| / max |a|
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).abs().max() / a.double().abs().max())
+    return float((a.double() - b.double()).abs().max() / a.double().abs().max())  # the export.py measure
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,10 @@ def test_every_format_predicts_the_same(exported):
             assert m.imgsz == (SIZE, SIZE)
         assert rel(ref, m(x)) < RTOL, key
         d_ref, d = ref_model.predict(x, 0.2)[0], m.predict(x, 0.2)[0]
-        assert len(d) == len(d_ref) and (d[:, :4] - d_ref[:, :4]).abs().max() < 0.05, key
+        assert len(d) == len(d_ref) > 0, key
+        # rows of (nearly) equal score may come in another order: match each box to its nearest
+        dist = torch.cdist(d[:, :6], d_ref[:, :6])  # boxes, conf and class together
+        assert dist.min(1).values.max() < 0.05 and dist.min(0).values.max() < 0.05, key
     unfused = B.load_backend(exported["pt"], fuse=False)
     assert rel(ref, unfused(x)) < RTOL
 
