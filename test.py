@@ -382,12 +382,14 @@ def run_batches(loader, runner: Runner, cfg: Settings, tally: Tally, timers: Tim
                 progress: bool = True) -> None:
     """All batches of ``loader``, behind a tqdm progress bar (train.py's validation shows it too)."""
     it = iter(tqdm(loader, desc=HEADER, disable=not progress, leave=not cfg.training))
-    for batch_i in range(len(loader)):
+    batch_i = 0
+    while True:
         with timers("load"):
-            batch = next(it, None)
+            batch = next(it, None)  # None once the loader (and the bar) is done
         if batch is None:
             break
         run_batch(batch_i, batch, runner, cfg, tally, timers, compute_loss)
+        batch_i += 1
 
 
 # --------------------------------------------------------------------------- results
@@ -667,6 +669,20 @@ def parse_opt(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return opt
 
 
+@contextlib.contextmanager
+def run_folder(path: Path, exist_ok: bool) -> Iterator[Path]:
+    """A fresh run folder (runs/test/exp, exp2, ...), removed again if the run fails before writing in it."""
+    existed = path.is_dir()
+    save_dir = increment_path(path, exist_ok=exist_ok)
+    try:
+        yield save_dir
+    except BaseException:
+        fresh = not (existed and save_dir == path)
+        if fresh and save_dir.is_dir() and not any(save_dir.iterdir()):
+            save_dir.rmdir()
+        raise
+
+
 def study(opt: argparse.Namespace, save_dir: Path, common: dict) -> Path:
     """``--task study``: mAP and speed against image size, a table and study.png per weights file."""
     from utils.plots import plot_study
@@ -695,17 +711,17 @@ def main(argv: Optional[Sequence[str]] = None) -> Any:
     LOGGER.info(colorstr("test: ") + ", ".join(f"{k}={v}" for k, v in vars(opt).items()))
     if opt.no_trace:
         LOGGER.info("--no-trace: test.py never traces the model; nothing to turn off")
-    save_dir = increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok)
     common = dict(batch_size=opt.batch_size, imgsz=opt.img_size, single_cls=opt.single_cls, augment=opt.augment,
                   device=opt.device, v5_metric=opt.v5_metric, workers=opt.workers, threads=opt.threads)
-    if opt.task in ("train", "val", "test"):
-        return test(opt.data, opt.weights, conf_thres=opt.conf_thres, iou_thres=opt.iou_thres,
-                    save_json=opt.save_json, verbose=opt.verbose, save_dir=save_dir, save_txt=opt.save_txt,
-                    save_hybrid=opt.save_hybrid, save_conf=opt.save_conf, task=opt.task, **common)
-    if opt.task == "speed":  # YOLOv7: deployment thresholds, no plots, each file on its own
-        return [test(opt.data, w, conf_thres=0.25, iou_thres=0.45, save_json=False, plots=False,
-                     save_dir=save_dir, **common) for w in opt.weights]
-    return study(opt, save_dir, common)
+    with run_folder(Path(opt.project) / opt.name, opt.exist_ok) as save_dir:
+        if opt.task in ("train", "val", "test"):
+            return test(opt.data, opt.weights, conf_thres=opt.conf_thres, iou_thres=opt.iou_thres,
+                        save_json=opt.save_json, verbose=opt.verbose, save_dir=save_dir, save_txt=opt.save_txt,
+                        save_hybrid=opt.save_hybrid, save_conf=opt.save_conf, task=opt.task, **common)
+        if opt.task == "speed":  # YOLOv7: deployment thresholds, no plots, each file on its own
+            return [test(opt.data, w, conf_thres=0.25, iou_thres=0.45, save_json=False, plots=False,
+                         save_dir=save_dir, **common) for w in opt.weights]
+        return study(opt, save_dir, common)
 
 
 def cli(argv: Optional[Sequence[str]] = None) -> int:

@@ -251,3 +251,208 @@ def test_cli_augment_single_cls_hybrid_and_speed(tiny, logs):
                         "--device", "cpu", "--task", "speed", "--project", str(out), "--name", "speed"])
     assert len(r) == 1 and len(r[0][2]) == 6
     assert any(line.startswith("Speed:") for line in logs)
+
+
+# --------------------------------------------------------------------------- any model file, ensembles
+MICRO = {"nc": 2, "depth_multiple": 1.0, "width_multiple": 1.0,
+         "anchors": [[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119], [116, 90, 156, 198, 373, 326]],
+         "backbone": [[-1, 1, "MobileOneBlock", [16, 3, 2, 1]],
+                      [-1, 1, "MobileOne", [16, 1, 4, False, 0]],
+                      [-1, 1, "MobileOne", [32, 2, 4, False, 0]],
+                      [-1, 1, "Conv", [32, 3, 2, None, 1, "nn.LeakyReLU(0.1)"]],
+                      [-1, 1, "RepConv", [32, 3, 2]]],
+         "head": [[-1, 1, "nn.Upsample", [None, 2, "nearest"]],
+                  [[-1, 3], 1, "Concat", [1]],
+                  [-1, 1, "Conv", [16, 1, 1]],
+                  [[2, 7, 4], 1, "IDetect", ["nc", "anchors"]]]}
+
+
+def briefly_trained(path: Path, data: Path, seed: int, steps: int) -> Path:
+    """A micro MobileOne detector fitted for ``steps`` Adam steps to the generated images (mAP above 0).
+
+    One thread while fitting: a tiny model gains nothing from more, and on a busy machine
+    contended threads make each step many times slower.
+    """
+    from models.yolo import Model
+    from utils.checkpoint import save_checkpoint
+    from utils.datasets import create_dataloader
+    from utils.loss import ComputeLoss
+
+    torch.manual_seed(seed)
+    m = Model(MICRO)
+    m.hyp = dict(yaml.safe_load(Path("data/hyp.scratch.tiny.yaml").read_text()), loss_ota=0)
+    loss_fn = ComputeLoss(m)
+    images = str(data.parent / "images")
+    batches = list(create_dataloader(images, 96, 4, 32, pad=0.5, rect=True, workers=0, nc=2)[0])
+    opt = torch.optim.Adam(m.parameters(), 1e-2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        m.train()
+        for _ in range(steps):
+            for img, targets, _, _ in batches:
+                loss, _ = loss_fn(m(img.float() / 255), targets)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    finally:
+        torch.set_num_threads(threads)
+    return save_checkpoint({"cfg": m.yaml, "state_dict": m.state_dict(), "names": ["green", "red"], "nc": 2,
+                            "fused": False}, path)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Two briefly trained micro checkpoints, a dynamic ONNX export of the first and a static one
+    (batch 1, 96x96) of the same weights."""
+    import shutil
+
+    import export
+
+    root = tmp_path_factory.mktemp("files")
+    data = make_dataset(root / "ds")
+    a = briefly_trained(root / "a.pt", data, 0, 40)
+    b = briefly_trained(root / "b.pt", data, 1, 15)
+    export.run(a, img_size=(96, 96), include=["onnx"], dynamic=True)
+    s = shutil.copy(a, root / "s.pt")
+    export.run(s, img_size=(96, 96), batch_size=1, include=["onnx"])
+    return {"data": data, "a": a, "b": b, "onnx": root / "a.onnx", "static": root / "s.onnx", "root": root}
+
+
+def evaluate(files, weights, **kw):
+    kw = dict(dict(imgsz=96, batch_size=2, plots=False, device="cpu", threads=1, save_dir=files["root"] / "out"), **kw)
+    return evaluator.test(str(files["data"]), weights, **kw)
+
+
+def test_onnx_gives_the_checkpoint_map(files):
+    (_, _, map50_pt, map_pt, *_), maps_pt, _ = evaluate(files, files["a"])
+    (_, _, map50_ox, map_ox, *_), maps_ox, _ = evaluate(files, files["onnx"])
+    assert map50_pt > 0.05, "the micro model must score well above 0 for the comparison to mean anything"
+    assert map50_ox == pytest.approx(map50_pt, rel=1e-4, abs=1e-9)
+    assert map_ox == pytest.approx(map_pt, rel=1e-4, abs=1e-9)
+    assert np.allclose(maps_ox, maps_pt, rtol=1e-4, atol=1e-9)
+
+
+def test_static_onnx_sets_its_size_and_batch(files, logs):
+    """A fixed-shape file is evaluated at its own size (square) and batch, and the run says so."""
+    from utils.datasets import create_dataloader
+
+    d = yaml.safe_load(files["data"].read_text())
+    square = create_dataloader(d["path"] + "/images", 96, 2, 32, pad=0.5, rect=False, workers=0, nc=2)[0]
+    (_, _, map50_pt, map_pt, *_), _, _ = evaluate(files, files["a"], dataloader=square)
+    (_, _, map50, map_, *_), _, times = evaluate(files, files["static"], imgsz=128, batch_size=4)
+    assert times[3:] == (96, 96, 1)
+    assert any("fixed input of 96x96" in line for line in logs)
+    assert any("batches of 1" in line for line in logs)
+    assert map50_pt > 0 and map50 == pytest.approx(map50_pt, rel=1e-4) and map_ == pytest.approx(map_pt, rel=1e-4)
+
+
+def test_ensemble_of_weights(files, tmp_path):
+    """Several --weights: predictions joined, then one NMS (a model with itself = the model alone)."""
+    single = evaluate(files, files["a"])[0][:4]
+    assert evaluate(files, [files["a"], files["a"]])[0][:4] == pytest.approx(single, rel=1e-9)
+    b = evaluate(files, files["b"])[0][:4]
+    both = evaluator.main(["--weights", str(files["a"]), str(files["onnx"]), str(files["b"]), "--data",
+                           str(files["data"]), "--img-size", "96", "--batch-size", "2", "--device", "cpu",
+                           "--project", str(tmp_path), "--name", "ens", "--save-json", "--threads", "1"])[0][:4]
+    preds = json.loads((tmp_path / "ens" / "a_predictions.json").read_text())
+    assert preds and both != single and both != b
+
+
+def test_training_call_verbose_table_and_progress_bar(files, logs, capsys):
+    """train.py's end-of-run call (verbose=True) prints a row per class; the tqdm bar is shown."""
+    from models.experimental import attempt_load
+
+    model = attempt_load(files["a"])
+    evaluate(files, None, model=model, verbose=True)
+    rows = [line.split() for line in logs]
+    assert any(r[:1] == ["green"] and len(r) == 7 for r in rows) and any(r[:1] == ["red"] for r in rows)
+    assert "mAP@.5:.95" in capsys.readouterr().err  # the progress bar carries the table header
+    logs.clear()
+    evaluate(files, None, model=model, verbose=False, progress=False)
+    assert not any(line.split()[:1] == ["green"] for line in logs), "no per-class rows in per-epoch validation"
+    assert "it/s" not in capsys.readouterr().err
+
+
+def test_threads_and_no_trace(files, logs, tmp_path):
+    before = torch.get_num_threads()
+    try:
+        evaluator.main(["--weights", str(files["onnx"]), "--data", str(files["data"]), "--img-size", "96",
+                        "--device", "cpu", "--threads", "1", "--no-trace", "--project", str(tmp_path)])
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert any(line.startswith("--no-trace") for line in logs)
+
+
+# --------------------------------------------------------------------------- one-line CLI errors
+def cli_error(argv, capsys) -> tuple[int, str]:
+    """Exit code and the error line of a failed run (the last stderr line; logging may precede it)."""
+    import sys
+
+    from utils.cli import run_cli
+
+    for h in LOGGER.handlers:  # a handler made in an earlier test may hold that test's closed capture stream
+        if type(h) is logging.StreamHandler:
+            h.stream = sys.stderr
+    rc = run_cli(evaluator.cli, argv, prog="test.py")
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and sum(line.startswith("test.py: error:") for line in err.splitlines()) == 1
+    return rc, err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--img-size", "0"], "--img-size 0"),
+    (["--batch-size", "0"], "--batch-size 0"),
+    (["--conf-thres", "1.5"], "--conf-thres 1.5"),
+    (["--iou-thres", "-0.1"], "--iou-thres -0.1"),
+    (["--threads", "0"], "--threads 0"),
+    (["--workers", "-1"], "--workers -1"),
+    (["--device", "5"], "--device '5'"),
+])
+def test_cli_bad_values_are_one_line(files, tmp_path, capsys, args, words):
+    base = ["--weights", str(files["a"]), "--data", str(files["data"]), "--project", str(tmp_path)]
+    rc, err = cli_error(base + args, capsys)
+    assert rc == 2 and len(err.splitlines()) == 1 and err.startswith("test.py: error:") and words in err, err
+    assert "Traceback" not in err and not any(tmp_path.iterdir()), "nothing written on a bad flag"
+
+
+def test_cli_bad_files_are_one_line(files, tmp_path, capsys):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(np.random.default_rng(0).bytes(300))
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("train: [unclosed\n")
+    cases = [(["--weights", str(tmp_path / "missing.pt")], "missing.pt"),
+             (["--weights", str(junk)], "junk.pt"),
+             (["--weights", str(tmp_path / "missing.onnx")], "missing.onnx"),
+             (["--data", str(tmp_path / "nope.yaml")], "nope.yaml"),
+             (["--data", str(bad_yaml)], "bad.yaml")]
+    for args, words in cases:
+        argv = ["--weights", str(files["a"]), "--data", str(files["data"]), "--device", "cpu",
+                "--project", str(tmp_path / "runs")] + args
+        rc, err = cli_error(argv, capsys)
+        assert rc == 2 and len(err.splitlines()) == 1 and words in err and "Traceback" not in err, (args, err)
+    assert not any((tmp_path / "runs").iterdir()), "a failed run leaves no empty run folder"
+
+
+def test_cli_process_exit_code_and_help():
+    import subprocess
+    import sys
+
+    root = Path(evaluator.__file__).resolve().parent
+    p = subprocess.run([sys.executable, "test.py", "--img-size", "0"], cwd=root, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr.strip().splitlines()[-1] == "test.py: error: --img-size 0: must be a positive number of pixels"
+    with pytest.raises(SystemExit) as e:
+        evaluator.parse_opt(["--help"])
+    assert e.value.code == 0
+
+
+def test_help_shows_every_default(capsys):
+    with pytest.raises(SystemExit):
+        evaluator.parse_opt(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for text in ("(default: 640)", "(default: 32)", "(default: 0.001)", "(default: 0.65)", "(default: val)",
+                 "(default: runs/test)", "(default: ['yolov7-tiny-ms0.pt'])", "(default: 8)"):
+        assert text in out, text
