@@ -129,6 +129,24 @@ def test_hyp_base_inheritance_and_default_hyp(tmp_path):
         load_hyp(loop)
 
 
+def test_shipped_hyps_give_no_false_warnings():
+    """The main job's hyp: no 'unknown key' warning for keys train.py uses, no refused paste_in."""
+    from train import load_hyp, loader_hyp
+    from utils.augmentations import check_hyp
+    from utils.general import LOGGER
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    LOGGER.addHandler(handler)
+    try:
+        check_hyp(loader_hyp(load_hyp(ROOT / "data" / "hyp.shapes.yaml")))
+        assert not [m for m in seen if "WARNING" in m], seen
+        check_hyp({"paste_in": 0.1})  # the capture works: a real refusal is seen
+        assert any("paste_in" in m for m in seen)
+    finally:
+        LOGGER.removeHandler(handler)
+
+
 def test_optimizer_groups_and_lr_schedule():
     from models.yolo import Model
     from train import build_optimizer, lr_lambda
@@ -170,6 +188,12 @@ def test_train_one_epoch_outputs(tmp_path):
     assert last["optimizer"] is None  # final checkpoints drop the optimizer state
     check_ckpt(run / "weights" / "best.pt")
     assert list(run.glob("events.out.tfevents*")), "no TensorBoard event file"
+    out = r.stdout + r.stderr
+    assert f"Validating {run / 'weights' / 'best.pt'}" in out and "mAP@.5:.95 " in out and "Weights: " in out
+    assert sum("IDetect" in ln and "[" in ln for ln in out.splitlines()) == 1, "the layer table is printed once"
+    best = torch.load(run / "weights" / "best.pt", weights_only=True)
+    assert best["optimizer"] is None and best["ema"] is None  # stripped: EMA weights as fp16 state_dict
+    assert all(v.dtype == torch.float16 for v in best["state_dict"].values() if v.is_floating_point())
     # the checkpoint builds a model through the shared loader
     from models.experimental import attempt_load
     model = attempt_load(run / "weights" / "best.pt", map_location="cpu")

@@ -235,24 +235,30 @@ class ComputeLossOTA(ComputeLoss):
         first level's grid and stride).
         """
         device = p[0].device
-        nl, na = self.nl, self.na
-        bs = p[0].shape[0]
         empty = torch.zeros(0, dtype=torch.long, device=device)
-        nt = targets.shape[0]
-        if nt == 0:
-            return [(empty, empty, empty, empty, empty) for _ in range(nl)]
+        if targets.shape[0] == 0:
+            return [(empty, empty, empty, empty, empty) for _ in range(self.nl)]
+        cand = self._unique_candidates(p, targets)
+        if cand is None:
+            return [(empty, empty, empty, empty, empty) for _ in range(self.nl)]
         strides = [float(s) for s in self.det.stride]
         if imgs is not None:
-            img_h, img_w = imgs.shape[-2], imgs.shape[-1]
+            img_hw = (imgs.shape[-2], imgs.shape[-1])
         else:
-            img_h, img_w = p[0].shape[2] * strides[0], p[0].shape[3] * strides[0]
-        anchors_all = self.anchors(device)
+            img_hw = (p[0].shape[2] * strides[0], p[0].shape[3] * strides[0])
+        pbox, pcls, pobj = self._decode(p, cand, strides)
+        dense = self._dense(cand, pbox, pcls, pobj, p[0].shape[0])
+        iou, cost = self._cost(targets, dense, img_hw)
+        win = self._match(targets, iou, cost, dense["valid"], p[0].shape[0])
+        return self._to_levels(targets, win, cand, dense["starts"])
 
-        # 1. candidate predictions, one id per (image, level, anchor, cell)
+    def _unique_candidates(self, p: Sequence[torch.Tensor], targets: torch.Tensor) -> Optional[dict]:
+        """Candidate predictions, one per (image, level, anchor, cell), sorted so they are grouped by image."""
+        device = p[0].device
         cand = self.find_positives(p, targets)
-        sizes = [na * pi.shape[2] * pi.shape[3] for pi in p]
+        sizes = [self.na * pi.shape[2] * pi.shape[3] for pi in p]
         per_image = sum(sizes)
-        level_base = [sum(sizes[:i]) for i in range(nl)]
+        level_base = [sum(sizes[:i]) for i in range(self.nl)]
         ids, lvls = [], []
         for i, (b, a, gj, gi, _) in enumerate(cand):
             ny, nx = p[i].shape[2], p[i].shape[3]
@@ -260,23 +266,26 @@ class ComputeLossOTA(ComputeLoss):
             lvls.append(torch.full_like(b, i))
         ids_all = torch.cat(ids)
         if ids_all.numel() == 0:
-            return [(empty, empty, empty, empty, empty) for _ in range(nl)]
+            return None
         uid, inv = torch.unique(ids_all, sorted=True, return_inverse=True)  # sorted: grouped by image
-        nu = uid.numel()
-        rep = torch.empty(nu, dtype=torch.long, device=device)
+        rep = torch.empty(uid.numel(), dtype=torch.long, device=device)
         rep.scatter_(0, inv, torch.arange(inv.numel(), device=device))  # any member: same prediction
-        lvl_u = torch.cat(lvls)[rep]
-        b_u = torch.cat([c[0] for c in cand])[rep]
-        a_u = torch.cat([c[1] for c in cand])[rep]
-        gj_u = torch.cat([c[2] for c in cand])[rep]
-        gi_u = torch.cat([c[3] for c in cand])[rep]
+        out = {"lvl": torch.cat(lvls)[rep]}
+        for j, name in enumerate(("b", "a", "gj", "gi")):
+            out[name] = torch.cat([c[j] for c in cand])[rep]
+        return out
 
-        # 2. decode the candidates' boxes (pixels, xyxy) and class probabilities
+    def _decode(self, p: Sequence[torch.Tensor], cand: dict, strides: Sequence[float]):
+        """The candidates' boxes (pixels, xyxy), class logits and objectness logits."""
+        device = p[0].device
+        nu = cand["b"].numel()
+        anchors_all = self.anchors(device)
         pbox = torch.zeros(nu, 4, device=device)
         pcls = torch.zeros(nu, self.nc, device=device)
         pobj = torch.zeros(nu, 1, device=device)
-        for i in range(nl):
-            m = lvl_u == i
+        b_u, a_u, gj_u, gi_u = cand["b"], cand["a"], cand["gj"], cand["gi"]
+        for i in range(self.nl):
+            m = cand["lvl"] == i
             if not bool(m.any()):
                 continue
             fg = p[i][b_u[m], a_u[m], gj_u[m], gi_u[m]].float()
@@ -286,11 +295,15 @@ class ComputeLossOTA(ComputeLoss):
             pbox[m] = torch.cat((pxy - pwh / 2, pxy + pwh / 2), 1)
             pcls[m] = fg[:, 5:]
             pobj[m] = fg[:, 4:5]
+        return pbox, pcls, pobj
 
-        # 3. dense (image, column) layout of the candidates
+    def _dense(self, cand: dict, pbox: torch.Tensor, pcls: torch.Tensor, pobj: torch.Tensor, bs: int) -> dict:
+        """Dense (image, column) layout of the candidates: boxes and the log terms of the class cost."""
+        device = pbox.device
+        b_u = cand["b"]
         counts = torch.bincount(b_u, minlength=bs)
         starts = torch.cumsum(counts, 0) - counts
-        col = torch.arange(nu, device=device) - starts[b_u]
+        col = torch.arange(b_u.numel(), device=device) - starts[b_u]
         ncol = int(counts.max())
         valid = torch.zeros(bs, ncol, dtype=torch.bool, device=device)
         valid[b_u, col] = True
@@ -306,23 +319,35 @@ class ComputeLossOTA(ComputeLoss):
         logy_d[b_u, col] = log_y
         log1my_d = torch.zeros(bs, ncol, self.nc, device=device)
         log1my_d[b_u, col] = log_1my
+        return {"starts": starts, "valid": valid, "box": box_d, "neg_sum": neg_sum, "logy": logy_d,
+                "log1my": log1my_d}
 
-        # 4. cost of every ground truth against every candidate of its image
-        tb = targets[:, 0].long()
-        tc = targets[:, 1].long()
+    def _cost(self, targets: torch.Tensor, dense: dict, img_hw: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+        """IoU and cost (class BCE + iou_weight * -log IoU) of every ground truth against its image's candidates."""
+        device = targets.device
+        tb, tc = targets[:, 0].long(), targets[:, 1].long()
+        img_h, img_w = img_hw
         gain = torch.tensor([img_w, img_h, img_w, img_h], device=device, dtype=torch.float32)
         txywh = targets[:, 2:6].float() * gain
         txyxy = torch.cat((txywh[:, :2] - txywh[:, 2:] / 2, txywh[:, :2] + txywh[:, 2:] / 2), 1)
-        iou = bbox_iou(txyxy[:, None, :], box_d[tb], x1y1x2y2=True).clamp(0, 1)  # (nt, ncol)
-        vrow = valid[tb]
+        iou = bbox_iou(txyxy[:, None, :], dense["box"][tb], x1y1x2y2=True).clamp(0, 1)  # (nt, ncol)
+        vrow = dense["valid"][tb]
         iou = iou * vrow
-        cols = torch.arange(ncol, device=device)[None]
-        cls_cost = (neg_sum[tb] - logy_d[tb[:, None], cols, tc[:, None]]
-                    + log1my_d[tb[:, None], cols, tc[:, None]])
+        cols = torch.arange(vrow.shape[1], device=device)[None]
+        cls_cost = (dense["neg_sum"][tb] - dense["logy"][tb[:, None], cols, tc[:, None]]
+                    + dense["log1my"][tb[:, None], cols, tc[:, None]])
         cost = cls_cost + self.iou_weight * -torch.log(iou + 1e-8)
-        cost = cost.masked_fill(~vrow, float("inf"))
+        return iou, cost.masked_fill(~vrow, float("inf"))
 
-        # 5. dynamic k per ground truth and its k cheapest candidates
+    def _match(self, targets: torch.Tensor, iou: torch.Tensor, cost: torch.Tensor, valid: torch.Tensor,
+               bs: int) -> torch.Tensor:
+        """(nt, ncol) winners: each ground truth's dynamic-k cheapest candidates; a candidate claimed by
+        several goes to the image's ground truth with the lowest cost for it, claimant or not (YOLOv7 /
+        YOLOX SimOTA; ties -> first row)."""
+        device = cost.device
+        nt, ncol = cost.shape
+        tb = targets[:, 0].long()
+        vrow = valid[tb]
         kk = min(self.topk_iou, ncol)
         dynamic_k = iou.topk(kk, dim=1).values.sum(1).int().clamp(min=1)
         order = cost.topk(kk, dim=1, largest=False).indices  # (nt, kk)
@@ -330,9 +355,6 @@ class ComputeLossOTA(ComputeLoss):
         match = torch.zeros(nt, ncol, dtype=torch.bool, device=device)
         match.scatter_(1, order, take)
         match &= vrow
-
-        # 6. a candidate claimed by several ground truths goes to the image's ground truth with the
-        #    lowest cost for it, claimant or not (YOLOv7 / YOLOX SimOTA); ties -> first row
         tbx = tb[:, None].expand(nt, ncol)
         claims = torch.zeros(bs, ncol, device=device).index_add_(0, tb, match.float())
         contested = (claims > 1)[tb]
@@ -342,15 +364,17 @@ class ComputeLossOTA(ComputeLoss):
         first = torch.full((bs, ncol), nt, dtype=torch.long, device=device)
         first.scatter_reduce_(0, tbx, torch.where(cost == col_min[tb], rows, torch.full_like(rows, nt)),
                               reduce="amin")
-        win = torch.where(contested, rows == first[tb], match)
+        return torch.where(contested, rows == first[tb], match)
 
-        # 7. back to per-level (b, a, gj, gi, t)
+    def _to_levels(self, targets: torch.Tensor, win: torch.Tensor, cand: dict, starts: torch.Tensor) -> list[Level]:
+        """Winners back to per-level ``(b, a, gj, gi, t)``."""
+        tb = targets[:, 0].long()
         t_idx, c_idx = win.nonzero(as_tuple=True)
         u_idx = starts[tb[t_idx]] + c_idx
-        lv = lvl_u[u_idx]
+        lv = cand["lvl"][u_idx]
         out: list[Level] = []
-        for i in range(nl):
+        for i in range(self.nl):
             m = lv == i
             u = u_idx[m]
-            out.append((b_u[u], a_u[u], gj_u[u], gi_u[u], t_idx[m]))
+            out.append((cand["b"][u], cand["a"][u], cand["gj"][u], cand["gi"][u], t_idx[m]))
         return out
