@@ -176,7 +176,9 @@ def runner_from_files(weights: Any, device: Union[str, torch.device], threads: O
     require(not augment or backend.supports_augment,
             f"--augment: needs PyTorch checkpoints; {backend.format} files run as exported")
     if backend.end2end:
-        LOGGER.info(f"{paths[0]}: end2end graph: its own NMS and thresholds decide the detections")
+        m = backend.meta
+        LOGGER.info(f"{paths[0]}: end2end graph: its own NMS decides the detections (conf {m.get('conf_thres', '?')}, "
+                    f"iou {m.get('iou_thres', '?')}, at most {m.get('topk_all', '?')} per image), not --conf-thres")
 
         def call(img: torch.Tensor) -> tuple[Any, Any]:
             return backend.predict(img, conf_thres=0.0), None

@@ -316,7 +316,10 @@ def files(tmp_path_factory):
     export.run(a, img_size=(96, 96), include=["onnx"], dynamic=True)
     s = shutil.copy(a, root / "s.pt")
     export.run(s, img_size=(96, 96), batch_size=1, include=["onnx"])
-    return {"data": data, "a": a, "b": b, "onnx": root / "a.onnx", "static": root / "s.onnx", "root": root}
+    e = shutil.copy(a, root / "e.pt")
+    export.run(e, img_size=(96, 96), include=["onnx"], dynamic=True, end2end=True, conf_thres=0.25, iou_thres=0.45)
+    return {"data": data, "a": a, "b": b, "onnx": root / "a.onnx", "static": root / "s.onnx", "e2e": root / "e.onnx",
+            "root": root}
 
 
 def evaluate(files, weights, **kw):
@@ -345,6 +348,13 @@ def test_static_onnx_sets_its_size_and_batch(files, logs):
     assert any("fixed input of 96x96" in line for line in logs)
     assert any("batches of 1" in line for line in logs)
     assert map50_pt > 0 and map50 == pytest.approx(map50_pt, rel=1e-4) and map_ == pytest.approx(map_pt, rel=1e-4)
+
+
+def test_end2end_onnx_uses_its_own_nms(files, logs):
+    """An --end2end file brings its NMS and thresholds: it scores as the .pt at those thresholds."""
+    ref = evaluate(files, files["a"], conf_thres=0.25, iou_thres=0.45)[0][:4]
+    assert evaluate(files, files["e2e"])[0][:4] == pytest.approx(ref, rel=1e-4)
+    assert any("end2end graph" in line and "conf 0.25" in line for line in logs)
 
 
 def test_ensemble_of_weights(files, tmp_path):
