@@ -427,14 +427,13 @@ def validate(run: Run, final: bool) -> tuple:
 def save_checkpoints(run: Run, epoch: int, fi: float) -> None:
     """last.pt first, then best.pt on a real improvement (or when there is none yet), then epoch_NNN.pt."""
     opt = run.opt
-    improved = run.best_fitness is None or fi > run.best_fitness or not run.best.is_file()
-    if run.best_fitness is None or fi > run.best_fitness:
-        run.best_fitness = fi
-    ckpt = training_checkpoint(de_parallel(run.model), run.ema, run.optimizer, epoch, run.best_fitness,
+    higher = run.best_fitness is None or fi > run.best_fitness
+    best_fitness = fi if higher else run.best_fitness
+    ckpt = training_checkpoint(de_parallel(run.model), run.ema, run.optimizer, epoch, best_fitness,
                                run.hyp0, vars(opt), run.names)
-    save_checkpoint(ckpt, run.last, require_finite=True)
-    run.good = (run.last, epoch)
-    if improved:
+    save_checkpoint(ckpt, run.last, require_finite=True)  # refused (nothing written) if anything is NaN/inf
+    run.good, run.best_fitness = (run.last, epoch), best_fitness
+    if higher or not run.best.is_file():
         save_checkpoint(ckpt, run.best, require_finite=True)
     if opt.save_period > 0 and (epoch + 1) % opt.save_period == 0:
         save_checkpoint(ckpt, run.save_dir / "weights" / f"epoch_{epoch:03d}.pt", require_finite=True)

@@ -147,6 +147,36 @@ def test_shipped_hyps_give_no_false_warnings():
         LOGGER.removeHandler(handler)
 
 
+def test_best_moves_only_on_improvement_and_nan_is_never_saved(tmp_path):
+    """last.pt every time; best.pt first, then only on a strictly higher fitness; a NaN model is refused."""
+    import train
+    from models.yolo import Model
+    from utils.checkpoint import CheckpointError
+    from utils.loggers import TrainLog
+    from utils.torch_utils import ModelEMA
+    opt = train.parse_opt(["--project", str(tmp_path), "--device", "cpu"])
+    hyp = yaml.safe_load(HYP.read_text())
+    run = train.Run(opt, hyp, dict(hyp), torch.device("cpu"), TrainLog(-1, None), tmp_path / "exp",
+                    names=["a", "b", "c", "d"], nc=4)
+    run.model = Model(str(CFG), nc=4)
+    run.ema, run.optimizer = ModelEMA(run.model), train.build_optimizer(run.model, hyp, adam=False)
+
+    def epochs():
+        return [torch.load(f, weights_only=True)["epoch"] for f in (run.last, run.best)]
+
+    train.save_checkpoints(run, 0, 0.0)
+    assert epochs() == [0, 0] and run.good == (run.last, 0)
+    train.save_checkpoints(run, 1, 0.0)  # a tie is no improvement
+    assert epochs() == [1, 0]
+    train.save_checkpoints(run, 2, 0.2)
+    assert epochs() == [2, 2]
+    with torch.no_grad():
+        next(run.ema.ema.parameters()).fill_(float("nan"))
+    with pytest.raises(CheckpointError, match="non-finite"):
+        train.save_checkpoints(run, 3, 0.9)
+    assert epochs() == [2, 2] and run.good == (run.last, 2) and run.best_fitness == 0.2
+
+
 def test_optimizer_groups_and_lr_schedule():
     from models.yolo import Model
     from train import build_optimizer, lr_lambda
