@@ -300,7 +300,7 @@ class Options:
     data: Optional[str] = None
     calib_images: int = 300
     calib_method: str = "minmax"
-    keep_head_float: bool = False
+    quantize_head: bool = False
     int8_max_drop: float = 1.0
     rtol: float = 1e-3
     threads: Optional[int] = None
@@ -713,7 +713,7 @@ def export_onnx_int8(ctx: Context, o: Options, src_onnx: Path, calib: list) -> P
     from utils.quantize import quantize_onnx
 
     f = Path(f"{ctx.stem}-int8.onnx")
-    info = quantize_onnx(src_onnx, f, calib, method=o.calib_method, keep_head=o.keep_head_float)
+    info = quantize_onnx(src_onnx, f, calib, method=o.calib_method, keep_head=not o.quantize_head)
     model_onnx = onnx.load(str(f))
     set_onnx_meta(model_onnx, dict(ctx.meta, dynamic=o.dynamic, layout="decoded", int8=info))
     with atomic_path(f) as tmp:
@@ -730,23 +730,23 @@ def export_openvino_int8(ctx: Context, o: Options, src_onnx: Path, calib: list) 
 
     d = Path(f"{ctx.stem}_int8_openvino_model")
     qmodel, info = quantize_openvino(ov.convert_model(str(src_onnx)), onnx.load(str(src_onnx)), calib,
-                                     method=o.calib_method, keep_head=o.keep_head_float)
+                                     method=o.calib_method, keep_head=not o.quantize_head)
     with atomic_dir(d) as tmp:
         ov.save_model(qmodel, str(tmp / f"{ctx.stem.name}.xml"), compress_to_fp16=False)
         _write_folder_meta(tmp, dict(ctx.meta, dynamic=o.dynamic, format="openvino", int8=info))
     return d
 
 
-def verify_int8(ctx: Context, o: Options, path: Path) -> dict:
-    """mAP@.5 and mAP@.5:.95 of ``path`` and of the fp32 model on the val split (test.py), plus
+def verify_int8(ctx: Context, o: Options, path: Path, src_onnx: Path) -> dict:
+    """mAP@.5 and mAP@.5:.95 of ``path`` and of the fp32 graph ``src_onnx`` on the val split (test.py), plus
     detection agreement on val images; a mAP@.5 drop beyond ``--int8-max-drop`` removes the file."""
     from models.backend import load_backend
     from test import test as evaluate
 
     common = dict(batch_size=1, imgsz=max(o.img_size), plots=False, device="cpu", workers=0, threads=o.threads,
                   progress=False, verbose=False)
-    if "fp32_map" not in ctx.results:
-        ctx.results["fp32_map"] = tuple(evaluate(o.data, weights=str(ctx.weights), **common)[0][2:4])
+    if "fp32_map" not in ctx.results:  # the fp32 graph of the same input layout (static or dynamic)
+        ctx.results["fp32_map"] = tuple(evaluate(o.data, weights=str(src_onnx), **common)[0][2:4])
     q50, q95 = evaluate(o.data, weights=str(path), **common)[0][2:4]
     agree = detection_agreement(ctx.model, load_backend(path, "cpu", threads=o.threads), val_images(ctx, o))
     m50, m95 = ctx.results["fp32_map"]
@@ -800,7 +800,7 @@ def export_int8(ctx: Context, o: Options, src_onnx: Path) -> None:
     for fmt, fn in (("onnx", export_onnx_int8), ("openvino", export_openvino_int8)):
         if fmt in o.include:
             path = fn(ctx, o, src_onnx, calib)
-            ctx.results[f"{fmt}_int8"] = verify_int8(ctx, o, path)
+            ctx.results[f"{fmt}_int8"] = verify_int8(ctx, o, path, src_onnx)
             ctx.results["files"][f"{fmt}_int8"] = str(path)
 
 
@@ -877,7 +877,8 @@ def parse_opt(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--calib-images", type=int, default=300, help="INT8: calibration images from the train split")
     p.add_argument("--calib-method", default="minmax", choices=("minmax", "entropy", "percentile"),
                    help="INT8: activation range calibration")
-    p.add_argument("--keep-head-float", action="store_true", help="INT8: keep the head's last convs in float too")
+    p.add_argument("--quantize-head", action="store_true",
+                   help="INT8: quantize the head's last convs too (default: they and the decode stay in float)")
     p.add_argument("--int8-max-drop", type=float, default=1.0, help="INT8: largest mAP@.5 drop (points) accepted")
     p.add_argument("--threads", type=int, default=None, help="runtime threads for the checks (default: all usable)")
     p.add_argument("--source", type=str, default=None, help="image used for the checks (default: a val image "

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from deploy_utils import NAMES, make_checkpoint, make_image
 
@@ -181,3 +182,98 @@ def test_end2end_onnx_matches_pytorch_nms(ckpt, fused_model):
         assert d[k] < 1e-3 * np.abs(rb).max() and abs(rs[cand[k]] - s) < 1e-4
         free[cand[k]] = False
     assert np.allclose(np.sort(scores[0, :n])[::-1], scores[0, :n])  # sorted by score
+
+
+# --------------------------------------------------------------------------- YOLOv7 flags, folders, safety
+def test_end2end_max_wh_gives_yolov7_ort_rows(ckpt, fused_model):
+    conf, iou = 0.3, 0.45
+    src = ckpt.parent / "img.jpg"
+    res = export.run(ckpt, img_size=[H, W], include=["onnx"], end2end=True, max_wh=640, conf_thres=conf,
+                     iou_thres=iou, source=str(src))
+    (out,) = ort_run(Path(res["files"]["onnx"]), letterboxed(src))
+    with torch.no_grad():
+        ref = non_max_suppression(fused_model(letterboxed(src))[0], conf, iou)[0]
+    assert out.ndim == 2 and out.shape[1] == 7 and len(out) == len(ref) > 0
+    assert (out[:, 0] == 0).all()  # batch index
+    order = np.lexsort((-out[:, 6], out[:, 5]))
+    ref_order = np.lexsort((-ref[:, 4].numpy(), ref[:, 5].numpy()))
+    got, want = out[order], ref.numpy()[ref_order]
+    assert np.array_equal(got[:, 5], want[:, 5])  # classes
+    assert np.abs(got[:, 1:5] - want[:, :4]).max() < 1e-3 * np.abs(want[:, :4]).max()
+    assert np.abs(got[:, 6] - want[:, 4]).max() < 1e-4
+    assert export.parse_opt(["--end2end", "--max-wh", "640"]).max_wh == 640
+
+
+def test_include_nms_and_dynamic_batch(ckpt_tight, fused_tight):
+    res = export.run(ckpt_tight, img_size=[H, W], include=["onnx"], include_nms=True, dynamic_batch=True)
+    f = Path(res["files"]["onnx"])
+    import onnxruntime as ort
+    sess = ort.InferenceSession(str(f), providers=["CPUExecutionProvider"])
+    shape = sess.get_inputs()[0].shape
+    assert not isinstance(shape[0], int) and shape[1:] == [3, H, W]  # only the batch is dynamic
+    x = torch.rand(3, 3, H, W, generator=torch.Generator().manual_seed(7))
+    boxes, scores = sess.run(None, {"images": x.numpy()})
+    with torch.no_grad():
+        p = fused_tight(x)[0]
+    assert boxes.shape == (3, p.shape[1], 4) and scores.shape == (3, p.shape[1], 3)
+    from utils.general import xywh2xyxy
+    assert rel(xywh2xyxy(p[..., :4]), boxes) < 1e-4 and rel(p[..., 5:] * p[..., 4:5], scores) < 1e-4
+
+
+def test_openvino_and_ncnn_folders_agree_with_pytorch(ckpt_tight, fused_tight):
+    from models.backend import NCNNBackend, OpenVINOBackend, load_backend
+
+    res = export.run(ckpt_tight, img_size=[H, W], include=["openvino", "ncnn"], dynamic=True, threads=2)
+    for key, cls in (("openvino", OpenVINOBackend), ("ncnn", NCNNBackend)):
+        d = Path(res["files"][key])
+        assert d.is_dir() and d.name == f"best_{key}_model"
+        meta = yaml.safe_load((d / "metadata.yaml").read_text())
+        assert meta["names"] == NAMES and meta["stride"] == 32 and meta["img_size"] == [H, W]
+        b = load_backend(d, threads=1)
+        assert isinstance(b, cls) and b.names == NAMES and b.stride == 32
+        for shape in ((1, 3, H, W), (2, 3, 96, 192)):  # another size and batch (dynamic)
+            x = torch.rand(*shape, generator=torch.Generator().manual_seed(8))
+            with torch.no_grad():
+                assert rel(fused_tight(x)[0], b(x)) < 1e-4, (key, shape)
+    assert not list(ckpt_tight.parent.glob(".*.tmp"))
+
+
+def test_bad_flags_are_one_clear_line(ckpt, capsys):
+    from utils.cli import run_cli
+
+    for args, needle in ((["--include", "onnx", "--end2end", "--topk-all", "0"], "--topk-all 0"),
+                         (["--include", "onnx", "--end2end", "--max-wh", "0"], "--max-wh 0"),
+                         (["--include", "onnx", "--int8"], "--int8 needs --data")):
+        rc = run_cli(export.main, ["--weights", str(ckpt), "--img-size", "64", *args], prog="export.py")
+        err = capsys.readouterr().err
+        assert rc != 0 and needle in err and "Traceback" not in err, (args, err)
+        assert len(err.strip().splitlines()) == 1 and err.startswith("export.py: error: ")
+
+
+def test_help_shows_the_defaults(capsys):
+    with pytest.raises(SystemExit):
+        export.parse_opt(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for needle in ("--topk-all TOPK_ALL end2end: max detections per image (per class with --max-wh) (default: 100)",
+                   "(default: 300)", "--max-wh", "--include-nms", "--dynamic-batch", "--fp16", "--int8"):
+        assert needle in out, needle
+
+
+def test_a_failed_write_names_the_path_and_keeps_the_old_file(ckpt, monkeypatch):
+    import errno
+
+    from utils.atomic import WriteError
+
+    f = ckpt.parent / "best.onnx"
+    f.write_bytes(b"previous export")
+
+    def full_disk(model, args, path, **kw):
+        Path(path).write_bytes(b"half a graph")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch.onnx, "export", full_disk)
+    with pytest.raises(WriteError) as e:
+        export.run(ckpt, img_size=[64], include=["onnx"])
+    assert str(f) in str(e.value.filename) and "No space left on device" in str(e.value)
+    assert f.read_bytes() == b"previous export"
+    assert not list(ckpt.parent.glob(".best.onnx*"))

@@ -6,10 +6,11 @@ to the export size by :func:`models.backend.preprocess` (the inference preproces
 
 What the re-parameterized model needs to keep its accuracy in INT8 (see :data:`RECIPE`):
 
-* the decode tail stays in float: sigmoid, grid and anchor arithmetic put pixel coordinates
-  (0..640) and scores (0..1) into one concatenated tensor; one 8-bit scale for both would round
-  every confidence to 0 or 2.5 (a 640/256 step), so every node after the head's last convs is
-  excluded (:func:`tail_nodes`);
+* the head's last convs and the decode tail stay in float: the decode puts pixel coordinates
+  (0..640) and scores (0..1) into one concatenated tensor, where one 8-bit scale would round every
+  confidence to 0 or 2.5 (a 640/256 step); and an 8-bit head output (the logits) would move boxes
+  by a logit step times stride/4 pixels. Every node after the neck is excluded
+  (:func:`tail_nodes` with ``keep_head``); the three 1x1 head convs are a small share of the FLOPs;
 * per-channel weight scales: fused MobileOne/RepConv kernels sum several branches whose BatchNorm
   scales differ per output channel, so one per-tensor scale would leave small channels with a
   handful of levels;
@@ -34,7 +35,7 @@ PathLike = Union[str, Path]
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 
 #: The default INT8 recipe (keys are :func:`quantize_onnx` / :func:`quantize_openvino` options).
-RECIPE: dict[str, Any] = {"method": "minmax", "keep_head": False, "per_channel": True, "percentile": 99.999}
+RECIPE: dict[str, Any] = {"method": "minmax", "keep_head": True, "per_channel": True, "percentile": 99.999}
 
 
 # --------------------------------------------------------------------------- calibration data
@@ -156,8 +157,25 @@ def _ort_method(method: str):
     return table[method]
 
 
+def entropy_ranges(model: Path, images: Sequence[np.ndarray], input_name: str, folder: Path) -> Path:
+    """KL-divergence (entropy) activation ranges from 2048-bin histograms, as a calibration cache.
+
+    ``quantize_static``'s own Entropy calibrator uses 128 histogram bins for 128 quantized bins,
+    which leaves a single candidate threshold, the full range: the same scales as MinMax.
+    """
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator, save_tensors_data
+
+    cal = create_calibrator(str(model), augmented_model_path=str(folder / "augmented.onnx"),
+                            calibrate_method=CalibrationMethod.Entropy,
+                            extra_options={"num_bins": 2048, "num_quantized_bins": 128, "symmetric": False})
+    cal.collect_data(_reader(input_name, images))
+    cache = folder / "entropy_ranges.json"
+    save_tensors_data(cal.compute_data(), cache)
+    return cache
+
+
 def quantize_onnx(src: PathLike, dst: PathLike, images: Sequence[np.ndarray], method: str = "minmax",
-                  keep_head: bool = False, per_channel: bool = True, percentile: float = 99.999,
+                  keep_head: bool = True, per_channel: bool = True, percentile: float = 99.999,
                   reduce_range: Optional[bool] = None) -> dict[str, Any]:
     """Write the INT8 QDQ model of the fp32 ONNX file ``src`` to ``dst`` (atomically).
 
@@ -175,11 +193,13 @@ def quantize_onnx(src: PathLike, dst: PathLike, images: Sequence[np.ndarray], me
         exclude = tail_nodes(model, keep_head)
         input_name = model.graph.input[0].name
         extra = {"ActivationSymmetric": False, "WeightSymmetric": True, "CalibPercentile": float(percentile)}
+        cache = entropy_ranges(pre, images, input_name, Path(tmpd)) if method == "entropy" else None
         with atomic_path(dst) as tmp:
             quantize_static(str(pre), str(tmp), _reader(input_name, images), quant_format=QuantFormat.QDQ,
                             per_channel=per_channel, reduce_range=reduce_range,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            nodes_to_exclude=exclude, calibrate_method=_ort_method(method), extra_options=extra)
+                            nodes_to_exclude=exclude, calibrate_method=_ort_method(method), extra_options=extra,
+                            calibration_cache_path=cache)
     LOGGER.info(f"INT8 ONNX: {method} calibration on {len(images)} images, per-channel {per_channel}, "
                 f"reduce_range {reduce_range}, {len(exclude)} tail nodes in float")
     return {"method": method, "per_channel": per_channel, "reduce_range": reduce_range,
@@ -188,7 +208,7 @@ def quantize_onnx(src: PathLike, dst: PathLike, images: Sequence[np.ndarray], me
 
 # --------------------------------------------------------------------------- OpenVINO / NNCF
 def quantize_openvino(ov_model: Any, onnx_model: Any, images: Sequence[np.ndarray], method: str = "minmax",
-                      keep_head: bool = False, **_: Any) -> tuple[Any, dict[str, Any]]:
+                      keep_head: bool = True, **_: Any) -> tuple[Any, dict[str, Any]]:
     """NNCF post-training quantization of an OpenVINO model converted from ``onnx_model``.
 
     The same tail as for ONNX Runtime stays in float (ignored by node name; the converter keeps
