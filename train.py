@@ -87,6 +87,7 @@ from utils.train_steps import (  # noqa: E402,F401
     memory_str,
     multi_scale,
     quiet_logs,
+    scale_loss_gains,
     to_plain,
     training_checkpoint,
     update_bn_stats,
@@ -306,11 +307,7 @@ def setup_ema_and_ddp(run: Run, ckpt: Optional[dict]) -> None:
 def setup_loss(run: Run) -> None:
     """Loss gains scaled for layers / classes / image size (YOLOv7), model attributes, loss objects."""
     opt, hyp, m = run.opt, run.hyp, de_parallel(run.model)
-    nl = m.model[-1].nl
-    hyp["box"] *= 3.0 / nl
-    hyp["cls"] *= run.nc / 80.0 * 3.0 / nl
-    hyp["obj"] *= (run.imgsz / 640) ** 2 * 3.0 / nl
-    hyp["label_smoothing"] = opt.label_smoothing
+    scale_loss_gains(hyp, m.model[-1].nl, run.nc, run.imgsz, opt.label_smoothing)
     m.nc, m.hyp, m.gr, m.names = run.nc, hyp, 1.0, run.names
     m.class_weights = labels_to_class_weights(run.dataset.labels, run.nc).to(run.device) * run.nc
     run.maps = np.zeros(run.nc)

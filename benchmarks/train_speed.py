@@ -73,6 +73,7 @@ def run_row(args: argparse.Namespace) -> dict:
     from utils.datasets import create_dataloader
     from utils.general import init_seeds
     from utils.loss import ComputeLoss, ComputeLossOTA
+    from utils.train_steps import scale_loss_gains
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -94,11 +95,7 @@ def run_row(args: argparse.Namespace) -> dict:
 
     cfg = ROOT / "cfg" / "training" / f"{args.row_cfg}.yaml"
     model = Model(str(cfg), nc=nc).train()
-    nl = model.model[-1].nl
-    hyp["box"] *= 3.0 / nl  # train.py's scaling for layers / classes / image size (YOLOv7)
-    hyp["cls"] *= nc / 80.0 * 3.0 / nl
-    hyp["obj"] *= (imgsz / 640) ** 2 * 3.0 / nl
-    hyp["label_smoothing"] = 0.0
+    scale_loss_gains(hyp, model.model[-1].nl, nc, imgsz)  # train.py's scaling (YOLOv7)
     model.hyp, model.gr, model.nc = hyp, 1.0, nc
     loss_fn = ComputeLossOTA(model) if args.loss == "ota" else ComputeLoss(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=hyp["lr0"], momentum=hyp["momentum"], nesterov=True)

@@ -86,6 +86,16 @@ def lr_lambda(epochs: int, lrf: float, linear: bool):
     return one_cycle(1, lrf, epochs)
 
 
+def scale_loss_gains(hyp: dict, nl: int, nc: int, imgsz: int, label_smoothing: float = 0.0) -> dict:
+    """YOLOv7's loss gains for ``nl`` detection layers, ``nc`` classes and ``imgsz`` px (the hyp values are
+    tuned for 3 layers, 80 classes, 640 px); updates ``hyp`` in place and returns it."""
+    hyp["box"] *= 3.0 / nl
+    hyp["cls"] *= nc / 80.0 * 3.0 / nl
+    hyp["obj"] *= (imgsz / 640) ** 2 * 3.0 / nl
+    hyp["label_smoothing"] = label_smoothing
+    return hyp
+
+
 def warmup_step(optimizer: torch.optim.Optimizer, ni: int, nw: int, hyp: dict, lr_target: float,
                 nbs: int, total_batch_size: int) -> int:
     """Warmup at iteration ``ni`` of ``nw``: lr and momentum ramp up, the bias lr ramps down from
