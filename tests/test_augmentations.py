@@ -73,7 +73,8 @@ def test_check_hyp(capture_warnings):
     text = "\n".join(capture_warnings)
     assert "hyp has no hsv_s, hsv_v, degrees" in text  # ... and said so
     assert "unknown hyp keys ignored: bogus" in text
-    assert "'copy_paste: 0.3' is not implemented" in text and "'paste_in: 0.1' is not implemented" in text
+    warned = [w for w in capture_warnings if w.startswith("WARNING")]
+    assert not any("paste" in w for w in warned)  # segment-only keys: no-ops on boxes, not warnings
     assert "lr0" not in text.split("unknown hyp keys ignored:")[1]
     with pytest.raises(ValueError, match="hyp 'mosaic' is a probability"):
         check_hyp({"mosaic": 1.5})
@@ -86,11 +87,13 @@ def test_check_hyp(capture_warnings):
 def test_shipped_hyps_all_known(capture_warnings):
     root = Path(__file__).resolve().parents[1] / "data"
     import yaml
-    for name in ("hyp.scratch.tiny.yaml", "hyp.scratch.p5.yaml"):
+    for name in ("hyp.scratch.tiny.yaml", "hyp.scratch.p5.yaml", "hyp.shapes.yaml"):
         capture_warnings.clear()
-        check_hyp(yaml.safe_load((root / name).read_text()))
-        assert capture_warnings == [f"WARNING: hyp 'paste_in: {0.05 if 'tiny' in name else 0.15}' is not "
-                                    f"implemented (needs segment labels); refused, using 0"]
+        h = yaml.safe_load((root / name).read_text())
+        h.pop("base", None)
+        check_hyp(h)
+        warned = [w for w in capture_warnings if w.startswith("WARNING")]
+        assert warned == [] or name == "hyp.shapes.yaml" and all("hyp has no" in w for w in warned)
 
 
 # --------------------------------------------------------------------------- elementary transforms

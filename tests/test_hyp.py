@@ -83,16 +83,17 @@ def test_file_level_errors(tmp_path):
     cases = {
         "list.yaml": ("- 1\n- 2\n", "expected a mapping of hyperparameters (key: value), got a list"),
         "empty.yaml": ("", "expected a mapping of hyperparameters (key: value), got nothing"),
-        "syntax.yaml": ("lr0: 0.01\nmomentum: [0.9\nbox: 0.05\n", "line 3: invalid yaml"),
-        "tab.yaml": ("lr0: 0.01\n\tbox: 1\n", "line 2: invalid yaml"),
-        "binary.yaml": (b"\xff\xfe\x00garbage", "not a text (UTF-8) yaml file"),
+        "syntax.yaml": ("lr0: 0.01\nmomentum: [0.9\nbox: 0.05\n", ":3: invalid yaml"),
+        "tab.yaml": ("lr0: 0.01\n\tbox: 1\n", ":2: invalid yaml"),
+        "binary.yaml": (b"\xff\xfe\x00garbage", ": hyp file is not UTF-8 text"),
     }
     for name, (content, expected) in cases.items():
         p = tmp_path / name
         p.write_bytes(content if isinstance(content, bytes) else content.encode())
         with pytest.raises(HypError, match=None) as e:
             load_hyp(p)
-        assert str(e.value).startswith(f"{p}: {expected}"), str(e.value)
+        sep = "" if expected.startswith(":") else ": "
+        assert str(e.value).startswith(f"{p}{sep}{expected}"), str(e.value)
     with pytest.raises(HypError, match="hyp file not found"):
         load_hyp(tmp_path / "missing.yaml")
 
@@ -174,5 +175,5 @@ def test_huge_aliased_values_are_refused_quickly(tmp_path):
               for i in range(1, 9)]
     p = tmp_path / "laughs.yaml"
     p.write_text("\n".join(lines[:-1] + [lines[-1].replace("a8: &a8", "lr0:")]) + "\n")
-    with pytest.raises(HypError, match=r"lr0: must be a finite number .* \(got a list\)"):
-        load_hyp(p)
+    with pytest.raises(HypError, match=r"refused: its aliases expand to more than"):
+        load_hyp(p)  # the shared yaml reader refuses the expansion before building anything

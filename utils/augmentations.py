@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from utils.general import LOGGER
+from utils.hyp import KNOWN_KEYS
 
 # hyp keys the loader acts on, with the value meaning "off"
 LOADER_HYP_KEYS = {
@@ -22,14 +23,8 @@ LOADER_HYP_KEYS = {
     "flipud": 0.0, "fliplr": 0.0, "mosaic": 0.0, "mixup": 0.0,
     "copy_paste": 0.0, "paste_in": 0.0,
 }
-# loader keys accepted but not implemented: a non-zero value is refused with a warning
+# loader keys that act on segment labels only (YOLOv7): with box labels they do nothing
 UNSUPPORTED_HYP_KEYS = ("copy_paste", "paste_in")
-# keys that belong to the optimiser / loss / model, not the loader (accepted, not used here)
-NON_LOADER_HYP_KEYS = {
-    "lr0", "lrf", "momentum", "weight_decay", "warmup_epochs", "warmup_momentum", "warmup_bias_lr",
-    "box", "cls", "cls_pw", "obj", "obj_pw", "iou_t", "anchor_t", "anchors", "fl_gamma",
-    "loss_ota", "label_smoothing",
-}
 PROBABILITY_KEYS = ("flipud", "fliplr", "mosaic", "mixup", "copy_paste", "paste_in")
 
 
@@ -37,15 +32,16 @@ def check_hyp(hyp: dict | None, prefix: str = "") -> dict:
     """Validate the loader's hyp keys; return a dict with every loader key set.
 
     Missing loader keys are set to their "off" value with a warning; unknown keys are
-    warned about; ``copy_paste`` / ``paste_in`` > 0 are refused (not implemented) with a
-    warning and set to 0; out-of-range values raise ``ValueError`` naming the key.
+    warned about (every key of :data:`utils.hyp.KNOWN_KEYS` is known); ``copy_paste`` /
+    ``paste_in`` act on segment labels only, so with box labels they are set to 0 (an info
+    line); out-of-range values raise ``ValueError`` naming the key.
     """
     hyp = dict(hyp or {})
     out = {}
     missing = [k for k in LOADER_HYP_KEYS if k not in hyp]
     if missing:
         LOGGER.warning(f"{prefix}WARNING: hyp has no {', '.join(missing)}: that augmentation is off")
-    unknown = [k for k in hyp if k not in LOADER_HYP_KEYS and k not in NON_LOADER_HYP_KEYS]
+    unknown = [k for k in hyp if k not in LOADER_HYP_KEYS and k not in KNOWN_KEYS]
     if unknown:
         LOGGER.warning(f"{prefix}WARNING: unknown hyp keys ignored: {', '.join(unknown)}")
     for k, off in LOADER_HYP_KEYS.items():
@@ -58,9 +54,8 @@ def check_hyp(hyp: dict | None, prefix: str = "") -> dict:
             raise ValueError(f"hyp '{k}' must be a finite number >= 0, got {v}")
         if k in PROBABILITY_KEYS and v > 1:
             raise ValueError(f"hyp '{k}' is a probability and must be in [0, 1], got {v}")
-        if k in UNSUPPORTED_HYP_KEYS and v > 0:
-            LOGGER.warning(f"{prefix}WARNING: hyp '{k}: {v}' is not implemented (needs segment labels); "
-                           f"refused, using 0")
+        if k in UNSUPPORTED_HYP_KEYS and v > 0:  # as in YOLOv7, these act on segments only: no-ops on boxes
+            LOGGER.info(f"{prefix}hyp '{k}: {v}' needs segment labels and has no effect on box labels")
             v = 0.0
         out[k] = v
     if out["perspective"] > 0.001:
@@ -246,4 +241,4 @@ def flip_labels(labels: np.ndarray, img: np.ndarray, hyp: dict):
 
 
 __all__ = ["check_hyp", "letterbox", "augment_hsv", "random_perspective", "box_candidates", "mixup",
-           "flip_labels", "clipped_polygon_box", "LOADER_HYP_KEYS", "NON_LOADER_HYP_KEYS"]
+           "flip_labels", "clipped_polygon_box", "LOADER_HYP_KEYS"]

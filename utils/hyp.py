@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
-import yaml
-
 from utils.cli import UserError
+from utils.dataset_config import YamlError, load_yaml
 from utils.general import LOGGER
 
 MAX_BASE_DEPTH = 4  # the deepest file of a 'base' chain that may still name a base (6 files at most)
@@ -178,20 +177,13 @@ def validate_hyp(hyp: dict, source: str = "hyp", required: bool = False, warn_un
 
 
 def _read_yaml(path: Path) -> dict:
-    """One hyp yaml as a dict; HypError naming the file (and the line for syntax errors)."""
-    if not path.is_file():
-        raise HypError(f"{path}: hyp file not found")
-    if path.stat().st_size > MAX_HYP_BYTES:
-        raise HypError(f"{path}: too large for a hyperparameter file ({path.stat().st_size} bytes)")
+    """One hyp yaml as a dict, read by the project's one safe yaml reader; HypError naming the file."""
     try:
-        d = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise HypError(f"{path}: not a text (UTF-8) yaml file") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f"line {mark.line + 1}: " if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise HypError(f"{path}: {line}invalid yaml: {problem}") from None
+        d = load_yaml(path, "hyp file", mapping=False, max_bytes=MAX_HYP_BYTES)
+    except FileNotFoundError:
+        raise HypError(f"{path}: hyp file not found") from None
+    except YamlError as e:
+        raise HypError(str(e)) from None
     if not isinstance(d, dict):
         raise HypError(f"{path}: expected a mapping of hyperparameters (key: value), got {_shown(d)}")
     return d
