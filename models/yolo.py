@@ -4,6 +4,13 @@ The yaml format is YOLOv7's: ``nc``, ``depth_multiple``, ``width_multiple``, ``a
 ``backbone`` / ``head`` lists of ``[from, number, module, args]``. Nothing in a yaml is evaluated:
 module names resolve through :data:`MODULES`, arguments are parsed with ``ast`` into numbers,
 None, booleans, strings, ``nc`` / ``anchors`` and a whitelist of activation constructors.
+
+A yaml (or a checkpoint's ``cfg``) cannot make the program allocate without bound: the text is read
+with alias expansion measured before any object is built (:func:`safe_yaml_load`), and the model is
+first built on the meta device (:func:`check_model_size`: parameters, channels, blocks, a shape probe
+that also gives the strides) so an oversized model or layers that do not fit are refused, naming the
+layer index and module, before anything is allocated. ``depth_multiple`` / ``width_multiple`` apply
+to every layer, MobileOne stages included (block counts and widths).
 """
 from __future__ import annotations
 

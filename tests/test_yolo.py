@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
+from model_checks import TRAIN_BRANCHES, randomize_weights, rel_err
 
 from models.common import ImplicitA, ImplicitM
 from models.yolo import Detect, IDetect, Model, ModelConfigError, load_model_yaml, parse_arg
 from utils.general import LOGGER
 
-from model_checks import TRAIN_BRANCHES, randomize_weights, rel_err
 CFGS = ["yolov7-tiny-ms0.yaml", "yolov7-tiny.yaml", "yolov7.yaml"]
 
 
@@ -79,6 +79,23 @@ def test_model_attributes(built):
     assert (layer.i, layer.f, layer.type) == (2, -1, "MobileOne") and layer.np > 0
     assert m.model[-1].f == [50, 51, 52] and m.model[15].type == "nn.Upsample"
     assert isinstance(m.model[5].act, nn.LeakyReLU) and m.model[5].act.negative_slope == 0.1
+
+
+def test_mobileone_stage_class_keeps_yaml_name_and_keys(built):
+    """The stage class says what it is (MobileOneStage); yamls still call it MobileOne, layer.type says
+    what the yaml said, state-dict keys are unchanged and yolov7-tiny-ms0.yaml is byte for byte the
+    original design's."""
+    import hashlib
+
+    from models.common import MobileOneStage
+    from models.yolo import MODULES
+
+    m = built["yolov7-tiny-ms0.yaml"]
+    assert MODULES["MobileOne"] is MobileOneStage and "MobileOneStage" not in MODULES
+    assert all(isinstance(m.model[i], MobileOneStage) and m.model[i].type == "MobileOne" for i in range(1, 5))
+    assert "model.3.stage.19.rbr_conv.3.bn.running_var" in m.state_dict()
+    text = (Path(__file__).resolve().parents[1] / "cfg" / "training" / "yolov7-tiny-ms0.yaml").read_bytes()
+    assert hashlib.sha256(text).hexdigest() == "202b1fd6a9bb26df84b8d15655321d58fefadb997bb485453cf3385b75662588"
 
 
 def test_nc_override_and_dict_cfg_not_mutated():
