@@ -177,6 +177,24 @@ def test_best_moves_only_on_improvement_and_nan_is_never_saved(tmp_path):
     assert epochs() == [2, 2] and run.good == (run.last, 2) and run.best_fitness == 0.2
 
 
+def test_resume_falls_back_to_what_exists(tmp_path):
+    """--resume .../last.pt that a kill never wrote: best.pt beside it; nothing at all: a one-line error."""
+    import argparse
+
+    import train
+    from utils.cli import UserError
+    wdir = tmp_path / "exp" / "weights"
+    wdir.mkdir(parents=True)
+    (wdir / ".last.pt.x1y2.tmp").write_bytes(b"torn")  # an interrupted save's temp file is not a checkpoint
+    (wdir / "best.pt").write_bytes(b"checkpoint")
+    ns = argparse.Namespace(resume=str(wdir / "last.pt"), project=str(tmp_path))
+    assert train.resume_checkpoint(ns) == wdir / "best.pt"
+    assert train.resume_checkpoint(argparse.Namespace(resume=True, project=str(tmp_path))) == wdir / "best.pt"
+    (wdir / "best.pt").unlink()
+    with pytest.raises(UserError, match="no checkpoint found"):
+        train.resume_checkpoint(ns)
+
+
 def test_optimizer_groups_and_lr_schedule():
     from models.yolo import Model
     from train import build_optimizer, lr_lambda
