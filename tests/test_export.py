@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from deploy_utils import NAMES, make_checkpoint, make_image
 
 import export

