@@ -6,7 +6,7 @@ module names resolve through :data:`MODULES`, arguments are parsed with ``ast`` 
 None, booleans, strings, ``nc`` / ``anchors`` and a whitelist of activation constructors.
 
 A yaml (or a checkpoint's ``cfg``) cannot make the program allocate without bound: the text is read
-with alias expansion measured before any object is built (:func:`safe_yaml_load`), and the model is
+with alias expansion measured before any object is built (``utils.dataset_config.load_yaml``), and the model is
 first built on the meta device (:func:`check_model_size`: parameters, channels, blocks, a shape probe
 that also gives the strides) so an oversized model or layers that do not fit are refused, naming the
 layer index and module, before anything is allocated. ``depth_multiple`` / ``width_multiple`` apply
@@ -19,11 +19,10 @@ import contextlib
 import copy
 import math
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 import torch.nn as nn
-import yaml
 
 from models.common import (
     MP,
@@ -40,6 +39,7 @@ from models.common import (
     reparameterize_model,
 )
 from utils.autoanchor import check_anchor_order
+from utils.dataset_config import YamlError, check_data_size, load_yaml
 from utils.general import LOGGER, make_divisible
 from utils.torch_utils import initialize_weights, model_info, scale_img
 
@@ -161,7 +161,7 @@ _CONV_LIKE = (nn.Conv2d, Conv, SPPCSPC, RepConv)
 
 # Size limits: what a small yaml file (or a checkpoint's ``cfg``) may make the program build. Each is
 # far above the largest shipped model (yolov7.yaml: ~2k yaml nodes, 37.6M parameters, 1280 channels).
-MAX_YAML_BYTES = 1 << 20  # a model yaml is a few KB
+MAX_YAML_BYTES = 1 << 20  # a model yaml is a few KB (utils.dataset_config.load_yaml enforces it)
 MAX_YAML_NODES = 100_000  # yaml nodes / cfg items after expanding every alias or shared reference
 MAX_LAYERS = 1_000  # backbone + head rows
 MAX_CHANNELS = 1 << 15  # output channels of one layer
@@ -173,79 +173,6 @@ PROBE_SIZE = 128  # input size of the shape probe (a multiple of every stride in
 
 class ModelConfigError(ValueError):
     """A model yaml is malformed or asks for something that is not allowed."""
-
-
-# ----------------------------------------------------------------------------- safe yaml reading
-def _graph_size(root: Any, children: Callable[[Any], list], where: str, limit: int) -> int:
-    """Size of the tree ``root`` unfolds to (shared nodes counted at every use), without unfolding it.
-
-    Refuses cycles and totals over ``limit``; a DAG of aliases that would expand exponentially
-    (a "billion laughs" yaml) is measured in time linear in its distinct nodes.
-    """
-    sizes: dict[int, int] = {}
-    on_path: set[int] = set()
-    stack: list[tuple[Any, bool]] = [(root, False)]
-    while stack:
-        node, finished = stack.pop()
-        key = id(node)
-        if finished:
-            on_path.discard(key)
-            sizes[key] = 1 + sum(sizes[id(c)] for c in children(node))
-            if sizes[key] > limit:
-                raise ModelConfigError(f"{where}: too large once its aliases / shared entries are expanded "
-                                       f"(more than {limit} items); refused")
-        elif key in on_path:
-            raise ModelConfigError(f"{where}: a recursive alias / self-referencing entry; refused")
-        elif key not in sizes:
-            on_path.add(key)
-            stack.append((node, True))
-            stack.extend((c, False) for c in children(node))
-    return sizes[id(root)]
-
-
-def _yaml_children(node: yaml.Node) -> list:
-    if isinstance(node, yaml.SequenceNode):
-        return node.value
-    if isinstance(node, yaml.MappingNode):
-        return [x for kv in node.value for x in kv]
-    return []
-
-
-def _plain_children(obj: Any) -> list:
-    if isinstance(obj, dict):
-        return [x for kv in obj.items() for x in kv]
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        return list(obj)
-    return []
-
-
-def check_cfg_size(cfg: Any, where: str, limit: int = MAX_YAML_NODES) -> int:
-    """Refuse a plain-data cfg (e.g. a checkpoint's ``cfg``) whose shared or recursive entries would
-    unfold to more than ``limit`` items; return the unfolded size."""
-    return _graph_size(cfg, _plain_children, where, limit)
-
-
-def safe_yaml_load(text: Union[str, bytes], where: str, max_nodes: int = MAX_YAML_NODES,
-                   max_bytes: int = MAX_YAML_BYTES) -> Any:
-    """``yaml.safe_load`` with limits: at most ``max_bytes`` of text and ``max_nodes`` nodes after
-    alias expansion (measured on the composed node graph, before any object is built), no recursive
-    aliases, no nesting deeper than Python's recursion limit. Errors are :class:`ModelConfigError`
-    naming ``where``. Shareable by any loader of untrusted yaml."""
-    if len(text) > max_bytes:
-        raise ModelConfigError(f"{where}: {len(text)} bytes is larger than the {max_bytes}-byte limit for a yaml")
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        _graph_size(node, _yaml_children, where, max_nodes)
-        return loader.construct_document(node)
-    except yaml.YAMLError as e:
-        raise ModelConfigError(f"{where}: not valid yaml: {e}") from e
-    except RecursionError:
-        raise ModelConfigError(f"{where}: yaml nested too deeply") from None
-    finally:
-        loader.dispose()
 
 
 # ----------------------------------------------------------------------------- layer arguments
@@ -552,16 +479,10 @@ def load_model_yaml(cfg: Union[str, Path]) -> dict:
                 break
         else:
             raise FileNotFoundError(f"model yaml {cfg} not found (also looked in {ROOT / 'cfg' / 'training'})")
-    size = p.stat().st_size
-    if size > MAX_YAML_BYTES:
-        raise ModelConfigError(f"{p}: {size} bytes is larger than the {MAX_YAML_BYTES}-byte limit for a model yaml")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ModelConfigError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    d = safe_yaml_load(text, str(p))
-    if not isinstance(d, dict):
-        raise ModelConfigError(f"{p}: expected a mapping at the top level")
+    try:  # the project's one safe yaml reader, with the model yaml's limits
+        d = load_yaml(p, what="model yaml", max_bytes=MAX_YAML_BYTES, max_nodes=MAX_YAML_NODES)
+    except YamlError as e:
+        raise ModelConfigError(str(e)) from None
     d["yaml_file"] = p.name
     return d
 
@@ -579,7 +500,10 @@ class Model(nn.Module):
         super().__init__()
         if isinstance(cfg, dict):
             where = cfg["yaml_file"] if isinstance(cfg.get("yaml_file"), str) else "model yaml"
-            check_cfg_size(cfg, where)
+            try:  # e.g. a checkpoint's cfg whose shared references would unfold without bound
+                check_data_size(cfg, where, MAX_YAML_NODES)
+            except YamlError as e:
+                raise ModelConfigError(str(e)) from None
             self.yaml = copy.deepcopy(cfg)
         else:
             self.yaml = load_model_yaml(cfg)
