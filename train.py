@@ -43,6 +43,7 @@ if str(ROOT) not in sys.path:
 
 import utils.evolve as evo  # noqa: E402
 import utils.loss  # noqa: E402  (module attribute lookups: tests may wrap the loss classes)
+from models.common import set_memory_lean  # noqa: E402
 from models.experimental import attempt_load  # noqa: E402
 from models.yolo import Model  # noqa: E402
 from test import test as run_test  # noqa: E402  (this repository's test.py, not the stdlib package)
@@ -212,6 +213,7 @@ def setup_model(run: Run, ckpt: Optional[dict]) -> None:
     if opt.resume and ckpt is not None and ckpt.get("cfg"):
         cfg = ckpt["cfg"]  # the exact (possibly AutoAnchor-modified) model of the interrupted run
     require(bool(cfg), "no model given: pass --cfg model.yaml or --weights checkpoint.pt")
+    set_memory_lean(bool(getattr(opt, "memory_lean", False)))
     model = Model(dict(cfg) if isinstance(cfg, dict) else cfg, ch=3, nc=run.nc, anchors=run.hyp.get("anchors"))
     model = model.to(run.device)
     if ckpt is not None:
@@ -446,7 +448,7 @@ def end_epoch(run: Run, epoch: int, mloss: torch.Tensor) -> None:
     testing, saving = not opt.notest or final, not opt.nosave or final
     check_finite_weights(run, epoch)
     run.ema.update_attr(de_parallel(run.model), include=EMA_ATTRS)
-    if run.bn_batches and (testing or saving):  # EMA BatchNorm statistics of the model validated and saved
+    if run.bn_batches and testing:  # EMA BatchNorm statistics of the model validated (and then saved as best)
         update_bn_stats(run.ema.ema, run.bn_batches, run.device)
     if run.bn_batches is not None:
         run.bn_batches.clear()
@@ -568,8 +570,11 @@ def parse_opt(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--v5-metric", action="store_true", help="assume maximum recall as 1.0 in AP calculation")
     p.add_argument("--seed", type=int, default=0, help="random seed (rank r uses seed + 1 + r)")
     p.add_argument("--precise-bn", type=int, default=8,
-                   help="recompute the EMA model's BatchNorm statistics on the last N training batches of each "
-                        "epoch before validating/saving (0: off, keep the running averages)")
+                   help="recompute the EMA model's BatchNorm statistics on the last N training batches before "
+                        "each validation (0: off, keep the running averages)")
+    p.add_argument("--memory-lean", action="store_true",
+                   help="MobileOne blocks keep one activation instead of k+2 for backward (recomputed): "
+                        "about 0.4x the training memory at 640 px, slower steps")
     p.add_argument("--verbose", action="store_true", help="show a traceback on errors")
     return p.parse_args(argv)
 

@@ -238,9 +238,9 @@ class ModelEMA:
         self.updates += 1
         d = self.decay(self.updates)
         msd = de_parallel(model).state_dict()
-        for k, v in self.ema.state_dict().items():
-            if v.dtype.is_floating_point:
-                v.mul_(d).add_(msd[k].detach().to(v.dtype), alpha=1 - d)
+        pairs = [(v, msd[k].detach()) for k, v in self.ema.state_dict().items() if v.dtype.is_floating_point]
+        if pairs:  # ema += (1 - d) * (model - ema), all tensors in one fused call
+            torch._foreach_lerp_([e for e, _ in pairs], [c.to(e.dtype) for e, c in pairs], 1 - d)
 
     def update_attr(self, model: nn.Module, include: Iterable[str] = (),
                     exclude: Iterable[str] = ("process_group", "reducer")) -> None:
