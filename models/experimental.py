@@ -21,12 +21,13 @@ from utils.torch_utils import de_parallel, float_state_dict
 
 
 def attempt_load(weights: Union[str, Path], map_location: Union[str, torch.device] = "cpu",
-                 fuse: bool = True) -> Model:
+                 fuse: bool = True, verbose: bool = False) -> Model:
     """Build the :class:`Model` stored in a project checkpoint (training or fused) in eval mode.
 
     A fused checkpoint builds ``Model(cfg)``, fuses it, then loads ``state_dict``. A training
     checkpoint loads ``ema`` when present, else ``state_dict``, and is fused when ``fuse`` is True.
-    Sets ``names``, ``nc``, ``stride`` (and ``hyp`` when stored). Errors name the file.
+    Sets ``names``, ``nc``, ``stride`` (and ``hyp`` when stored). Errors name the file. The layer table
+    and model summary are logged only with ``verbose`` (train.py prints them once; the tools do not).
     """
     path = Path(weights)
     ckpt = load_checkpoint(path, map_location="cpu")
@@ -39,7 +40,7 @@ def attempt_load(weights: Union[str, Path], map_location: Union[str, torch.devic
         raise CheckpointError(f"{path}: no 'state_dict' (or 'ema') tensor dict to load")
     nc = ckpt.get("nc", ckpt["cfg"].get("nc"))
     try:
-        model = Model(ckpt["cfg"], nc=nc)
+        model = Model(ckpt["cfg"], nc=nc, verbose=verbose)
     except (ValueError, FileNotFoundError) as e:
         raise CheckpointError(f"{path}: cannot build the model from its 'cfg': {e}") from e
     if fused:
@@ -71,7 +72,7 @@ def attempt_load(weights: Union[str, Path], map_location: Union[str, torch.devic
                                   f"{model.stride.tolist()}")
     model.eval()
     if fuse and not fused:
-        model.fuse()
+        model.fuse(verbose=verbose)
     LOGGER.info(f"Loaded {path} ({'fused' if fused else 'ema' if ckpt.get('ema') is not None else 'state_dict'}, "
                 f"nc={model.nc})")
     return model.to(map_location)

@@ -375,16 +375,17 @@ def _block_count(m: type, args: list, n: int) -> int:
     return n
 
 
-def parse_model(d: dict, ch: list[int], device: Union[str, torch.device, None] = None
+def parse_model(d: dict, ch: list[int], device: Union[str, torch.device, None] = None, verbose: bool = True
                 ) -> tuple[nn.Sequential, list[int]]:
     """Build the layers of a YOLOv7 yaml dict; returns ``(nn.Sequential, save_indices)``.
 
     ``ch`` holds the input channel count(s), e.g. ``[3]``. ``device='meta'`` builds the layers without
-    allocating memory and logs nothing (:func:`check_model_size`). Errors name the layer and module.
+    allocating memory and logs nothing (:func:`check_model_size`); ``verbose=False`` skips the layer
+    table. Errors name the layer and module.
     """
     nc, gd, gw, anchors, na = _check_top_level(d)
     names, no = {"nc": nc, "anchors": anchors}, na * (nc + 5)
-    log = device is None or torch.device(device).type != "meta"
+    log = verbose and (device is None or torch.device(device).type != "meta")
     if log:
         LOGGER.info(f"\n{'':>3}{'from':>18}{'n':>3}{'params':>10}  {'module':<40}{'arguments':<30}")
     layers, save, blocks = [], [], 0
@@ -496,7 +497,7 @@ class Model(nn.Module):
     """
 
     def __init__(self, cfg: Union[str, Path, dict] = "yolov7-tiny-ms0.yaml", ch: int = 3, nc: Optional[int] = None,
-                 anchors: Any = None):
+                 anchors: Any = None, verbose: bool = True):
         super().__init__()
         if isinstance(cfg, dict):
             where = cfg["yaml_file"] if isinstance(cfg.get("yaml_file"), str) else "model yaml"
@@ -518,7 +519,7 @@ class Model(nn.Module):
             self.yaml["anchors"] = round(anchors) if isinstance(anchors, (int, float)) else anchors
         try:
             _, strides = check_model_size(self.yaml, ch)  # on the meta device: refused before allocating
-            self.model, self.save = parse_model(copy.deepcopy(self.yaml), ch=[ch])
+            self.model, self.save = parse_model(copy.deepcopy(self.yaml), ch=[ch], verbose=verbose)
         except ModelConfigError as e:
             raise ModelConfigError(f"{where}: {e}") from None
         self.nc = self.yaml["nc"]
@@ -600,12 +601,14 @@ class Model(nn.Module):
             self.stride = m.stride
         return self
 
-    def fuse(self) -> "Model":
+    def fuse(self, verbose: bool = False) -> "Model":
         """Re-parameterize in place (YOLOv7's name): ``reparameterize_model(self, inplace=True)``
-        folds every MobileOneBlock / RepConv / Conv+BN / IDetect implicit; idempotent."""
-        LOGGER.info("Fusing layers... ")
+        folds every MobileOneBlock / RepConv / Conv+BN / IDetect implicit; idempotent.
+        ``verbose`` logs the fused model's summary (tools that load a model stay quiet by default)."""
         reparameterize_model(self, inplace=True)
-        self.info()
+        if verbose:
+            LOGGER.info("Fusing layers... ")
+            self.info()
         return self
 
     def is_fused(self) -> bool:
