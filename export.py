@@ -28,8 +28,9 @@ implicit layers re-parameterized) and checked before it is put in place:
   ``--int8-max-drop`` points fails the export and removes the file.
 
 INT8: post-training static quantization calibrated on ``--calib-images`` train images of ``--data``
-(letterboxed as at inference); ONNX Runtime QDQ with per-channel weights for ONNX, NNCF for
-OpenVINO. The decode tail after the head's last convs stays in float (see utils/quantize.py).
+(letterboxed as at inference); ONNX Runtime QDQ for ONNX (per-channel int8 weights, uint8
+activations whose ranges are the mean of per-image min/max), NNCF for OpenVINO. The head's last
+convs and the decode stay in float. Why each choice: utils/quantize.py.
 
 Output layouts (ONNX; other formats give the decoded predictions):
 * default (``--grid``): ``output`` (B, N, 5 + nc) = pixel (cx, cy, w, h), objectness, class scores;
@@ -876,7 +877,7 @@ def parse_opt(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--data", type=str, default=None, help="dataset yaml: INT8 calibration (train) and check (val)")
     p.add_argument("--calib-images", type=int, default=300, help="INT8: calibration images from the train split")
     p.add_argument("--calib-method", default="minmax", choices=("minmax", "entropy", "percentile"),
-                   help="INT8: activation range calibration")
+                   help="INT8: activation ranges (minmax: mean of per-image min/max)")
     p.add_argument("--quantize-head", action="store_true",
                    help="INT8: quantize the head's last convs too (default: they and the decode stay in float)")
     p.add_argument("--int8-max-drop", type=float, default=1.0, help="INT8: largest mAP@.5 drop (points) accepted")
