@@ -28,7 +28,7 @@ LOCAL_RANK, RANK, WORLD_SIZE = env_ranks()
 
 
 def is_distributed() -> bool:
-    """True when this process is one of several torchrun ranks with an initialised process group."""
+    """True when this process is a torchrun rank with an initialised process group."""
     return dist.is_available() and dist.is_initialized()
 
 
@@ -36,9 +36,10 @@ def init_distributed(device: torch.device, timeout_s: int = 1800) -> None:
     """Create the default process group for this torchrun rank: NCCL on CUDA, gloo on CPU.
 
     ``device`` must already be the rank's own device (``cuda:LOCAL_RANK`` on GPUs).
-    A no-op when not launched by torchrun or when the group already exists.
+    A no-op when not launched by torchrun or when the group already exists. A single-rank torchrun
+    (``--nproc_per_node 1``) gets a group too: the rest of DDP training (broadcasts, DDP wrap) expects one.
     """
-    if RANK == -1 or WORLD_SIZE <= 1 or is_distributed():
+    if RANK == -1 or is_distributed():
         return
     if not dist.is_available():
         raise RuntimeError("torch.distributed is not available in this PyTorch build; cannot run DDP")
