@@ -19,6 +19,14 @@ def shared_path() -> Path | None:
     return p if p.is_dir() else None
 
 
+@pytest.fixture(autouse=True)
+def _cache_dir(tmp_path, monkeypatch):
+    """Per-test user cache dir so no test writes to ~/.cache."""
+    d = tmp_path / "_usercache"
+    monkeypatch.setenv("MOYOLO_CACHE_DIR", str(d))
+    return d
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     p = shared_path()

@@ -38,3 +38,19 @@ def randomize_weights(module: nn.Module, seed: int = 0, *, mean_std: float, var:
         elif isinstance(m, (ImplicitA, ImplicitM)):
             m.implicit.add_(torch.randn(m.implicit.shape, generator=g) * implicit_std)
     return module
+
+
+def micro_cfg(nc: int, se_in_stage2: bool = False) -> dict:
+    """A tiny yaml dict with every re-parameterizable block (MobileOne, Conv, RepConv, IDetect): fast to build."""
+    stage2 = [32, 2, 4, True, 1] if se_in_stage2 else [32, 2, 4, False, 0]
+    return {"nc": nc, "depth_multiple": 1.0, "width_multiple": 1.0,
+            "anchors": [[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119], [116, 90, 156, 198, 373, 326]],
+            "backbone": [[-1, 1, "MobileOneBlock", [16, 3, 2, 1]],
+                         [-1, 1, "MobileOne", [16, 1, 4, False, 0]],
+                         [-1, 1, "MobileOne", stage2],
+                         [-1, 1, "Conv", [32, 3, 2, None, 1, "nn.LeakyReLU(0.1)"]],
+                         [-1, 1, "RepConv", [32, 3, 2]]],
+            "head": [[-1, 1, "nn.Upsample", [None, 2, "nearest"]],
+                     [[-1, 3], 1, "Concat", [1]],
+                     [-1, 1, "Conv", [16, 1, 1]],
+                     [[2, 7, 4], 1, "IDetect", ["nc", "anchors"]]]}

@@ -24,11 +24,6 @@ COLOURS = [(0, 0, 255), (0, 255, 0), (255, 0, 0), (0, 255, 255), (255, 0, 255), 
            (0, 128, 255), (255, 128, 0)]  # BGR, class i <-> COLOURS[i]
 
 
-@pytest.fixture(autouse=True)
-def _cache_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("MOYOLO_CACHE_DIR", str(tmp_path / "_usercache"))
-
-
 @pytest.fixture
 def capture_warnings():
     records = []

@@ -33,12 +33,6 @@ from utils.general import init_seeds
 NC = 3
 
 
-@pytest.fixture(autouse=True)
-def _cache_dir(tmp_path, monkeypatch):
-    """Per-test user cache dir so no test writes to ~/.cache."""
-    d = tmp_path / "_usercache"
-    monkeypatch.setenv("MOYOLO_CACHE_DIR", str(d))
-    return d
 
 
 def _img(h=64, w=80, seed=0) -> np.ndarray:

@@ -6,23 +6,13 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
-from model_checks import rel_err
+from model_checks import micro_cfg, rel_err
 
 from models.experimental import attempt_load, fused_checkpoint
 from models.yolo import Model
 from utils.checkpoint import CheckpointError, save_checkpoint
 
-CFG = {"nc": 3, "depth_multiple": 1.0, "width_multiple": 1.0,
-       "anchors": [[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119], [116, 90, 156, 198, 373, 326]],
-       "backbone": [[-1, 1, "MobileOneBlock", [16, 3, 2, 1]],
-                    [-1, 1, "MobileOne", [16, 1, 4, False, 0]],
-                    [-1, 1, "MobileOne", [32, 2, 4, True, 1]],
-                    [-1, 1, "Conv", [32, 3, 2, None, 1, "nn.LeakyReLU(0.1)"]],
-                    [-1, 1, "RepConv", [32, 3, 2]]],
-       "head": [[-1, 1, "nn.Upsample", [None, 2, "nearest"]],
-                [[-1, 3], 1, "Concat", [1]],
-                [-1, 1, "Conv", [16, 1, 1]],
-                [[2, 7, 4], 1, "IDetect", ["nc", "anchors"]]]}
+CFG = micro_cfg(nc=3, se_in_stage2=True)
 NAMES = ["cat", "dog", "bird"]
 
 

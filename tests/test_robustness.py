@@ -29,12 +29,6 @@ ROOT = Path(__file__).resolve().parents[1]
 NC = 2
 
 
-@pytest.fixture(autouse=True)
-def _cache_dir(tmp_path, monkeypatch):
-    """Per-test user cache dir so no test writes to ~/.cache."""
-    d = tmp_path / "_usercache"
-    monkeypatch.setenv("MOYOLO_CACHE_DIR", str(d))
-    return d
 
 
 def dataset(root: Path, n: int = 3, split: str = "train") -> Path:

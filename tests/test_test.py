@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from model_checks import micro_cfg
 
 import test as evaluator
 from utils.general import LOGGER
@@ -254,17 +255,7 @@ def test_cli_augment_single_cls_hybrid_and_speed(tiny, logs):
 
 
 # --------------------------------------------------------------------------- any model file, ensembles
-MICRO = {"nc": 2, "depth_multiple": 1.0, "width_multiple": 1.0,
-         "anchors": [[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119], [116, 90, 156, 198, 373, 326]],
-         "backbone": [[-1, 1, "MobileOneBlock", [16, 3, 2, 1]],
-                      [-1, 1, "MobileOne", [16, 1, 4, False, 0]],
-                      [-1, 1, "MobileOne", [32, 2, 4, False, 0]],
-                      [-1, 1, "Conv", [32, 3, 2, None, 1, "nn.LeakyReLU(0.1)"]],
-                      [-1, 1, "RepConv", [32, 3, 2]]],
-         "head": [[-1, 1, "nn.Upsample", [None, 2, "nearest"]],
-                  [[-1, 3], 1, "Concat", [1]],
-                  [-1, 1, "Conv", [16, 1, 1]],
-                  [[2, 7, 4], 1, "IDetect", ["nc", "anchors"]]]}
+MICRO = micro_cfg(nc=2)
 
 
 def briefly_trained(path: Path, data: Path, seed: int, steps: int) -> Path:
