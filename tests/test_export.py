@@ -185,21 +185,24 @@ def test_end2end_onnx_matches_pytorch_nms(ckpt, fused_model):
 
 # --------------------------------------------------------------------------- YOLOv7 flags, folders, safety
 def test_end2end_max_wh_gives_yolov7_ort_rows(ckpt, fused_model):
-    conf, iou = 0.3, 0.45
+    conf, iou = 0.35, 0.45
     src = ckpt.parent / "img.jpg"
-    res = export.run(ckpt, img_size=[H, W], include=["onnx"], end2end=True, max_wh=640, conf_thres=conf,
-                     iou_thres=iou, source=str(src))
+    res = export.run(ckpt, img_size=[H, W], include=["onnx"], end2end=True, max_wh=4096, conf_thres=conf,
+                     iou_thres=iou, source=str(src), topk_all=300)  # per class: all of them here
     (out,) = ort_run(Path(res["files"]["onnx"]), letterboxed(src))
     with torch.no_grad():
         ref = non_max_suppression(fused_model(letterboxed(src))[0], conf, iou)[0]
     assert out.ndim == 2 and out.shape[1] == 7 and len(out) == len(ref) > 0
     assert (out[:, 0] == 0).all()  # batch index
-    order = np.lexsort((-out[:, 6], out[:, 5]))
-    ref_order = np.lexsort((-ref[:, 4].numpy(), ref[:, 5].numpy()))
-    got, want = out[order], ref.numpy()[ref_order]
-    assert np.array_equal(got[:, 5], want[:, 5])  # classes
-    assert np.abs(got[:, 1:5] - want[:, :4]).max() < 1e-3 * np.abs(want[:, :4]).max()
-    assert np.abs(got[:, 6] - want[:, 4]).max() < 1e-4
+    want = ref.numpy()
+    assert np.array_equal(np.sort(out[:, 5]), np.sort(want[:, 5]))  # classes
+    free = np.ones(len(want), bool)
+    for row in out:  # each row matches a PyTorch detection of its class: box and score
+        cand = np.flatnonzero(free & (want[:, 5] == row[5]))
+        k = cand[int(np.abs(want[cand, :4] - row[1:5]).max(1).argmin())]
+        assert np.abs(want[k, :4] - row[1:5]).max() < 1e-3 * np.abs(want[:, :4]).max()
+        assert abs(want[k, 4] - row[6]) < 1e-4
+        free[k] = False
     assert export.parse_opt(["--end2end", "--max-wh", "640"]).max_wh == 640
 
 
