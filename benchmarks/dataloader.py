@@ -43,7 +43,7 @@ def run_loader(split, args, nc, train: bool) -> dict:
     for _ in range(args.epochs):
         t = time.perf_counter()
         n = 0
-        for imgs, targets, paths, shapes in loader:
+        for imgs, *_ in loader:
             n += imgs.shape[0]
         epochs.append((time.perf_counter() - t, n))
     t = time.perf_counter()
