@@ -315,7 +315,11 @@ class OnnxBackend(Backend):
         self.imgsz = tuple(shape[2:4]) if all(isinstance(s, int) for s in shape[2:4]) else None
         outs = self.session.get_outputs()
         self.output_names = [o.name for o in outs]
-        self.end2end = "num_dets" in self.output_names
+        self.layout = meta.get("layout", "")
+        if self.layout == "include_nms":
+            raise UserError(f"{path}: an --include-nms graph (boxes and scores for a TensorRT NMS plugin) "
+                            f"cannot be run here; export with --end2end or without NMS")
+        self.end2end = "num_dets" in self.output_names or self.layout == "end2end_ort"
         self.raw = not self.end2end and len(outs) > 1
         nc_out = None
         if not self.end2end and isinstance(outs[0].shape[-1], int):
@@ -332,11 +336,29 @@ class OnnxBackend(Backend):
         self.check_batch(int(x.shape[0]))
         out = self.session.run(None, {self.input_name: x.detach().cpu().numpy().astype(self.input_dtype, copy=False)})
         out = [torch.from_numpy(o).to(self.device) for o in out]
+        if self.layout == "end2end_ort":
+            return ort_rows_to_end2end(out[0], int(x.shape[0]))
         if self.end2end:
             return out
         if self.raw:
             return decode_raw(out, torch.tensor(self._anchors, dtype=torch.float32), self._strides)
         return out[0].float()
+
+
+def ort_rows_to_end2end(rows: torch.Tensor, batch: int) -> list[torch.Tensor]:
+    """YOLOv7's ONNX Runtime end2end output, (K, 7) rows ``[image, x0, y0, x1, y1, class, score]``, as the
+    (num_dets, boxes, scores, classes) tensors of an ``--end2end`` graph (padded, best score first)."""
+    img = rows[:, 0].long()
+    counts = torch.bincount(img, minlength=batch)[:batch]
+    k = max(int(counts.max()) if len(rows) else 0, 1)
+    boxes = rows.new_zeros(batch, k, 4)
+    scores = rows.new_zeros(batch, k)
+    classes = torch.full((batch, k), -1, dtype=torch.int32, device=rows.device)
+    for i in range(batch):
+        r = rows[img == i]
+        r = r[r[:, 6].argsort(descending=True)]
+        boxes[i, :len(r)], scores[i, :len(r)], classes[i, :len(r)] = r[:, 1:5], r[:, 6], r[:, 5].int()
+    return [counts.view(-1, 1).int(), boxes, scores, classes]
 
 
 def ort_session_options(threads: Optional[int] = None):

@@ -213,6 +213,10 @@ def test_end2end_max_wh_gives_yolov7_ort_rows(ckpt, fused_model):
         assert abs(want[k, 4] - row[6]) < 1e-4
         free[k] = False
     assert export.parse_opt(["--end2end", "--max-wh", "640"]).max_wh == 640
+    # the runtime reads the (K, 7) rows as end2end detections (what test.py and detect.py use)
+    from models.backend import load_backend
+    det = load_backend(res["files"]["onnx"]).predict(letterboxed(src), conf, iou)[0]
+    assert len(det) == len(ref) and np.allclose(np.sort(det[:, 4].numpy()), np.sort(want[:, 4]), atol=1e-4)
 
 
 def test_include_nms_and_dynamic_batch(ckpt_tight, fused_tight):
