@@ -32,11 +32,6 @@ def cpu_flags() -> list[str]:
     return []
 
 
-def has_vnni() -> bool:
-    """True when the CPU has VNNI (int8 dot products), which INT8 inference needs to be fast."""
-    return any("vnni" in f for f in cpu_flags())
-
-
 def cpu_header() -> str:
     """One line naming the CPU, its usable cores and instruction sets."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

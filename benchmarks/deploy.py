@@ -18,8 +18,6 @@ Run it on an idle machine: the timings of a loaded machine say nothing.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import time
@@ -33,6 +31,7 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
+from benchmarks.cpu_info import cpu_header  # noqa: E402
 from models.backend import load_backend, set_threads  # noqa: E402
 from utils.cli import require, run_cli  # noqa: E402
 
@@ -46,7 +45,6 @@ FORMATS: dict[str, tuple[Optional[str], bool, str]] = {
     "openvino-int8": ("openvino", True, "{stem}_int8_openvino_model"),
     "ncnn": ("ncnn", False, "{stem}_ncnn_model"),
 }
-CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
 
 @dataclass
@@ -60,26 +58,15 @@ class Entry:
     map50: Optional[float] = None
 
 
-def cpu_header(threads: int) -> str:
-    """CPU model, the SIMD/int8 extensions it has, threads and runtime versions."""
-    name, flags = platform.processor() or "unknown CPU", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    have = [f for f in CPU_FLAGS if f in flags] or ["none of " + ", ".join(CPU_FLAGS)]
+def runtime_header(threads: int) -> str:
+    """The CPU line (benchmarks.cpu_info) plus threads and runtime versions."""
     versions = [f"torch {torch.__version__}"]
     for mod in ("onnxruntime", "openvino", "ncnn"):
         try:
             versions.append(f"{mod} {__import__(mod).__version__}")
         except ImportError:
             versions.append(f"{mod} missing")
-    return (f"CPU: {name} ({os.cpu_count()} logical CPUs); extensions: {', '.join(have)}\n"
-            f"threads: {threads}; {'; '.join(versions)}")
+    return f"{cpu_header()}\nthreads: {threads}; {'; '.join(versions)}"
 
 
 def export_all(weights: Path, out: Path, formats: Sequence[str], data: Optional[str], img: int,
@@ -181,7 +168,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     time_interleaved(entries, opt.img, opt.warmup, opt.runs)
     if not opt.no_map:
         measure_map(entries, opt.data, opt.map_img or max(opt.img), threads)
-    print(cpu_header(threads))
+    print(runtime_header(threads))
     print(f"batch 1, median of {opt.runs} interleaved rounds; speed-up vs PyTorch eager (fused) at the same size\n")
     print(table(entries, opt.img))
     return 0

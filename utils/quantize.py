@@ -4,16 +4,15 @@ Both quantizers see the same calibration batches: images of the dataset's train 
 to the export size by :func:`models.backend.preprocess` (the inference preprocessing), as
 (1, 3, H, W) float32 in 0..1.
 
-What the re-parameterized model needs to keep its accuracy in INT8 (see :data:`RECIPE`; measured
-on a shapes checkpoint of the main job, test.py mAP@.5 on its val split, fp32 0.275):
+What the re-parameterized model needs to keep its accuracy in INT8 (:data:`RECIPE`; the measured
+effect of each choice is in docs/benchmarks.md):
 
 * activation ranges from the mean of per-image min/max (ONNX Runtime's ``CalibMovingAverage``;
   NNCF's default aggregation does the same), not the extremes over all calibration images: a few
-  images with outlier activations widen the global ranges of the fused MobileOne/RepConv layers
-  and cost 6 points of mAP@.5 (0.215); the mean ranges kept it (0.297). Percentile (99.999)
-  clipping recovered only part (0.235); entropy is offered but was worse on a small fitted model;
+  images with outlier activations widen the global ranges of the fused MobileOne/RepConv layers;
+  percentile clipping recovers only part of that; entropy is offered as an option;
 * per-channel weight scales: fused kernels sum several branches whose BatchNorm scales differ per
-  output channel; per-tensor scales lost a further 1.5 points on an earlier checkpoint;
+  output channel;
 * the head's last convs and the decode tail stay in float: the decode puts pixel coordinates
   (0..640) and scores (0..1) into one concatenated tensor, where one 8-bit scale would round every
   confidence to 0 or 2.5 (a 640/256 step); an 8-bit head output (the logits) moves boxes by a
