@@ -54,3 +54,23 @@ def micro_cfg(nc: int, se_in_stage2: bool = False) -> dict:
                      [[-1, 3], 1, "Concat", [1]],
                      [-1, 1, "Conv", [16, 1, 1]],
                      [[2, 7, 4], 1, "IDetect", ["nc", "anchors"]]]}
+
+
+def fuse_twice(m: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(output before, output after) fusing; checks fuse() returns the model and is idempotent (same
+    output and state dict bit for bit) and leaves nothing train-time."""
+    with torch.no_grad():
+        y0 = m(x)[0]
+        assert m.fuse() is m
+        y1 = m(x)[0]
+        sd1 = {k: v.clone() for k, v in m.state_dict().items()}
+        m.fuse()
+        assert torch.equal(m(x)[0], y1)
+    sd2 = m.state_dict()
+    assert sd1.keys() == sd2.keys() and all(torch.equal(sd1[k], sd2[k]) for k in sd1)
+    mods = list(m.modules())
+    assert m.is_fused()
+    assert not any(isinstance(x_, (nn.BatchNorm2d, ImplicitA, ImplicitM)) for x_ in mods)
+    assert not any(hasattr(x_, b) for x_ in mods for b in TRAIN_BRANCHES)
+    assert not any("rbr_" in k or ".bn." in k or "implicit" in k for k in sd2)
+    return y0, y1

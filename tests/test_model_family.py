@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn as nn
-from model_checks import TRAIN_BRANCHES, randomize_weights, rel_err
+from model_checks import fuse_twice, randomize_weights, rel_err
 
-from models.common import ImplicitA, ImplicitM, MobileOneBlock, MobileOneStage, SEBlock
+from models.common import MobileOneBlock, MobileOneStage, SEBlock
 from models.yolo import Model, check_model_size, load_model_yaml
 
 #: yaml -> (parameters at nc=80, stage0..stage4 widths, conv branches of stages 1-4, SE blocks of stages 3, 4)
@@ -54,26 +53,6 @@ NEW = [c for c in FAMILY if c != "yolov7-tiny-ms0.yaml"]  # ms0 is covered by te
 def _no_flop_count(monkeypatch):
     """fuse() logs Model.info(), whose FLOP count is a whole extra forward: not what is tested here."""
     monkeypatch.setattr(Model, "info", lambda self, *a, **k: {})
-
-
-def fuse_twice(m: Model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(output before, output after) fusing; checks fuse() returns the model and is idempotent (same
-    output and state dict bit for bit) and leaves nothing train-time."""
-    with torch.no_grad():
-        y0 = m(x)[0]
-        assert m.fuse() is m
-        y1 = m(x)[0]
-        sd1 = {k: v.clone() for k, v in m.state_dict().items()}
-        m.fuse()
-        assert torch.equal(m(x)[0], y1)
-    sd2 = m.state_dict()
-    assert sd1.keys() == sd2.keys() and all(torch.equal(sd1[k], sd2[k]) for k in sd1)
-    mods = list(m.modules())
-    assert m.is_fused()
-    assert not any(isinstance(x_, (nn.BatchNorm2d, ImplicitA, ImplicitM)) for x_ in mods)
-    assert not any(hasattr(x_, b) for x_ in mods for b in TRAIN_BRANCHES)
-    assert not any("rbr_" in k or ".bn." in k or "implicit" in k for k in sd2)
-    return y0, y1
 
 
 @pytest.mark.parametrize("cfg", NEW)

@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
-from model_checks import TRAIN_BRANCHES, randomize_weights, rel_err
+from model_checks import fuse_twice, randomize_weights, rel_err
 
-from models.common import ImplicitA, ImplicitM
 from models.yolo import Detect, IDetect, Model, ModelConfigError, load_model_yaml, parse_arg
 from utils.general import LOGGER
 
@@ -154,21 +153,9 @@ def test_augmented_forward(built):
 def test_fuse_exact_idempotent_and_reloadable(built, cfg):
     m = condition(copy.deepcopy(built[cfg]))
     x = torch.rand(1, 3, 64, 96)
-    with torch.no_grad():
-        y0 = m(x)[0]
-        assert m.fuse() is m
-        y1 = m(x)[0]
-        sd1 = {k: v.clone() for k, v in m.state_dict().items()}
-        m.fuse()
-        y2 = m(x)[0]
+    y0, y1 = fuse_twice(m, x)  # idempotent, bit for bit, nothing train-time left
     assert rel_err(y0, y1) <= 1e-5
-    assert torch.equal(y1, y2)
     sd2 = m.state_dict()
-    assert sd1.keys() == sd2.keys() and all(torch.equal(sd1[k], sd2[k]) for k in sd1)
-    mods = list(m.modules())
-    assert not any(isinstance(x_, (nn.BatchNorm2d, ImplicitA, ImplicitM)) for x_ in mods)
-    assert not any(hasattr(x_, b) for x_ in mods for b in TRAIN_BRANCHES)
-    assert not any("rbr_" in k or ".bn." in k or "implicit" in k for k in sd2)
     if cfg == "yolov7-tiny-ms0.yaml":
         assert "model.0.reparam_conv.weight" in sd2 and "model.1.stage.1.reparam_conv.bias" in sd2
     # a fused state dict loads into a freshly built and fused model and gives the same output
