@@ -574,7 +574,7 @@ def parse_opt(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         "each validation (0: off, keep the running averages)")
     p.add_argument("--memory-lean", action="store_true",
                    help="MobileOne blocks keep one activation instead of k+2 for backward (recomputed): "
-                        "about 0.4x the training memory at 640 px, slower steps")
+                        "less training memory, slower steps")
     p.add_argument("--verbose", action="store_true", help="show a traceback on errors")
     return p.parse_args(argv)
 
