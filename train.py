@@ -43,7 +43,7 @@ if str(ROOT) not in sys.path:
 
 import utils.evolve as evo  # noqa: E402
 import utils.loss  # noqa: E402  (module attribute lookups: tests may wrap the loss classes)
-from models.common import set_memory_lean  # noqa: E402
+from models.common import set_fold_pointwise, set_memory_lean  # noqa: E402
 from models.experimental import attempt_load  # noqa: E402
 from models.yolo import Model  # noqa: E402
 from test import test as run_test  # noqa: E402  (this repository's test.py, not the stdlib package)
@@ -214,6 +214,7 @@ def setup_model(run: Run, ckpt: Optional[dict]) -> None:
         cfg = ckpt["cfg"]  # the exact (possibly AutoAnchor-modified) model of the interrupted run
     require(bool(cfg), "no model given: pass --cfg model.yaml or --weights checkpoint.pt")
     set_memory_lean(bool(getattr(opt, "memory_lean", False)))
+    set_fold_pointwise(not getattr(opt, "plain_pointwise", False))
     model = Model(dict(cfg) if isinstance(cfg, dict) else cfg, ch=3, nc=run.nc, anchors=run.hyp.get("anchors"))
     model = model.to(run.device)
     if ckpt is not None:
@@ -575,6 +576,9 @@ def parse_opt(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--memory-lean", action="store_true",
                    help="MobileOne blocks keep one activation instead of k+2 for backward (recomputed): "
                         "less training memory, slower steps")
+    p.add_argument("--plain-pointwise", action="store_true",
+                   help="train MobileOne 1x1 blocks branch by branch instead of as one folded conv (same "
+                        "results up to rounding; slower, more memory)")
     p.add_argument("--verbose", action="store_true", help="show a traceback on errors")
     return p.parse_args(argv)
 

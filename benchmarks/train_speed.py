@@ -2,7 +2,7 @@
 
     python benchmarks/train_speed.py [--data data/coco128.yaml] [--cfgs yolov7-tiny-ms0 yolov7-tiny]
                                      [--img-sizes 320 640] [--batch-size 16] [--warmup 3] [--steps 5]
-                                     [--loss ota|plain] [--threads N]
+                                     [--loss ota|plain] [--threads N] [--modes folded plain lean]
 
 Each (model, image size) row runs in a fresh subprocess so its peak resident memory
 (``ru_maxrss``) is its own. The row first draws ``warmup + steps`` training batches from
@@ -16,6 +16,11 @@ With the OTA loss, each row then times the assignment alone on the last batch's
 predictions: the batched ``ComputeLossOTA.build_targets`` against a YOLOv7-style loop over
 images (dense ground truth x candidate x class cost, per-ground-truth top-k), and checks
 that both give the same positives. Prints one markdown table.
+
+``--modes`` picks how MobileOne blocks train (a row per mode; rows of one model and size run one
+after another): ``folded`` is train.py's default (1x1 blocks as one folded conv), ``plain`` is
+``--plain-pointwise`` (every block branch by branch), ``lean`` is ``--memory-lean`` (3x3 blocks
+recompute their branches in backward; 1x1 blocks folded).
 """
 from __future__ import annotations
 
@@ -33,6 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 for _p in (ROOT, ROOT / "tests"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
+
+from benchmarks.cpu_info import cpu_header  # noqa: E402
 
 
 def peak_rss_gb() -> float:
@@ -68,6 +75,7 @@ def run_row(args: argparse.Namespace) -> dict:
     import torch
     import yaml
 
+    from models.common import set_fold_pointwise, set_memory_lean
     from models.yolo import Model
     from utils.dataset_config import check_dataset
     from utils.datasets import create_dataloader
@@ -77,6 +85,8 @@ def run_row(args: argparse.Namespace) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    set_fold_pointwise(args.row_mode != "plain")
+    set_memory_lean(args.row_mode == "lean")
     init_seeds(0)
     data = check_dataset(args.data)
     nc = int(data["nc"])
@@ -124,7 +134,8 @@ def run_row(args: argparse.Namespace) -> dict:
     assign_b, assign_l, same = (time_assignment(loss_fn, pred, targets, x) if args.loss == "ota"
                                 else (float("nan"), float("nan"), True))
     return {
-        "cfg": args.row_cfg, "img_size": imgsz, "batch": bs, "loss": args.loss, "threads": torch.get_num_threads(),
+        "cfg": args.row_cfg, "mode": args.row_mode, "img_size": imgsz, "batch": bs, "loss": args.loss,
+        "threads": torch.get_num_threads(),
         "img_s": bs / med, "step_s": med,
         "fwd_s": statistics.median(s[1] for s in steps),
         "loss_s": statistics.median(s[2] for s in steps),
@@ -145,6 +156,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5, help="timed steps")
     p.add_argument("--loss", choices=["ota", "plain"], default="ota")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--modes", nargs="+", choices=["folded", "plain", "lean"], default=["folded"],
+                   help="MobileOne training paths, a row each (folded: train.py's default)")
+    p.add_argument("--row-mode", default="folded", help=argparse.SUPPRESS)
     p.add_argument("--row-cfg", help=argparse.SUPPRESS)
     p.add_argument("--row-img-size", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -155,11 +169,11 @@ def main() -> None:
 
     rows = []
     for cfg in args.cfgs:
-        for imgsz in args.img_sizes:
-            cmd = [sys.executable, __file__, "--row-cfg", cfg, "--row-img-size", str(imgsz),
+        for imgsz, mode in [(i, m) for i in args.img_sizes for m in args.modes]:
+            cmd = [sys.executable, __file__, "--row-cfg", cfg, "--row-img-size", str(imgsz), "--row-mode", mode,
                    "--data", args.data, "--batch-size", str(args.batch_size), "--warmup", str(args.warmup),
                    "--steps", str(args.steps), "--loss", args.loss, "--threads", str(args.threads)]
-            print(f"running {cfg} @ {imgsz} ...", file=sys.stderr, flush=True)
+            print(f"running {cfg} @ {imgsz} ({mode}) ...", file=sys.stderr, flush=True)
             r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=dict(os.environ))
             if r.returncode != 0:
                 print(r.stderr[-3000:], file=sys.stderr)
@@ -167,14 +181,17 @@ def main() -> None:
             rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
             print(f"  {json.dumps(rows[-1])}", file=sys.stderr, flush=True)  # kept if a later row dies
 
-    print(f"\nTraining loop, batch {args.batch_size}, {args.loss.upper()} loss, coco128 train (mosaic), "
+    print(f"\n{cpu_header()}\nTraining loop, batch {args.batch_size}, {args.loss.upper()} loss, "
+          f"coco128 train (mosaic), "
           f"median of {args.steps} steps after {args.warmup} warm-up, {rows[0]['threads']} torch threads, "
           f"{os.cpu_count()} CPUs\n")
-    print("| model | img size | images/s | step s | forward s | loss s | backward+step s | labels/batch "
+    print("| model | MobileOne path | img size | images/s | step s | forward s | loss s | backward+step s "
+          "| labels/batch "
           "| peak RSS GB | OTA assign batched s | OTA assign per-image loop s | loop / batched |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['cfg']} | {r['img_size']} | {r['img_s']:.2f} | {r['step_s']:.2f} | {r['fwd_s']:.2f} | "
+        print(f"| {r['cfg']} | {r['mode']} | {r['img_size']} | {r['img_s']:.2f} | {r['step_s']:.2f} | "
+              f"{r['fwd_s']:.2f} | "
               f"{r['loss_s']:.3f} | {r['bwd_s']:.2f} | {r['labels']:.0f} | {r['peak_rss_gb']:.2f} | "
               f"{r['assign_batched_s']:.3f} | {r['assign_loop_s']:.3f} | "
               f"{r['assign_loop_s'] / r['assign_batched_s']:.1f}x |")

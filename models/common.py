@@ -307,6 +307,96 @@ class _LeanBranchSum(torch.autograd.Function):
         return (grad_x, None, *grads)
 
 
+# ----------------------------------------------------------------------------- folded pointwise training
+_FOLD_POINTWISE = True
+
+
+def set_fold_pointwise(enabled: bool) -> bool:
+    """Turn the folded training path of 1x1 MobileOneBlocks on (the default) or off, process-wide;
+    returns the previous setting. See :class:`_FoldedPointwiseSum`."""
+    global _FOLD_POINTWISE
+    previous, _FOLD_POINTWISE = _FOLD_POINTWISE, bool(enabled)
+    return previous
+
+
+def fold_pointwise() -> bool:
+    """Whether 1x1 MobileOneBlocks train on the folded path (see :func:`set_fold_pointwise`)."""
+    return _FOLD_POINTWISE
+
+
+def _channel_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-channel mean (C,), centred input (N, C, HW) and biased covariance (C, C) of an NCHW batch."""
+    n, c = x.shape[:2]
+    flat = x.reshape(n, c, -1)
+    mean = flat.mean(dim=(0, 2))
+    xc = flat - mean[None, :, None]
+    cov = torch.matmul(xc, xc.transpose(1, 2)).sum(0) / (n * flat.shape[2])
+    return mean, xc, cov
+
+
+class _FoldedPointwiseSum(torch.autograd.Function):
+    """Sum of a 1x1 MobileOneBlock's train-time branches as one conv, with every branch's batch statistics.
+
+    Branch b is ``BN_b(W_b x)``. Its batch mean and variance follow from the input's moments:
+    ``mu_b = W_b m`` and ``var_b = diag(W_b C W_b^T)`` (m, C: the input's per-channel mean and
+    covariance over N, H, W). So the sum is the single 1x1 conv ``W_eff (x - m) + sum_b beta_b`` with
+    ``W_eff = sum_b s_b W_b`` and ``s_b = gamma_b / sqrt(var_b + eps)`` (the BN skip adds
+    ``diag(s_skip)``): the same function as the branch-by-branch block, at two GEMMs of the block's
+    size in forward instead of one per branch plus a BatchNorm per branch. Backward is written out
+    (three GEMMs), and only the input is kept for it. Running statistics are updated as BatchNorm does
+    (momentum, unbiased variance). Results equal the plain block up to float rounding.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, block: "MobileOneBlock", *params: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        mean, xc, cov = _channel_moments(x)
+        weights, scales, (w_eff, beta) = block._folded_terms(mean, cov, n * h * w)
+        ctx.save_for_backward(x)
+        ctx.block, ctx.stats = block, (mean, cov, weights, scales, w_eff)
+        out = x.new_empty(n, w_eff.shape[0], h, w)  # not a view: in-place activations may follow
+        torch.matmul(w_eff, xc, out=out.view(n, -1, h * w))
+        return out.add_(beta[None, :, None, None])
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        block = ctx.block
+        mean, cov, weights, scales, w_eff = ctx.stats
+        n, ci = x.shape[:2]
+        m_count = x[0, 0].numel() * n
+        xc = x.reshape(n, ci, -1) - mean[None, :, None]
+        g = grad_out.reshape(n, grad_out.shape[1], -1)
+        g_sum = g.sum(dim=(0, 2))
+        g_weff = torch.matmul(g, xc.transpose(1, 2)).sum(0)  # (Co, Ci)
+        g_cov = torch.zeros_like(cov)
+        grads = []  # per branch: (conv weight | None for the skip, bn weight, bn bias)
+        for w_b, (s_b, inv_std) in zip(weights + [None], scales):
+            if w_b is None:  # BN skip: identity kernel, variance = diag(cov)
+                g_s = torch.diagonal(g_weff)
+            else:
+                g_s = (g_weff * w_b).sum(1)
+            g_var = -0.5 * g_s * s_b * inv_std * inv_std
+            if w_b is None:
+                g_cov = g_cov + torch.diag(g_var)
+                grads.append((None, g_s * inv_std, g_sum))
+            else:
+                g_w = s_b[:, None] * g_weff + 2 * g_var[:, None] * (w_b @ cov)
+                g_cov = g_cov + (w_b.t() * g_var) @ w_b
+                grads.append((g_w, g_s * inv_std, g_sum))
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            a = (g_cov + g_cov.t()) / m_count
+            g_centred = g - (g_sum / m_count)[None, :, None]  # the mean m is a function of x too
+            grad_x = (torch.matmul(w_eff.t(), g_centred) + torch.matmul(a, xc)).view_as(x)
+        flat = []
+        for (g_w, g_gamma, g_beta), (conv, _) in zip(grads, block._branches()):
+            if conv is not None:
+                flat.append(g_w.view_as(conv.weight))
+            flat += [g_gamma, g_beta.clone()]
+        return (grad_x, None, *flat)
+
+
 class MobileOneBlock(nn.Module):
     """MobileOne block (https://arxiv.org/abs/2206.04040).
 
@@ -355,7 +445,9 @@ class MobileOneBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if hasattr(self, "reparam_conv"):
             return self.activation(self.se(self.reparam_conv(x)))
-        if self._lean():
+        if self._foldable(x):
+            out = _FoldedPointwiseSum.apply(x, self, *self._branch_params())
+        elif self._lean():
             out = _LeanBranchSum.apply(x, self, *self._branch_params())
         else:
             out = self._branch_sum(x)
@@ -383,6 +475,45 @@ class MobileOneBlock(nn.Module):
             y = (F.batch_norm(z, None, None, bn.weight, bn.bias, True, 0.0, bn.eps) if recompute else bn(z))
             out = y if out is None else out + y
         return out
+
+    def _foldable(self, x: torch.Tensor) -> bool:
+        """Train this block on the folded pointwise path: enabled, a 1x1 stride-1 ungrouped block, training
+        with autograd outside autocast, float input, and every BatchNorm a plain train-mode BatchNorm2d
+        with running statistics and a momentum (anything else takes the branch-by-branch path)."""
+        return (_FOLD_POINTWISE and self.kernel_size == 1 and self.stride == 1 and self.padding == 0
+                and self.groups == 1 and self.training and torch.is_grad_enabled()
+                and not torch.jit.is_tracing() and not torch.jit.is_scripting() and x.dim() == 4
+                and x.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled(x.device.type)
+                and x.shape[0] * x.shape[2] * x.shape[3] > 1
+                and all(type(bn) is nn.BatchNorm2d and bn.training and bn.track_running_stats
+                        and bn.momentum is not None for _, bn in self._branches()))
+
+    @torch.no_grad()
+    def _folded_terms(self, mean: torch.Tensor, cov: torch.Tensor, count: int) -> tuple[list, list, tuple]:
+        """For :class:`_FoldedPointwiseSum`: the branches' 2-D weights, per branch (scale, 1/std) with the
+        skip last, and (W_eff, sum of betas); updates the running statistics as BatchNorm would."""
+        weights, scales = [], []
+        w_eff = torch.zeros(self.out_channels, self.in_channels, dtype=cov.dtype, device=cov.device)
+        beta = torch.zeros(self.out_channels, dtype=cov.dtype, device=cov.device)
+        for conv, bn in self._branches():
+            if conv is None:
+                mu, var = mean, torch.diagonal(cov)
+            else:
+                w = conv.weight.reshape(self.out_channels, self.in_channels)
+                mu, var = w @ mean, ((w @ cov) * w).sum(1)
+                weights.append(w)
+            inv_std = torch.rsqrt(var + bn.eps)
+            s = bn.weight * inv_std
+            if conv is None:
+                w_eff.diagonal().add_(s)
+            else:
+                w_eff.add_(s[:, None] * w)
+            beta.add_(bn.bias)
+            scales.append((s, inv_std))
+            bn.running_mean.lerp_(mu, bn.momentum)
+            bn.running_var.lerp_(var * (count / (count - 1)), bn.momentum)
+            bn.num_batches_tracked.add_(1)
+        return weights, scales, (w_eff, beta)
 
     def _lean(self) -> bool:
         """Train on the memory-lean path: enabled, training with autograd, and every BatchNorm a plain

@@ -13,8 +13,13 @@ TRAIN_BRANCHES = ("rbr_conv", "rbr_scale", "rbr_skip", "rbr_dense", "rbr_1x1", "
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """max|a - b| / max|a| over the whole output (``a`` is the reference)."""
-    return float((a - b).abs().max() / a.abs().max())
+    """max|a - b| / max|a| over the whole output (``a`` is the reference); 0 when both are all zeros
+    (e.g. the gradient of a layer behind a ReLU that is off for the whole batch), inf when only ``a`` is."""
+    scale = a.abs().max()
+    diff = (a - b).abs().max()
+    if scale == 0:
+        return 0.0 if diff == 0 else float("inf")
+    return float(diff / scale)
 
 
 @torch.no_grad()

@@ -21,8 +21,10 @@ from models.common import (
     RepConv,
     SEBlock,
     autopad,
+    fold_pointwise,
     memory_lean,
     reparameterize_model,
+    set_fold_pointwise,
     set_memory_lean,
 )
 
@@ -287,10 +289,12 @@ def test_implicit_layers():
 # ----------------------------------------------------------------------------- memory-lean training
 @pytest.fixture
 def lean_switch():
-    """Restore the process-wide memory-lean setting after the test."""
-    previous = memory_lean()
+    """Restore the process-wide memory-lean setting after the test; 1x1 blocks take the lean path
+    (not the folded one, which is tested below) meanwhile."""
+    previous, fold = memory_lean(), set_fold_pointwise(False)
     yield
     set_memory_lean(previous)
+    set_fold_pointwise(fold)
 
 
 def _lean_vs_plain(net: nn.Module, x: torch.Tensor, weights: torch.Tensor | None = None):
@@ -428,3 +432,133 @@ def test_memory_lean_on_cuda(lean_switch, amp):
     tol = 2e-3 if amp else 1e-5
     assert rel_err(out[0][0], out[1][0]) <= tol and rel_err(out[0][1], out[1][1]) <= tol
     assert all(rel_err(a, b) <= tol for a, b in zip(out[0][2], out[1][2]))
+
+
+# ----------------------------------------------------------------------------- folded 1x1 blocks
+POINTWISE_VARIANTS = [v for v in BLOCK_VARIANTS if v[2] == 1 and v[3] == 1]
+
+
+@pytest.fixture
+def fold_switch():
+    """Restore the process-wide folded-pointwise setting after the test."""
+    previous = fold_pointwise()
+    yield
+    set_fold_pointwise(previous)
+
+
+def _fold_vs_plain(net: nn.Module, x: torch.Tensor):
+    """(output, input grad, parameter grads, buffers, grad_fn) after one train step, branch by branch then folded."""
+    results = []
+    for fold in (False, True):
+        set_fold_pointwise(fold)
+        m = copy.deepcopy(net).train()
+        xi = x.detach().clone().requires_grad_(x.requires_grad)
+        y = m(xi)
+        w = torch.randn(y.shape, dtype=y.dtype, generator=torch.Generator().manual_seed(3))
+        (y * w).sum().backward()
+        results.append((y.detach(), xi.grad, {n: p.grad for n, p in m.named_parameters()},
+                        {n: b.clone() for n, b in m.named_buffers()}, y.grad_fn))
+    return results
+
+
+def _uses_fold(grad_fn) -> bool:
+    stack, seen = [grad_fn], set()
+    while stack:
+        f = stack.pop()
+        if f is None or f in seen:
+            continue
+        seen.add(f)
+        if "FoldedPointwiseSum" in type(f).__name__:
+            return True
+        stack.extend(g for g, _ in f.next_functions)
+    return False
+
+
+@pytest.mark.parametrize("variant", POINTWISE_VARIANTS, ids=lambda v: "in%d-out%d-se%d-br%d" % (v[0], v[1], v[5], v[6]))
+@pytest.mark.parametrize("dtype,tol,act", [(torch.float32, 1e-5, False), (torch.float64, 1e-10, True)])
+def test_folded_pointwise_block_equals_branch_by_branch(fold_switch, variant, dtype, tol, act):
+    """Outputs, input and parameter gradients and running statistics of the folded 1x1 block equal the
+    branch-by-branch block. In fp32 the comparison is before the ReLU (float rounding may flip an
+    output sitting at 0, which moves a gradient by a whole term); fp64 checks the whole block."""
+    cin, cout, k, s, g, se, nb = variant
+    m = _block(cin, cout, k, s, g, se, nb, dtype)
+    for bn in m.modules():
+        if isinstance(bn, nn.BatchNorm2d):  # stored statistics away from the batch ones
+            bn.running_mean.uniform_(-1, 1)
+            bn.running_var.uniform_(0.5, 2)
+    if not act:
+        m.activation = nn.Identity()
+    x = (torch.randn(3, cin, 9, 7, dtype=dtype) * 2 + 1).requires_grad_()  # non-zero mean input
+    (y0, gx0, gp0, b0, f0), (y1, gx1, gp1, b1, f1) = _fold_vs_plain(m, x)
+    assert not _uses_fold(f0) and _uses_fold(f1)
+    assert rel_err(y0, y1) <= tol and rel_err(gx0, gx1) <= tol
+    assert gp0.keys() == gp1.keys()
+    for name in gp0:
+        assert gp1[name] is not None and rel_err(gp0[name], gp1[name]) <= tol, name
+    for name in b0:
+        assert torch.allclose(b0[name].double(), b1[name].double(), rtol=tol, atol=0), name
+    assert int(b1["rbr_conv.0.bn.num_batches_tracked"]) == 1
+
+
+def test_folded_pointwise_stage_trains_like_branch_by_branch(fold_switch):
+    """A stage (depthwise blocks plain, 1x1 blocks folded) with in-place ReLU and a frozen branch, fp64."""
+    net = nn.Sequential(MobileOneBlock(3, 16, 3, stride=2, padding=1, num_conv_branches=4),
+                        MobileOne(16, 24, 2, num_conv_branches=4, use_se=True, num_se=1)).double()
+    for mod in net.modules():
+        if isinstance(mod, nn.ReLU):
+            mod.inplace = True
+    net[1].stage[1].rbr_conv[1].conv.weight.requires_grad_(False)
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    (y0, _, gp0, b0, _), (y1, gx1, gp1, b1, f1) = _fold_vs_plain(net, x)
+    assert _uses_fold(f1) and gx1 is None
+    assert rel_err(y0, y1) <= 1e-10
+    assert gp1["1.stage.1.rbr_conv.1.conv.weight"] is None
+    for name, g in gp0.items():
+        if g is not None:
+            assert rel_err(g, gp1[name]) <= 1e-10, name
+    assert all(torch.allclose(b0[n].double(), b1[n].double(), rtol=1e-10, atol=0) for n in b0)
+
+
+def test_folded_pointwise_keeps_only_the_input(fold_switch):
+    m = MobileOneBlock(16, 16, 1, num_conv_branches=4).train()
+    x = torch.randn(2, 16, 32, 32)
+    act = x.numel() * x.element_size()
+
+    def saved_bytes() -> int:
+        storages = {}
+
+        def pack(t):
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            m(x)
+        return sum(storages.values())
+
+    set_fold_pointwise(False)
+    plain = saved_bytes()  # input + 4 conv outputs + ReLU output
+    set_fold_pointwise(True)
+    folded = saved_bytes()  # input + ReLU output
+    assert plain >= 6 * act and folded <= 2 * act + 4096
+
+
+def test_folded_pointwise_falls_back_where_it_does_not_apply(fold_switch):
+    set_fold_pointwise(True)
+    m = _block(8, 8, 1, 1, 1, False, 2).train()
+    x = torch.randn(2, 8, 6, 6, requires_grad=True)
+    assert _uses_fold(m(x).grad_fn)
+    assert not _uses_fold(_block(8, 8, 3, 1, 1, False, 2).train()(x).grad_fn)  # 3x3: branch by branch
+    with pytest.raises(ValueError, match="more than 1 value per channel"):  # BatchNorm's own error, as unfolded
+        m(torch.randn(1, 8, 1, 1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not _uses_fold(m(x).grad_fn)
+    m.rbr_conv[0].bn.eval()  # frozen statistics
+    assert not _uses_fold(m(x).grad_fn)
+    m.train()
+    m.rbr_conv[1].bn.momentum = None  # cumulative averaging (precise BN) uses BatchNorm itself
+    assert not _uses_fold(m(x).grad_fn)
+    m.rbr_conv[1].bn.momentum = 0.03
+    with torch.no_grad():
+        assert m(x).grad_fn is None
+    assert set_fold_pointwise(False) is True and not fold_pointwise()
+    assert not _uses_fold(m(x).grad_fn)

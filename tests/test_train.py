@@ -447,6 +447,15 @@ def test_yolov7_flags_accepted(tmp_path):
     assert r.returncode == 0 and "(default: 30)" in r.stdout and "(default: runs/train)" in r.stdout
 
 
+def test_branch_by_branch_and_memory_lean_training_paths(tmp_path):
+    """--plain-pointwise (1x1 MobileOne blocks branch by branch) with --memory-lean trains and saves."""
+    data = make_dataset(tmp_path, n_train=4, n_val=2)
+    r = run_cli(base_args(tmp_path, data, "--plain-pointwise", "--memory-lean", "--nosave", epochs=1, img=64))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = read_csv(tmp_path / "runs" / "exp" / "results.csv")
+    assert len(rows) == 2 and all(float(v) == float(v) for v in rows[1])
+
+
 def test_ddp_two_cpu_processes(tmp_path):
     data = make_dataset(tmp_path)
     args = base_args(tmp_path, data, "--noautoanchor", "--image-weights", epochs=1, batch=4)
