@@ -47,6 +47,7 @@ from models.common import set_fold_pointwise, set_memory_lean  # noqa: E402
 from models.experimental import attempt_load  # noqa: E402
 from models.yolo import Model  # noqa: E402
 from test import test as run_test  # noqa: E402  (this repository's test.py, not the stdlib package)
+from utils.allocator import retain_freed_memory  # noqa: E402
 from utils.atomic import clean_stale_temps, write_text  # noqa: E402
 from utils.augmentations import LOADER_HYP_KEYS  # noqa: E402
 from utils.autoanchor import check_anchors  # noqa: E402
@@ -773,4 +774,5 @@ def evolve(opt: argparse.Namespace, base: dict) -> int:
 
 
 if __name__ == "__main__":
+    retain_freed_memory()  # the CLI owns the process: reuse freed activation memory (utils/allocator.py)
     raise SystemExit(run_cli(main, prog="train.py"))

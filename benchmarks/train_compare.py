@@ -14,7 +14,8 @@ with ``weights_only=False`` for torch >= 2.6. Then, on an otherwise idle machine
 
     python benchmarks/train_compare.py --yolov7 /path/to/yolov7 --data /path/to/coco128.yaml
 
-``--data`` must be a writable copy of coco128 (YOLOv7 writes its label cache beside the labels).
+Each program trains on its own temporary copy of ``--data`` (both write label caches beside the
+labels, in different formats).
 """
 from __future__ import annotations
 
@@ -81,9 +82,9 @@ def _epoch_starts(stream, log) -> dict[int, float]:
     return starts
 
 
-def run_one(program: Path, cfg: str, args: argparse.Namespace, workdir: Path, tag: str) -> dict:
-    """Train once with ``program``'s train.py; return steady-state images/s and peak RSS."""
-    cmd = [sys.executable, "train.py", "--cfg", cfg, "--data", args.data, "--hyp", args.hyp,
+def run_one(program: Path, cfg: str, args: argparse.Namespace, data: str, workdir: Path, tag: str) -> dict:
+    """Train once with ``program``'s train.py on ``data``; return steady-state images/s and peak RSS."""
+    cmd = [sys.executable, "train.py", "--cfg", cfg, "--data", data, "--hyp", args.hyp,
            "--img-size", str(args.img), str(args.img), "--batch-size", str(args.batch), "--epochs", str(args.epochs),
            "--notest", "--noautoanchor", "--device", "cpu", "--weights", "", "--workers", str(args.workers),
            "--project", str(workdir), "--name", tag, "--exist-ok"]
@@ -105,11 +106,40 @@ def run_one(program: Path, cfg: str, args: argparse.Namespace, workdir: Path, ta
     return {"seconds": seconds, "img_s": n_images * (last - first) / seconds, "rss_gb": peak[0] / 1024 ** 2}
 
 
+def private_data(data: str, workdir: Path, tag: str) -> str:
+    """A copy of the dataset (images and labels, no label caches) for one program, and its yaml.
+
+    Both programs write ``labels/<split>.cache`` beside the labels in different formats; on one
+    shared copy each would find the other's cache and fail or rebuild it.
+    """
+    import shutil
+
+    import yaml
+
+    cfg = yaml.safe_load(Path(data).read_text())
+    out = dict(cfg)
+    for split in ("train", "val", "test"):
+        if not cfg.get(split):
+            continue
+        src = Path(cfg[split])
+        root = next((q.parent for q in src.parents if q.name == "images"), None)
+        if root is None:
+            raise SystemExit(f"{data}: {split} path {src} is not inside an 'images' folder")
+        dst = workdir / f"data_{tag}" / root.name
+        if not dst.exists():
+            shutil.copytree(root, dst, ignore=shutil.ignore_patterns("*.cache"))
+        out[split] = str(dst / src.relative_to(root))
+    path = workdir / f"data_{tag}.yaml"
+    path.write_text(yaml.safe_dump(out, sort_keys=False))
+    return str(path)
+
+
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--yolov7", required=True, help="scratch checkout of the original YOLOv7 with the plugin")
-    p.add_argument("--data", required=True, help="dataset yaml (absolute paths, a writable coco128 copy)")
+    p.add_argument("--data", required=True,
+                   help="dataset yaml with absolute paths (each program trains on its own copy)")
     p.add_argument("--images", type=int, default=128, help="training images per epoch (coco128: 128)")
     p.add_argument("--hyp", default="data/hyp.scratch.tiny.yaml", help="hyp yaml, relative to each program")
     p.add_argument("--models", nargs="+", default=["yolov7-tiny-ms0", "yolov7-tiny"])
@@ -126,12 +156,13 @@ def main(argv: list[str] | None = None) -> int:
     programs = {"original YOLOv7": Path(args.yolov7).resolve(), "this project": ROOT}
     rows = []
     with tempfile.TemporaryDirectory(prefix="train_compare_") as tmp:
+        data = {name: private_data(args.data, Path(tmp), f"p{i}") for i, name in enumerate(programs)}
         for model in args.models:
             res: dict[str, list[dict]] = {k: [] for k in programs}
             for r in range(args.rounds):
                 for name, prog in programs.items():
-                    out = run_one(prog, f"cfg/training/{model}.yaml", args, Path(tmp), f"{model}_{r}_{len(res[name])}"
-                                  f"_{'orig' if prog != ROOT else 'ours'}")
+                    out = run_one(prog, f"cfg/training/{model}.yaml", args, data[name], Path(tmp),
+                                  f"{model}_{r}_{len(res[name])}_{'orig' if prog != ROOT else 'ours'}")
                     res[name].append(out)
                     print(f"{model} | {name} | round {r + 1}: {out['img_s']:.2f} img/s, {out['rss_gb']:.2f} GB",
                           flush=True)
