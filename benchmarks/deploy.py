@@ -5,7 +5,8 @@
     python benchmarks/deploy.py --weights best.pt --data data/my.yaml --formats pytorch onnx onnx-int8
 
 Exports each format with export.py (dynamic input size, so one file serves every ``--img``; INT8
-calibrated on ``--calib-images`` train images of ``--data``) into ``--out`` (default: a
+calibrated on ``--calib-images`` train images of ``--data`` letterboxed to ``--map-img``, the size
+the mAP column is measured at, as a user calibrates at the size they run) into ``--out`` (default: a
 ``<stem>_deploy`` folder beside the weights), then times batch-1 inference at every ``--img`` size in
 one interleaved loop (each round runs every format and size once, so a change in machine load hits
 all rows alike), ``--threads`` threads for every runtime. The table gives the median latency, the
@@ -162,7 +163,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     require(opt.threads >= 1 and opt.runs >= 1 and min(opt.img) > 0, "--threads, --runs and --img must be positive")
     formats = ["pytorch"] + [f for f in opt.formats if f != "pytorch"]  # the speed-up reference comes first
     out = Path(opt.out) if opt.out else weights.parent / f"{weights.stem}_deploy"
-    paths = export_all(weights, out, formats, opt.data, max(opt.img), opt.calib_images)
+    # files are dynamic-size (one serves every --img); INT8 is calibrated and checked at the size mAP is measured
+    paths = export_all(weights, out, formats, opt.data, opt.map_img or max(opt.img), opt.calib_images)
     threads = set_threads(opt.threads)
     entries = [Entry(f, paths[f], load_backend(paths[f], "cpu", threads=threads)) for f in formats]
     time_interleaved(entries, opt.img, opt.warmup, opt.runs)
