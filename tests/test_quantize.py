@@ -154,7 +154,7 @@ def test_int8_keeps_the_accuracy_of_a_trained_model(trained):
     import test as evaluator
 
     weights, data = trained
-    res = export.run(weights, img_size=[64, 96], include=["onnx", "openvino"], int8=True, data=str(data),
+    res = export.run(weights, img_size=[64, 64], include=["onnx", "openvino"], int8=True, data=str(data),
                      calib_images=8, dynamic=True, int8_max_drop=5.0)
     m50 = res["fp32_map"][0]
     assert m50 >= 0.3, f"the fixture model did not learn (mAP@.5 {m50:.3f})"
@@ -165,7 +165,7 @@ def test_int8_keeps_the_accuracy_of_a_trained_model(trained):
         b = load_backend(res["files"][key])
         assert b.names == list(yaml.safe_load(data.read_text())["names"]) and b.stride == 32
     (mp, mr, map50, map95, *_), _, _ = evaluator.test(str(data), weights=res["files"]["onnx_int8"], batch_size=1,
-                                                      imgsz=96, plots=False, workers=0, progress=False)
+                                                      imgsz=64, plots=False, workers=0, progress=False)
     assert map50 == pytest.approx(res["onnx_int8"]["map50"], abs=1e-9)
 
 
