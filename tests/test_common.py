@@ -297,33 +297,43 @@ def lean_switch():
     set_fold_pointwise(fold)
 
 
-def _lean_vs_plain(net: nn.Module, x: torch.Tensor, weights: torch.Tensor | None = None):
-    """Outputs, input gradient, parameter gradients and buffers after one train step, plain then lean."""
+def _step_both_ways(net: nn.Module, x: torch.Tensor, switch, weights=None):
+    """(output, input grad, parameter grads, buffers, grad_fn) after one train step with ``switch(False)``,
+    then with ``switch(True)``; the output is weighted by ``weights(y)`` (default: a fixed ramp)."""
     results = []
-    for lean in (False, True):
-        set_memory_lean(lean)
+    for on in (False, True):
+        switch(on)
         m = copy.deepcopy(net).train()
         xi = x.detach().clone().requires_grad_(x.requires_grad)
         y = m(xi)
-        w = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y) if weights is None else weights
+        w = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y) if weights is None else weights(y)
         (y * w).sum().backward()
         results.append((y.detach(), xi.grad, {n: p.grad for n, p in m.named_parameters()},
                         {n: b.clone() for n, b in m.named_buffers()}, y.grad_fn))
     return results
 
 
-def _uses_lean(grad_fn) -> bool:
-    """True when the autograd graph behind ``grad_fn`` goes through the lean branch sum."""
+def _graph_has(grad_fn, name: str) -> bool:
+    """True when the autograd graph behind ``grad_fn`` has a node whose type name contains ``name``."""
     stack, seen = [grad_fn], set()
     while stack:
         f = stack.pop()
         if f is None or f in seen:
             continue
         seen.add(f)
-        if "LeanBranchSum" in type(f).__name__:
+        if name in type(f).__name__:
             return True
         stack.extend(g for g, _ in f.next_functions)
     return False
+
+
+def _lean_vs_plain(net: nn.Module, x: torch.Tensor, weights: torch.Tensor | None = None):
+    """One train step plain, then lean (see :func:`_step_both_ways`)."""
+    return _step_both_ways(net, x, set_memory_lean, None if weights is None else (lambda y: weights))
+
+
+def _uses_lean(grad_fn) -> bool:
+    return _graph_has(grad_fn, "LeanBranchSum")
 
 
 @pytest.mark.parametrize("variant", BLOCK_VARIANTS, ids=lambda v: "in%d-out%d-k%d-s%d-g%d-se%d-br%d" % v)
@@ -447,31 +457,13 @@ def fold_switch():
 
 
 def _fold_vs_plain(net: nn.Module, x: torch.Tensor):
-    """(output, input grad, parameter grads, buffers, grad_fn) after one train step, branch by branch then folded."""
-    results = []
-    for fold in (False, True):
-        set_fold_pointwise(fold)
-        m = copy.deepcopy(net).train()
-        xi = x.detach().clone().requires_grad_(x.requires_grad)
-        y = m(xi)
-        w = torch.randn(y.shape, dtype=y.dtype, generator=torch.Generator().manual_seed(3))
-        (y * w).sum().backward()
-        results.append((y.detach(), xi.grad, {n: p.grad for n, p in m.named_parameters()},
-                        {n: b.clone() for n, b in m.named_buffers()}, y.grad_fn))
-    return results
+    """One train step branch by branch, then folded, with a random output weighting."""
+    return _step_both_ways(net, x, set_fold_pointwise, lambda y: torch.randn(
+        y.shape, dtype=y.dtype, generator=torch.Generator().manual_seed(3)))
 
 
 def _uses_fold(grad_fn) -> bool:
-    stack, seen = [grad_fn], set()
-    while stack:
-        f = stack.pop()
-        if f is None or f in seen:
-            continue
-        seen.add(f)
-        if "FoldedPointwiseSum" in type(f).__name__:
-            return True
-        stack.extend(g for g, _ in f.next_functions)
-    return False
+    return _graph_has(grad_fn, "FoldedPointwiseSum")
 
 
 @pytest.mark.parametrize("variant", POINTWISE_VARIANTS, ids=lambda v: "in%d-out%d-se%d-br%d" % (v[0], v[1], v[5], v[6]))
