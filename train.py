@@ -79,7 +79,14 @@ from utils.loggers import NonFiniteLossError, TrainLog, check_finite_loss  # noq
 from utils.metrics import fitness  # noqa: E402
 from utils.plots import plot_images, plot_labels, plot_results, safe_plot  # noqa: E402
 from utils.runs import find_resume_checkpoint, resume_candidates, resume_save_dir  # noqa: E402
-from utils.torch_utils import ModelEMA, de_parallel, float_state_dict, intersect_dicts, select_device  # noqa: E402
+from utils.torch_utils import (  # noqa: E402
+    ModelEMA,
+    de_parallel,
+    float_state_dict,
+    intersect_dicts,
+    select_device,
+    to_channels_last,
+)
 from utils.train_steps import (  # noqa: E402,F401
     EMA_ATTRS,
     NBS,
@@ -221,6 +228,9 @@ def setup_model(run: Run, ckpt: Optional[dict]) -> None:
     if ckpt is not None:
         transfer_weights(run, model, ckpt)
     freeze_layers(model, opt.freeze)
+    channels_last = getattr(opt, "channels_last", None)
+    if (channels_last if channels_last is not None else run.device.type == "cpu") and to_channels_last(model):
+        run.log.info("Training in channels-last (NHWC) memory format; --no-channels-last for NCHW")
     run.model = model
 
 
@@ -580,6 +590,9 @@ def parse_opt(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--plain-pointwise", action="store_true",
                    help="train MobileOne 1x1 blocks branch by branch instead of as one folded conv (same "
                         "results up to rounding; slower, more memory)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="train with channels-last (NHWC) weights and activations (default: on for CPU, where "
+                        "convolutions train faster so, off for CUDA)")
     p.add_argument("--verbose", action="store_true", help="show a traceback on errors")
     return p.parse_args(argv)
 

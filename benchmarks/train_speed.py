@@ -3,6 +3,7 @@
     python benchmarks/train_speed.py [--data data/coco128.yaml] [--cfgs yolov7-tiny-ms0 yolov7-tiny]
                                      [--img-sizes 320 640] [--batch-size 16] [--warmup 3] [--steps 5]
                                      [--loss ota|plain] [--threads N] [--modes folded plain lean]
+                                     [--layouts nhwc nchw]
 
 Each (model, image size) row runs in a fresh subprocess so its peak resident memory
 (``ru_maxrss``) is its own. The row first draws ``warmup + steps`` training batches from
@@ -20,7 +21,9 @@ that both give the same positives. Prints one markdown table.
 ``--modes`` picks how MobileOne blocks train (a row per mode; rows of one model and size run one
 after another): ``folded`` is train.py's default (1x1 blocks as one folded conv), ``plain`` is
 ``--plain-pointwise`` (every block branch by branch), ``lean`` is ``--memory-lean`` (3x3 blocks
-recompute their branches in backward; 1x1 blocks folded).
+recompute their branches in backward; 1x1 blocks folded). ``--layouts`` picks the memory format:
+``nhwc`` is train.py's CPU default (``--channels-last``: weights channels-last, the image-reading
+layer NCHW), ``nchw`` is ``--no-channels-last``.
 """
 from __future__ import annotations
 
@@ -87,6 +90,7 @@ def run_row(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     set_fold_pointwise(args.row_mode != "plain")
     set_memory_lean(args.row_mode == "lean")
+    from utils.torch_utils import to_channels_last
     init_seeds(0)
     data = check_dataset(args.data)
     nc = int(data["nc"])
@@ -105,6 +109,8 @@ def run_row(args: argparse.Namespace) -> dict:
 
     cfg = ROOT / "cfg" / "training" / f"{args.row_cfg}.yaml"
     model = Model(str(cfg), nc=nc).train()
+    if args.row_layout == "nhwc" and not to_channels_last(model):
+        raise SystemExit(f"{args.row_cfg}: channels-last is not available for this model")
     scale_loss_gains(hyp, model.model[-1].nl, nc, imgsz)  # train.py's scaling (YOLOv7)
     model.hyp, model.gr, model.nc = hyp, 1.0, nc
     loss_fn = ComputeLossOTA(model) if args.loss == "ota" else ComputeLoss(model)
@@ -134,7 +140,8 @@ def run_row(args: argparse.Namespace) -> dict:
     assign_b, assign_l, same = (time_assignment(loss_fn, pred, targets, x) if args.loss == "ota"
                                 else (float("nan"), float("nan"), True))
     return {
-        "cfg": args.row_cfg, "mode": args.row_mode, "img_size": imgsz, "batch": bs, "loss": args.loss,
+        "cfg": args.row_cfg, "mode": args.row_mode, "layout": args.row_layout, "img_size": imgsz, "batch": bs,
+        "loss": args.loss,
         "threads": torch.get_num_threads(),
         "img_s": bs / med, "step_s": med,
         "fwd_s": statistics.median(s[1] for s in steps),
@@ -158,7 +165,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--modes", nargs="+", choices=["folded", "plain", "lean"], default=["folded"],
                    help="MobileOne training paths, a row each (folded: train.py's default)")
+    p.add_argument("--layouts", nargs="+", choices=["nhwc", "nchw"], default=["nhwc"],
+                   help="memory formats, a row each (nhwc: train.py's CPU default)")
     p.add_argument("--row-mode", default="folded", help=argparse.SUPPRESS)
+    p.add_argument("--row-layout", default="nhwc", help=argparse.SUPPRESS)
     p.add_argument("--row-cfg", help=argparse.SUPPRESS)
     p.add_argument("--row-img-size", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -169,11 +179,12 @@ def main() -> None:
 
     rows = []
     for cfg in args.cfgs:
-        for imgsz, mode in [(i, m) for i in args.img_sizes for m in args.modes]:
+        for imgsz, mode, layout in [(i, m, lay) for i in args.img_sizes for m in args.modes for lay in args.layouts]:
             cmd = [sys.executable, __file__, "--row-cfg", cfg, "--row-img-size", str(imgsz), "--row-mode", mode,
+                   "--row-layout", layout,
                    "--data", args.data, "--batch-size", str(args.batch_size), "--warmup", str(args.warmup),
                    "--steps", str(args.steps), "--loss", args.loss, "--threads", str(args.threads)]
-            print(f"running {cfg} @ {imgsz} ({mode}) ...", file=sys.stderr, flush=True)
+            print(f"running {cfg} @ {imgsz} ({mode}, {layout}) ...", file=sys.stderr, flush=True)
             r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=dict(os.environ))
             if r.returncode != 0:
                 print(r.stderr[-3000:], file=sys.stderr)
@@ -185,12 +196,12 @@ def main() -> None:
           f"coco128 train (mosaic), "
           f"median of {args.steps} steps after {args.warmup} warm-up, {rows[0]['threads']} torch threads, "
           f"{os.cpu_count()} CPUs\n")
-    print("| model | MobileOne path | img size | images/s | step s | forward s | loss s | backward+step s "
+    print("| model | MobileOne path | layout | img size | images/s | step s | forward s | loss s | backward+step s "
           "| labels/batch "
           "| peak RSS GB | OTA assign batched s | OTA assign per-image loop s | loop / batched |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['cfg']} | {r['mode']} | {r['img_size']} | {r['img_s']:.2f} | {r['step_s']:.2f} | "
+        print(f"| {r['cfg']} | {r['mode']} | {r['layout']} | {r['img_size']} | {r['img_s']:.2f} | {r['step_s']:.2f} | "
               f"{r['fwd_s']:.2f} | "
               f"{r['loss_s']:.3f} | {r['bwd_s']:.2f} | {r['labels']:.0f} | {r['peak_rss_gb']:.2f} | "
               f"{r['assign_batched_s']:.3f} | {r['assign_loop_s']:.3f} | "

@@ -4,6 +4,7 @@ accuracy of each after the shapes main-job recipe.
     python benchmarks/zoo.py                          # 320 and 640, 20 interleaved runs per cell
     python benchmarks/zoo.py --runs 50 --threads 4
     python benchmarks/zoo.py --train --train-epochs 30 # + mAP@.5 on shapes (a train.py run per model)
+    python benchmarks/zoo.py --train --no-latency      # sizes and mAP@.5 only (no timing: may share the CPU)
     python benchmarks/zoo.py --cfg yolov7-tiny-ms2.yaml --runs 1 --img 64 --no-ort   # a smoke run
 
 Columns: parameters of the training (unfused) and fused model; GFLOPs at 640x640 unfused and fused
@@ -104,7 +105,8 @@ def train_map50(cfg: str, epochs: int, project: Path) -> Optional[float]:
 
 def table(rows: list[dict], args: argparse.Namespace) -> str:
     """The zoo as a markdown table (latency columns per size and runtime, mAP@.5 with --train)."""
-    lat = [(img, rt) for img in args.img for rt in RUNTIMES if rt == "PyTorch" or not args.no_ort]
+    lat = [] if args.no_latency else [(img, rt) for img in args.img for rt in RUNTIMES
+                                      if rt == "PyTorch" or not args.no_ort]
     head = ["model", "params", "params fused", "GFLOPs@640", "GFLOPs@640 fused"]
     head += [f"{rt} ms @{img}" for img, rt in lat]
     if args.train:
@@ -130,6 +132,7 @@ def parse_opt(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=5, help="untimed runs per cell before timing")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset of the exported models")
     p.add_argument("--no-ort", action="store_true", help="skip the ONNX Runtime columns")
+    p.add_argument("--no-latency", action="store_true", help="skip the latency columns (nothing is timed)")
     p.add_argument("--train", action="store_true", help="also train each model with the shapes main-job recipe")
     p.add_argument("--train-epochs", type=int, default=10, help="epochs of each --train run")
     opt = p.parse_args(argv)
@@ -145,7 +148,7 @@ def main(opt: argparse.Namespace) -> list[dict]:
         for cfg in opt.cfg:
             row, fused = size_row(cfg)
             rows.append(row)
-            for img in opt.img:
+            for img in [] if opt.no_latency else opt.img:
                 for rt, fn in runners(fused, row["model"], img, Path(tmp), opt).items():
                     cells[(row["model"], img, rt)] = fn
         ms = interleaved_ms(cells, opt.warmup, opt.runs)

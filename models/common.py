@@ -324,14 +324,21 @@ def fold_pointwise() -> bool:
     return _FOLD_POINTWISE
 
 
-def _channel_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-channel mean (C,), centred input (N, C, HW) and biased covariance (C, C) of an NCHW batch."""
-    n, c = x.shape[:2]
-    flat = x.reshape(n, c, -1)
-    mean = flat.mean(dim=(0, 2))
-    xc = flat - mean[None, :, None]
-    cov = torch.matmul(xc, xc.transpose(1, 2)).sum(0) / (n * flat.shape[2])
-    return mean, xc, cov
+def _pixel_gram(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``sum over n, h, w of a[n, :, h, w] b[n, :, h, w]^T``, shape (Ca, Cb), for NCHW or channels-last batches.
+
+    Channels-last tensors are read as (NHW, C) row matrices (a view, no copy); anything else as batched
+    (N, C, HW) matrices.
+    """
+    if a.is_contiguous(memory_format=torch.channels_last) and b.is_contiguous(memory_format=torch.channels_last):
+        return a.permute(0, 2, 3, 1).reshape(-1, a.shape[1]).t() @ b.permute(0, 2, 3, 1).reshape(-1, b.shape[1])
+    n = a.shape[0]
+    return torch.matmul(a.reshape(n, a.shape[1], -1), b.reshape(n, b.shape[1], -1).transpose(1, 2)).sum(0)
+
+
+def _conv1x1(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``w @ x`` per pixel (+ bias) as a 1x1 convolution: a fresh tensor in ``x``'s memory format."""
+    return F.conv2d(x, w[:, :, None, None], bias)
 
 
 class _FoldedPointwiseSum(torch.autograd.Function):
@@ -344,31 +351,30 @@ class _FoldedPointwiseSum(torch.autograd.Function):
     ``diag(s_skip)``): the same function as the branch-by-branch block, at two GEMMs of the block's
     size in forward instead of one per branch plus a BatchNorm per branch. Backward is written out
     (three GEMMs), and only the input is kept for it. Running statistics are updated as BatchNorm does
-    (momentum, unbiased variance). Results equal the plain block up to float rounding.
+    (momentum, unbiased variance). Results equal the plain block up to float rounding. NCHW and
+    channels-last inputs both work; the output and the input gradient keep the input's memory format.
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, block: "MobileOneBlock", *params: torch.Tensor) -> torch.Tensor:
-        n, _, h, w = x.shape
-        mean, xc, cov = _channel_moments(x)
-        weights, scales, (w_eff, beta) = block._folded_terms(mean, cov, n * h * w)
+        count = x.shape[0] * x.shape[2] * x.shape[3]
+        mean = x.mean(dim=(0, 2, 3))
+        xc = x - mean[None, :, None, None]
+        cov = _pixel_gram(xc, xc) / count
+        weights, scales, (w_eff, beta) = block._folded_terms(mean, cov, count)
         ctx.save_for_backward(x)
         ctx.block, ctx.stats = block, (mean, cov, weights, scales, w_eff)
-        out = x.new_empty(n, w_eff.shape[0], h, w)  # not a view: in-place activations may follow
-        torch.matmul(w_eff, xc, out=out.view(n, -1, h * w))
-        return out.add_(beta[None, :, None, None])
+        return _conv1x1(xc, w_eff, beta)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         (x,) = ctx.saved_tensors
         block = ctx.block
         mean, cov, weights, scales, w_eff = ctx.stats
-        n, ci = x.shape[:2]
-        m_count = x[0, 0].numel() * n
-        xc = x.reshape(n, ci, -1) - mean[None, :, None]
-        g = grad_out.reshape(n, grad_out.shape[1], -1)
-        g_sum = g.sum(dim=(0, 2))
-        g_weff = torch.matmul(g, xc.transpose(1, 2)).sum(0)  # (Co, Ci)
+        count = x.shape[0] * x.shape[2] * x.shape[3]
+        xc = x - mean[None, :, None, None]
+        g_sum = grad_out.sum(dim=(0, 2, 3))
+        g_weff = _pixel_gram(grad_out, xc)  # (Co, Ci)
         g_cov = torch.zeros_like(cov)
         grads = []  # per branch: (conv weight | None for the skip, bn weight, bn bias)
         for w_b, (s_b, inv_std) in zip(weights + [None], scales):
@@ -386,13 +392,14 @@ class _FoldedPointwiseSum(torch.autograd.Function):
                 grads.append((g_w, g_s * inv_std, g_sum))
         grad_x = None
         if ctx.needs_input_grad[0]:
-            a = (g_cov + g_cov.t()) / m_count
-            g_centred = g - (g_sum / m_count)[None, :, None]  # the mean m is a function of x too
-            grad_x = (torch.matmul(w_eff.t(), g_centred) + torch.matmul(a, xc)).view_as(x)
+            a = (g_cov + g_cov.t()) / count
+            w_t = w_eff.t().contiguous()
+            # W_eff^T (g - mean(g)) + A (x - m): the mean m is a function of x too
+            grad_x = _conv1x1(xc, a, -(w_t @ g_sum) / count).add_(_conv1x1(grad_out, w_t))
         flat = []
         for (g_w, g_gamma, g_beta), (conv, _) in zip(grads, block._branches()):
             if conv is not None:
-                flat.append(g_w.view_as(conv.weight))
+                flat.append(g_w.reshape(conv.weight.shape))
             flat += [g_gamma, g_beta.clone()]
         return (grad_x, None, *flat)
 

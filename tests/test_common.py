@@ -468,21 +468,24 @@ def _uses_fold(grad_fn) -> bool:
 
 @pytest.mark.parametrize("variant", POINTWISE_VARIANTS, ids=lambda v: "in%d-out%d-se%d-br%d" % (v[0], v[1], v[5], v[6]))
 @pytest.mark.parametrize("dtype,tol,act", [(torch.float32, 1e-5, False), (torch.float64, 1e-10, True)])
-def test_folded_pointwise_block_equals_branch_by_branch(fold_switch, variant, dtype, tol, act):
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+def test_folded_pointwise_block_equals_branch_by_branch(fold_switch, variant, dtype, tol, act, layout):
     """Outputs, input and parameter gradients and running statistics of the folded 1x1 block equal the
-    branch-by-branch block. In fp32 the comparison is before the ReLU (float rounding may flip an
-    output sitting at 0, which moves a gradient by a whole term); fp64 checks the whole block."""
+    branch-by-branch block, for NCHW and channels-last tensors (whose layout the output and input
+    gradient keep). In fp32 the comparison is before the ReLU (float rounding may flip an output
+    sitting at 0, which moves a gradient by a whole term); fp64 checks the whole block."""
     cin, cout, k, s, g, se, nb = variant
-    m = _block(cin, cout, k, s, g, se, nb, dtype)
+    m = _block(cin, cout, k, s, g, se, nb, dtype).to(memory_format=layout)
     for bn in m.modules():
         if isinstance(bn, nn.BatchNorm2d):  # stored statistics away from the batch ones
             bn.running_mean.uniform_(-1, 1)
             bn.running_var.uniform_(0.5, 2)
     if not act:
         m.activation = nn.Identity()
-    x = (torch.randn(3, cin, 9, 7, dtype=dtype) * 2 + 1).requires_grad_()  # non-zero mean input
-    (y0, gx0, gp0, b0, f0), (y1, gx1, gp1, b1, f1) = _fold_vs_plain(m, x)
+    x = (torch.randn(3, cin, 9, 7, dtype=dtype) * 2 + 1).contiguous(memory_format=layout).requires_grad_()
+    (y0, gx0, gp0, b0, f0), (y1, gx1, gp1, b1, f1) = _fold_vs_plain(m, x)  # x: a non-zero mean input
     assert not _uses_fold(f0) and _uses_fold(f1)
+    assert y1.is_contiguous(memory_format=layout) and gx1.is_contiguous(memory_format=layout)
     assert rel_err(y0, y1) <= tol and rel_err(gx0, gx1) <= tol
     assert gp0.keys() == gp1.keys()
     for name in gp0:

@@ -21,13 +21,19 @@ from utils.cli import UserError
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def shapes_data(root: Path, n_train: int = 6, n_val: int = 2, size=(64, 96), same_val: bool = False) -> Path:
-    """A tiny generated shapes dataset and its yaml."""
+def shapes_data(root: Path, n_train: int = 6, n_val: int = 2, size=(64, 96), same_val: bool = False,
+                one_class: bool = False) -> Path:
+    """A tiny generated shapes dataset and its yaml (``one_class``: every shape labelled 'shape')."""
     from utils.shapes import NAMES, generate_shapes
 
     generate_shapes(root / "ds", n_train=n_train, n_val=n_val, seed=1, img_size=size)
+    names = list(NAMES)
+    if one_class:
+        names = ["shape"]
+        for f in (root / "ds" / "labels").rglob("*.txt"):
+            f.write_text("".join("0 " + line.split(" ", 1)[1] for line in f.read_text().splitlines(keepends=True)))
     d = {"path": str(root / "ds"), "train": "images/train", "val": "images/train" if same_val else "images/val",
-         "nc": len(NAMES), "names": list(NAMES)}
+         "nc": len(names), "names": names}
     f = root / "data.yaml"
     f.write_text(yaml.safe_dump(d))
     return f
@@ -128,19 +134,25 @@ def test_int8_options_are_checked(tmp_path):
 # --------------------------------------------------------------------------- a briefly trained model
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, Path]:
-    """yolov7-tiny-ms0 fitted to 8 generated 64x96 images (train.py, 100 full-batch Adam steps): a
-    model with real detections whose val split is its training images."""
+    """yolov7-tiny-ms0 fitted to 16 generated 64-96 px images of one class (train.py at 64 px, 200
+    full-batch Adam steps, about 2.5 minutes on 2 cores): a model with real detections (mAP@.5 about 0.57)
+    whose val split is its training images.
+
+    Smaller fixtures were tried: fitted to 8 images of 4 classes (mAP@.5 0.34) or to 32-48 images in as
+    many steps (0.10-0.34), the model fires many overlapping low-confidence boxes, and its mAP then moves
+    by 5-25 points, either way, under any small perturbation such as INT8 rounding.
+    """
     root = tmp_path_factory.mktemp("trained")
-    data = shapes_data(root, n_train=8, n_val=1, size=(64, 96), same_val=True)
+    data = shapes_data(root, n_train=16, n_val=1, size=(64, 96), same_val=True, one_class=True)
     hyp = yaml.safe_load((ROOT / "data" / "hyp.scratch.tiny.yaml").read_text())
     hyp.update(lr0=0.003, warmup_bias_lr=0.0, loss_ota=0, mosaic=0.0, mixup=0.0, scale=0.0, translate=0.0,
-               fliplr=0.0, hsv_h=0.0, hsv_s=0.0, hsv_v=0.0, nbs=8, warmup_epochs=0)
+               fliplr=0.0, hsv_h=0.0, hsv_s=0.0, hsv_v=0.0, nbs=16, warmup_epochs=0)
     (root / "hyp.yaml").write_text(yaml.safe_dump(hyp))
     args = ["--cfg", str(ROOT / "cfg" / "training" / "yolov7-tiny-ms0.yaml"), "--data", str(data), "--hyp",
-            str(root / "hyp.yaml"), "--adam", "--notest", "--nosave", "--noautoanchor", "--epochs", "100",
-            "--batch-size", "8", "--img-size", "64", "64", "--workers", "0", "--device", "cpu", "--project",
+            str(root / "hyp.yaml"), "--adam", "--notest", "--nosave", "--noautoanchor", "--epochs", "200",
+            "--batch-size", "16", "--img-size", "64", "64", "--workers", "0", "--device", "cpu", "--project",
             str(root / "runs"), "--name", "exp"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(ROOT)}
     r = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=1500)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
@@ -149,18 +161,19 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
 
 @pytest.mark.slow
 def test_int8_keeps_the_accuracy_of_a_trained_model(trained):
-    """INT8 ONNX and OpenVINO of a trained model: mAP@.5 within 5 points of fp32 (the export's own
-    check), detections agreeing with PyTorch; the files load alone (metadata) and run in test.py."""
+    """INT8 ONNX and OpenVINO of a trained model: mAP@.5 within 5 points and mAP@.5:.95 within 10 of fp32
+    (looser than the main job's 1.0 / 1.5: 25 objects at 64 px, where one box is 4 points), detections
+    agreeing with PyTorch; the files load alone (metadata) and run in test.py."""
     import test as evaluator
 
     weights, data = trained
     res = export.run(weights, img_size=[64, 64], include=["onnx", "openvino"], int8=True, data=str(data),
-                     calib_images=8, dynamic=True, int8_max_drop=5.0)
+                     calib_images=16, dynamic=True, int8_max_drop=5.0)
     m50 = res["fp32_map"][0]
-    assert m50 >= 0.3, f"the fixture model did not learn (mAP@.5 {m50:.3f})"
+    assert m50 >= 0.45, f"the fixture model did not learn (mAP@.5 {m50:.3f})"
     for key in ("onnx_int8", "openvino_int8"):
         r = res[key]
-        assert 100 * (m50 - r["map50"]) <= 5.0 and 100 * (r["fp32_map"] - r["map"]) <= 7.5, (key, r)
+        assert 100 * (m50 - r["map50"]) <= 5.0 and 100 * (r["fp32_map"] - r["map"]) <= 10.0, (key, r)
         assert r["agreement"] >= 0.7, (key, r)
         b = load_backend(res["files"][key])
         assert b.names == list(yaml.safe_load(data.read_text())["names"]) and b.stride == 32

@@ -7,6 +7,7 @@ import time
 import pytest
 import torch
 import torch.nn as nn
+from model_checks import rel_err
 
 from utils.torch_utils import (
     ModelEMA,
@@ -22,6 +23,7 @@ from utils.torch_utils import (
     scale_img,
     select_device,
     time_synchronized,
+    to_channels_last,
 )
 
 
@@ -217,3 +219,44 @@ def test_fuse_bn_tensor_is_the_eval_batchnorm():
         ref = bn(nn.functional.conv2d(x, kernel, bias))
     got = nn.functional.conv2d(x.double(), k, b)
     assert float((ref.double() - got).abs().max()) < 1e-5
+
+
+def _train_step(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    out = model(x)
+    loss = sum((o * torch.linspace(-1, 1, o.numel(), dtype=o.dtype).view_as(o)).sum() for o in out)
+    loss.backward()
+    return loss.detach(), {n: p.grad for n, p in model.named_parameters()}
+
+
+def test_to_channels_last_keeps_the_image_layer_nchw_and_trains_the_same():
+    """Weights channels-last except the image-reading layer's; one train step (fp64) gives the NCHW
+    model's loss and gradients."""
+    from copy import deepcopy
+
+    from models.yolo import Model
+    ref = Model("cfg/training/yolov7-tiny-ms0.yaml", nc=2).double().train()
+    cl = deepcopy(ref)
+    assert to_channels_last(cl)
+    w4 = [(n, p) for n, p in cl.named_parameters() if p.dim() == 4 and p.shape[-1] > 1]
+    assert all(p.is_contiguous() for n, p in w4 if n.startswith("model.0."))
+    rest = [p for n, p in w4 if not n.startswith("model.0.")]
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in rest)
+    assert any(not p.is_contiguous() for p in rest)  # (depthwise kernels count as both layouts)
+    x = torch.rand(2, 3, 64, 64, dtype=torch.float64)
+    (l0, g0), (l1, g1) = _train_step(ref, x), _train_step(cl, x)
+    assert torch.allclose(l0, l1, rtol=1e-10)
+    for n in g0:
+        assert rel_err(g0[n], g1[n]) <= 1e-9, n
+
+
+def test_to_channels_last_refuses_a_model_with_an_unsafe_conv(caplog):
+    """A 1x1 stride-2 conv over few channels past the first layer keeps the whole model NCHW (torch's
+    CPU weight gradient for it is broken in channels-last)."""
+    model = nn.Module()
+    model.model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 16, 1, stride=2), nn.Conv2d(16, 16, 3))
+    with caplog.at_level("INFO"):
+        assert not to_channels_last(model)
+    assert "model.1" in caplog.text and "1x1 stride-2" in caplog.text
+    assert all(p.is_contiguous() for p in model.parameters())
+    model.model[1] = nn.Conv2d(8, 16, 3, stride=2)
+    assert to_channels_last(model) and model.model[1].weight.is_contiguous(memory_format=torch.channels_last)

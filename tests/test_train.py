@@ -77,6 +77,8 @@ def check_ckpt(path: Path) -> dict:
     assert ck["fused"] is False and isinstance(ck["format"], str)
     assert isinstance(ck["cfg"], dict) and ck["nc"] == 4 and len(ck["names"]) == 4
     assert all(isinstance(v, torch.Tensor) for v in ck["state_dict"].values())
+    assert all(v.is_contiguous() for sd in (ck["state_dict"], ck["ema"] or {}) for v in sd.values()), \
+        "checkpoints hold plain NCHW tensors (even from a channels-last run)"
     weights = ck["ema"] if ck["ema"] is not None else ck["state_dict"]  # stripped best.pt: EMA in state_dict
     assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
     return ck
@@ -448,9 +450,11 @@ def test_yolov7_flags_accepted(tmp_path):
 
 
 def test_branch_by_branch_and_memory_lean_training_paths(tmp_path):
-    """--plain-pointwise (1x1 MobileOne blocks branch by branch) with --memory-lean trains and saves."""
+    """--plain-pointwise (1x1 MobileOne blocks branch by branch) with --memory-lean, in NCHW
+    (--no-channels-last; channels-last is the CPU default), trains and saves."""
     data = make_dataset(tmp_path, n_train=4, n_val=2)
-    r = run_cli(base_args(tmp_path, data, "--plain-pointwise", "--memory-lean", "--nosave", epochs=1, img=64))
+    r = run_cli(base_args(tmp_path, data, "--plain-pointwise", "--memory-lean", "--no-channels-last", "--nosave",
+                          epochs=1, img=64))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rows = read_csv(tmp_path / "runs" / "exp" / "results.csv")
     assert len(rows) == 2 and all(float(v) == float(v) for v in rows[1])

@@ -136,6 +136,39 @@ def fuse_conv_and_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     return conv_like(conv, *fuse_bn_tensor(conv.weight, bn, conv.bias))
 
 
+# torch 2.14 on CPU (oneDNN): the weight gradient of a dense 1x1 stride-2 conv over fewer than 16 input
+# channels corrupts the heap in channels-last (reproduced on an AVX-512 Xeon; 16 and more are fine).
+_CL_MIN_SAFE_CHANNELS = 16
+
+
+def _channels_last_unsafe(m: nn.Module) -> bool:
+    return (isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1) and m.groups == 1
+            and m.in_channels < _CL_MIN_SAFE_CHANNELS)
+
+
+def to_channels_last(model: nn.Module) -> bool:
+    """Put a YOLO ``Model``'s weights in channels-last (NHWC) memory format for training; True if done.
+
+    Convolutions (depthwise ones most: 2-4x in forward + backward on CPU) run faster on NHWC tensors,
+    and a conv's output follows its weights' format, so images may stay NCHW. The layer that reads
+    the image (``model.model[0]``) stays NCHW: its input has 3 channels, where oneDNN's 1x1 stride-2
+    weight gradient is broken in NHWC (the MobileOne stem's scale branch). A model with such a conv
+    anywhere else stays NCHW entirely (logged).
+    """
+    layers = getattr(model, "model", None)
+    first = layers[0] if isinstance(layers, nn.Sequential) and len(layers) else None
+    first_ids = {id(m) for m in first.modules()} if first is not None else set()
+    unsafe = [n for n, m in model.named_modules() if _channels_last_unsafe(m) and id(m) not in first_ids]
+    if unsafe:
+        LOGGER.info(f"channels-last: off ({unsafe[0]} is a 1x1 stride-2 conv over fewer than "
+                    f"{_CL_MIN_SAFE_CHANNELS} channels, which torch's CPU kernel cannot train in NHWC)")
+        return False
+    model.to(memory_format=torch.channels_last)
+    if first is not None:
+        first.to(memory_format=torch.contiguous_format)
+    return True
+
+
 def float_state_dict(sd: dict[str, Any]) -> dict[str, Any]:
     """``sd`` with floating-point tensors as float32 (checkpoints may hold fp16 weights); other
     entries unchanged. The one place checkpoint weights are widened before loading."""

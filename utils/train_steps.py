@@ -202,7 +202,8 @@ def update_bn_stats(model: nn.Module, batches: Iterable[torch.Tensor], device: t
 
 
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    """A detached CPU copy of the state dict, NCHW (a channels-last training run saves plain tensors)."""
+    return {k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in model.state_dict().items()}
 
 
 def training_checkpoint(model: nn.Module, ema: Any, optimizer: torch.optim.Optimizer, epoch: int,
