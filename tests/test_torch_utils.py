@@ -228,20 +228,20 @@ def _train_step(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
     return loss.detach(), {n: p.grad for n, p in model.named_parameters()}
 
 
-def test_to_channels_last_keeps_the_image_layer_nchw_and_trains_the_same():
-    """Weights channels-last except the image-reading layer's; one train step (fp64) gives the NCHW
-    model's loss and gradients."""
+def test_to_channels_last_trains_the_same():
+    """Weights channels-last except the stem's 1x1 stride-2 scale conv (3 input channels); one train
+    step (fp64) gives the NCHW model's loss and gradients."""
     from copy import deepcopy
 
     from models.yolo import Model
     ref = Model("cfg/training/yolov7-tiny-ms0.yaml", nc=2).double().train()
     cl = deepcopy(ref)
     assert to_channels_last(cl)
-    w4 = [(n, p) for n, p in cl.named_parameters() if p.dim() == 4 and p.shape[-1] > 1]
-    assert all(p.is_contiguous() for n, p in w4 if n.startswith("model.0."))
-    rest = [p for n, p in w4 if not n.startswith("model.0.")]
-    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in rest)
-    assert any(not p.is_contiguous() for p in rest)  # (depthwise kernels count as both layouts)
+    dense = {n: p for n, p in cl.named_parameters() if p.dim() == 4 and p.shape[1] > 1}
+    scale = dense["model.0.rbr_scale.conv.weight"]  # (48, 3, 1, 1): only the strides tell NCHW from NHWC
+    assert scale.stride() == torch.empty(scale.shape).stride()
+    assert all(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+               for n, p in dense.items() if n != "model.0.rbr_scale.conv.weight" and p.shape[-1] > 1)
     x = torch.rand(2, 3, 64, 64, dtype=torch.float64)
     (l0, g0), (l1, g1) = _train_step(ref, x), _train_step(cl, x)
     assert torch.allclose(l0, l1, rtol=1e-10)

@@ -150,22 +150,24 @@ def to_channels_last(model: nn.Module) -> bool:
     """Put a YOLO ``Model``'s weights in channels-last (NHWC) memory format for training; True if done.
 
     Convolutions (depthwise ones most: 2-4x in forward + backward on CPU) run faster on NHWC tensors,
-    and a conv's output follows its weights' format, so images may stay NCHW. The layer that reads
-    the image (``model.model[0]``) stays NCHW: its input has 3 channels, where oneDNN's 1x1 stride-2
-    weight gradient is broken in NHWC (the MobileOne stem's scale branch). A model with such a conv
-    anywhere else stays NCHW entirely (logged).
+    and a conv's output follows its weights' format, so images may stay NCHW. One kind of conv keeps
+    NCHW weights: a 1x1 stride-2 conv over fewer than 16 channels, whose oneDNN weight gradient is broken
+    in NHWC (the MobileOne stem's scale branch). It runs in NCHW only while its input is NCHW too, so
+    this is done only where it reads the image (in ``model.model[0]``); a model with one anywhere else
+    stays NCHW entirely (logged).
     """
     layers = getattr(model, "model", None)
     first = layers[0] if isinstance(layers, nn.Sequential) and len(layers) else None
     first_ids = {id(m) for m in first.modules()} if first is not None else set()
-    unsafe = [n for n, m in model.named_modules() if _channels_last_unsafe(m) and id(m) not in first_ids]
-    if unsafe:
-        LOGGER.info(f"channels-last: off ({unsafe[0]} is a 1x1 stride-2 conv over fewer than "
+    unsafe = [(n, m) for n, m in model.named_modules() if _channels_last_unsafe(m)]
+    deep = [n for n, m in unsafe if id(m) not in first_ids]
+    if deep:
+        LOGGER.info(f"channels-last: off ({deep[0]} is a 1x1 stride-2 conv over fewer than "
                     f"{_CL_MIN_SAFE_CHANNELS} channels, which torch's CPU kernel cannot train in NHWC)")
         return False
     model.to(memory_format=torch.channels_last)
-    if first is not None:
-        first.to(memory_format=torch.contiguous_format)
+    for _, m in unsafe:
+        m.to(memory_format=torch.contiguous_format)
     return True
 
 
