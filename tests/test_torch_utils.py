@@ -254,8 +254,13 @@ def test_to_channels_last_refuses_a_model_with_an_unsafe_conv(caplog):
     CPU weight gradient for it is broken in channels-last)."""
     model = nn.Module()
     model.model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 16, 1, stride=2), nn.Conv2d(16, 16, 3))
-    with caplog.at_level("INFO"):
-        assert not to_channels_last(model)
+    from utils.general import LOGGER
+    LOGGER.addHandler(caplog.handler)  # the project logger may not propagate to root (set_logging)
+    try:
+        with caplog.at_level("INFO", logger="moyolo"):
+            assert not to_channels_last(model)
+    finally:
+        LOGGER.removeHandler(caplog.handler)
     assert "model.1" in caplog.text and "1x1 stride-2" in caplog.text
     assert all(p.is_contiguous() for p in model.parameters())
     model.model[1] = nn.Conv2d(8, 16, 3, stride=2)
