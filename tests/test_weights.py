@@ -557,6 +557,18 @@ def test_attempt_load_refuses_pickled_code(evil_files):
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_convert_yolov7_with_trust_pickle_still_runs_no_code(evil_files, capsys):
+    """--trust-pickle reads through the weights-only unpickler: a payload's global is refused by name."""
+    marker, files = evil_files
+    for f in files:
+        out = f.with_suffix(".out.pt")
+        assert cy.main(["--src", str(f), "--out", str(out), "--trust-pickle"]) == 2
+        err = capsys.readouterr().err
+        assert "refused" in err and "system" in err and not out.exists()
+    assert not marker.exists()
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_converters_refuse_pickled_code(evil_files, capsys):
     marker, files = evil_files
     for f in files:

@@ -136,7 +136,26 @@ def _zip_pickle(path: Path) -> bytes:
         return z.read(member) if member else b""
 
 
-_TORCH_GLOBAL_PREFIXES = ("torch.", "collections.OrderedDict", "_codecs.encode", "builtins.set", "__builtin__.set")
+def pickle_globals(path: Path) -> tuple[bool, list[str]]:
+    """(parsed completely, 'module.name' globals) of a checkpoint's pickle, read without unpickling:
+    a torch zip archive's data.pkl, or the pickles of the legacy torch format / a plain pickle file."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head == ZIP_MAGIC:
+        ok, names, _ = _pickle_globals(_zip_pickle(path))
+        return ok, names
+    data, ok, names, pos = path.read_bytes()[:64 << 20], True, [], 0
+    for _ in range(4):  # magic number, protocol, sys info, the object
+        ok, found, used = _pickle_globals(data[pos:])
+        names += found
+        pos += used
+        if not ok or pos >= len(data):
+            break
+    return ok, names
+
+
+TORCH_GLOBAL_PREFIXES = ("torch.", "collections.OrderedDict", "_codecs.encode", "builtins.set", "__builtin__.set")
 
 
 def _diagnose(path: Path, exc: BaseException) -> CheckpointError:
@@ -150,16 +169,8 @@ def _diagnose(path: Path, exc: BaseException) -> CheckpointError:
         problem = _zip_problem(path)
         if problem:
             return CorruptCheckpointError(f"{path}: {CORRUPT}: {problem}")
-        ok, names, _ = _pickle_globals(_zip_pickle(path))
-    else:  # legacy torch format (several pickles in a row) or a plain pickle file
-        data, ok, names, pos = path.read_bytes()[:64 << 20], True, [], 0
-        for _ in range(4):  # magic number, protocol, sys info, the object
-            ok, found, used = _pickle_globals(data[pos:])
-            names += found
-            pos += used
-            if not ok or pos >= len(data):
-                break
-    foreign = [n for n in names if not n.startswith(_TORCH_GLOBAL_PREFIXES)]
+    ok, names = pickle_globals(path)
+    foreign = [n for n in names if not n.startswith(TORCH_GLOBAL_PREFIXES)]
     text = " ".join(str(exc).split())
     if foreign or (ok and "GLOBAL" in text):
         shown = ", ".join(dict.fromkeys(foreign)) if foreign else "Python objects"

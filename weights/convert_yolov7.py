@@ -1,16 +1,14 @@
 """Convert an official YOLOv7 ``.pt`` (a pickled ``Model`` module) into the project's format.
 
-Official YOLOv7 checkpoints store whole Python objects: loading them means unpickling, and
-unpickling can run arbitrary code chosen by whoever made the file. Every loader of this
-project therefore uses ``torch.load(weights_only=True)`` and refuses such files. This
-script is the one, explicit exception: with ``--trust-pickle`` it unpickles the file
-(``weights_only=False``), takes the ``ema`` module when present, else ``model`` (as
-YOLOv7's own ``attempt_load`` does), and writes a plain tensors-and-data training checkpoint
-that every project tool loads safely.
-
-YOLOv7's own classes (``models.*``, ``utils.*``) are not imported from this project while
-unpickling: they are replaced by plain ``nn.Module`` shells, so only the stored state
-(parameters, buffers, ``yaml``, ``names``) is read, and files from any YOLOv7 revision work.
+Official YOLOv7 checkpoints store whole Python objects, and a pickle can run any code its author
+chose. The project's loaders refuse such files; this script reads them, only with ``--trust-pickle``,
+and still through ``torch.load(weights_only=True)``: the file's globals are listed first (without
+unpickling) and only these are allowed: torch.nn layer classes, numpy arrays, and plain ``nn.Module``
+shells standing in for YOLOv7's own classes (``models.*``, ``utils.*``, never imported from this
+project). So nothing in the file is executed; only the stored state (parameters, buffers, ``yaml``,
+``names``) is read, and files from any YOLOv7 revision work. Any other global is refused by name.
+It takes the ``ema`` module when present, else ``model`` (as YOLOv7's own ``attempt_load`` does), and
+writes a plain tensors-and-data training checkpoint that every project tool loads.
 
 Usage::
 
@@ -21,9 +19,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import pickle
+import importlib
 import sys
-import types
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
@@ -33,14 +30,23 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
 import torch
 from torch import nn
 
-from utils.checkpoint import CORRUPT, FORMAT, CheckpointError, CorruptCheckpointError, load_checkpoint, save_checkpoint
+from utils.checkpoint import (
+    CORRUPT,
+    FORMAT,
+    TORCH_GLOBAL_PREFIXES,
+    CheckpointError,
+    CorruptCheckpointError,
+    load_checkpoint,
+    pickle_globals,
+    save_checkpoint,
+)
 from utils.cli import fail, run_cli
 
 PICKLE_WARNING = """\
-WARNING: --trust-pickle: {src} is about to be unpickled with torch.load(weights_only=False).
-  Unpickling runs whatever code the file's author put in it, with your user's rights (read or
-  delete files, steal credentials, install malware). Only continue with files you obtained from
-  a source you trust (e.g. the official YOLOv7 release page) and whose checksum you checked.
+WARNING: --trust-pickle: {src} holds pickled Python objects. A pickle runs whatever code its author
+  put in it; this converter reads it with torch's weights-only unpickler and allows only torch.nn
+  layers, numpy arrays and state-only stand-ins for YOLOv7's classes, so none of it is executed.
+  Still convert only files from a source you trust (e.g. the official YOLOv7 release page).
   The converted output is a plain tensor checkpoint that loads safely from then on."""
 
 _YOLOV7_PACKAGES = ("models", "utils")
@@ -74,24 +80,49 @@ def _shell_class(module: str, name: str) -> type:
     return _SHELLS[key]
 
 
-class _ShellUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        if module.split(".")[0] in _YOLOV7_PACKAGES:
-            return _shell_class(module, name)
-        return super().find_class(module, name)
-
-
-def _shell_pickle_module() -> types.ModuleType:
-    mod = types.ModuleType("yolov7_shell_pickle")
-    mod.__dict__.update({k: getattr(pickle, k) for k in dir(pickle) if not k.startswith("__")})
-    mod.Unpickler = _ShellUnpickler
-    mod.load = lambda f, **kw: _ShellUnpickler(f, **kw).load()
-    return mod
+def _allowed_global(name: str) -> Optional[Any]:
+    """What the weights-only unpickler may build for global ``name``: a shell for a YOLOv7 class, a
+    torch.nn layer class, or a numpy array/dtype constructor; None for anything else."""
+    module, _, attr = name.rpartition(".")
+    top = module.split(".")[0]
+    if top in _YOLOV7_PACKAGES:
+        return _shell_class(module, attr)
+    if top not in ("torch", "numpy"):
+        return None
+    try:
+        obj = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError):
+        return None
+    if top == "torch":
+        return obj if isinstance(obj, type) and issubclass(obj, nn.Module) and module.startswith("torch.nn.") \
+            else None
+    import numpy as np
+    multiarray = importlib.import_module("numpy._core.multiarray" if hasattr(np, "_core") else "numpy.core.multiarray")
+    numpy_data = (np.ndarray, np.dtype, multiarray._reconstruct, multiarray.scalar)
+    return obj if obj in numpy_data or (isinstance(obj, type) and issubclass(obj, np.dtype)) else None
 
 
 def load_trusted_pickle(path: Union[str, Path]) -> Any:
-    """Unpickle ``path`` (RUNS CODE FROM THE FILE). Only for ``--trust-pickle``."""
-    return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_shell_pickle_module())
+    """Read a pickled YOLOv7 checkpoint with ``torch.load(weights_only=True)`` and an allowlist made
+    from its own globals (see the module docstring); raises ConversionError naming a refused global.
+    Only for ``--trust-pickle``."""
+    _, names = pickle_globals(Path(path))
+    allowed, refused = [], []
+    for name in dict.fromkeys(names):
+        obj = _allowed_global(name)
+        if obj is not None:
+            allowed.append((obj, name))
+        elif not name.startswith(TORCH_GLOBAL_PREFIXES):  # torch's own plain-data globals: its decision
+            refused.append(name)
+    if any(name.startswith("numpy.") for name in names):  # dtype objects are rebuilt as their dtype class
+        import numpy as np
+        allowed += [(c, f"numpy.dtypes.{c.__name__}") for c in vars(np.dtypes).values()
+                    if isinstance(c, type) and issubclass(c, np.dtype)]
+    if refused:
+        raise ConversionError(f"{path}: refused: it needs {', '.join(refused[:5])}, which is not a torch.nn layer, "
+                              f"numpy data or a YOLOv7 class")
+    with torch.serialization.safe_globals(allowed):
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 # --------------------------------------------------------------------------- extraction
@@ -232,6 +263,8 @@ def read_source(src: Path, trust_pickle: bool) -> Any:
     print(PICKLE_WARNING.format(src=src), file=sys.stderr)
     try:
         return load_trusted_pickle(src)
+    except ConversionError:
+        raise
     except Exception as e:  # noqa: BLE001  any unpickling failure: report and stop
         msg = " ".join(str(e).split())[:200]
         fail(f"{src}: {CORRUPT}: unpickling failed ({type(e).__name__}: {msg})")
