@@ -371,26 +371,28 @@ def test_memory_lean_stage_with_inplace_relu_and_partial_grads(lean_switch):
     assert all(torch.allclose(b0[n], b1[n], rtol=1e-6, atol=0) for n in b0)
 
 
+def _saved_bytes(m: nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the distinct storages autograd saves for backward in one forward of ``m``."""
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        m(x)
+    return sum(storages.values())
+
+
 def test_memory_lean_saves_one_activation_per_block(lean_switch):
     m = MobileOneBlock(16, 16, 3, padding=1, num_conv_branches=4).train()
     x = torch.randn(2, 16, 32, 32)
     act = x.numel() * x.element_size()
 
-    def saved_bytes() -> int:
-        storages = {}
-
-        def pack(t):
-            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            m(x)
-        return sum(storages.values())
-
     set_memory_lean(False)
-    plain = saved_bytes()  # input + 5 conv outputs (4 branches + scale) + ReLU output
+    plain = _saved_bytes(m, x)  # input + 5 conv outputs (4 branches + scale) + ReLU output
     set_memory_lean(True)
-    lean = saved_bytes()  # input + ReLU output
+    lean = _saved_bytes(m, x)  # input + ReLU output
     assert plain >= 7 * act and lean <= 2 * act + 4096
 
 
@@ -519,21 +521,10 @@ def test_folded_pointwise_keeps_only_the_input(fold_switch):
     x = torch.randn(2, 16, 32, 32)
     act = x.numel() * x.element_size()
 
-    def saved_bytes() -> int:
-        storages = {}
-
-        def pack(t):
-            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            m(x)
-        return sum(storages.values())
-
     set_fold_pointwise(False)
-    plain = saved_bytes()  # input + 4 conv outputs + ReLU output
+    plain = _saved_bytes(m, x)  # input + 4 conv outputs + ReLU output
     set_fold_pointwise(True)
-    folded = saved_bytes()  # input + ReLU output
+    folded = _saved_bytes(m, x)  # input + ReLU output
     assert plain >= 6 * act and folded <= 2 * act + 4096
 
 

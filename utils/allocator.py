@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import logging
 import os
 import sys
 
-LOGGER = logging.getLogger("moy")
+from utils.general import LOGGER
 
 _M_TRIM_THRESHOLD = -1  # mallopt parameters (glibc malloc.h)
 _M_MMAP_MAX = -4
