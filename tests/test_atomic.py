@@ -9,7 +9,16 @@ import numpy as np
 import pytest
 
 from utils import atomic
-from utils.atomic import WriteError, atomic_dir, atomic_path, atomic_write, clean_stale_temps, write_bytes, write_text
+from utils.atomic import (
+    WriteError,
+    atomic_dir,
+    atomic_path,
+    atomic_write,
+    clean_stale_temps,
+    copy_file,
+    write_bytes,
+    write_text,
+)
 from utils.cli import one_line
 
 ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -28,6 +37,15 @@ def test_write_text_and_bytes_replace_whole_file(tmp_path):
     write_bytes(tmp_path / "sub" / "b.bin", b"\x00\x01")  # parent folders are created
     assert (tmp_path / "sub" / "b.bin").read_bytes() == b"\x00\x01"
     assert leftovers(tmp_path) == []
+
+
+def test_copy_file_replaces_whole_or_keeps_old(tmp_path):
+    src, dst = write_bytes(tmp_path / "src.pt", b"new" * 1000), write_bytes(tmp_path / "dst.pt", b"old")
+    assert copy_file(src, dst) == dst and dst.read_bytes() == b"new" * 1000
+    write_bytes(dst, b"old")
+    with pytest.raises(FileNotFoundError):
+        copy_file(tmp_path / "missing.pt", dst)
+    assert dst.read_bytes() == b"old" and leftovers(tmp_path) == []
 
 
 def test_usual_permissions(tmp_path):

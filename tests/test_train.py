@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -170,13 +171,47 @@ def test_best_moves_only_on_improvement_and_nan_is_never_saved(tmp_path):
     assert epochs() == [0, 0] and run.good == (run.last, 0)
     train.save_checkpoints(run, 1, 0.0)  # a tie is no improvement
     assert epochs() == [1, 0]
+    run.opt.save_period = 3
     train.save_checkpoints(run, 2, 0.2)
     assert epochs() == [2, 2]
+    periodic = run.save_dir / "weights" / "epoch_002.pt"  # --save-period: every 3rd epoch, the same bytes
+    assert periodic.read_bytes() == run.last.read_bytes()
+    run.opt.save_period = -1
     with torch.no_grad():
         next(run.ema.ema.parameters()).fill_(float("nan"))
     with pytest.raises(CheckpointError, match="non-finite"):
         train.save_checkpoints(run, 3, 0.9)
     assert epochs() == [2, 2] and run.good == (run.last, 2) and run.best_fitness == 0.2
+
+
+def test_validation_evaluates_a_fused_copy_of_the_ema(tmp_path, monkeypatch):
+    """validate() hands test a fused copy (same outputs) and leaves the train-time EMA as it was."""
+    import train
+    from models.yolo import Model
+    from utils.torch_utils import ModelEMA
+    seen = {}
+
+    def fake_test(data, **kw):
+        seen["model"] = kw["model"]
+        return (0.1, 0.2, 0.3, 0.4, 0.0, 0.0, 0.0), np.zeros(4), None
+
+    monkeypatch.setattr(train, "run_test", fake_test)
+    opt = train.parse_opt(["--project", str(tmp_path), "--device", "cpu"])
+    run = train.Run(opt, {}, {}, torch.device("cpu"), None, tmp_path / "exp", names=list("abcd"), nc=4)
+    run.model = Model(str(CFG), nc=4)
+    run.ema = ModelEMA(run.model)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        for m in run.ema.ema.modules():  # non-trivial BatchNorm statistics, so folding them matters
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 2.0)
+        want = run.ema.ema(x)[0]
+    assert train.validate(run, final=False) == (0.1, 0.2, 0.3, 0.4, 0.0, 0.0, 0.0)
+    fused = seen["model"]
+    assert fused is not run.ema.ema and fused.is_fused() and not run.ema.ema.is_fused()
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x)[0], want, rtol=1e-4, atol=1e-4)
 
 
 def test_resume_falls_back_to_what_exists(tmp_path):

@@ -166,6 +166,13 @@ def write_bytes(path: PathLike, data: bytes) -> Path:
     return Path(path)
 
 
+def copy_file(src: PathLike, path: PathLike) -> Path:
+    """Atomically copy the file ``src`` to ``path`` (bytes only, no metadata); returns ``path``."""
+    with atomic_path(path) as tmp:
+        shutil.copyfile(src, tmp)
+    return Path(path)
+
+
 def write_text(path: PathLike, text: str) -> Path:
     """Atomically write ``text`` (UTF-8) to ``path``."""
     with atomic_write(path, "w", encoding="utf-8") as f:
