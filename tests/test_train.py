@@ -2,6 +2,7 @@
 the NaN guard, 2-process CPU DDP (torchrun), and (slow) overfitting a few images."""
 from __future__ import annotations
 
+import copy
 import csv
 import logging
 import os
@@ -254,6 +255,30 @@ def test_optimizer_groups_and_lr_schedule():
     assert lf(0) == pytest.approx(1.0) and lf(10) == pytest.approx(0.1) and lf(5) == pytest.approx(0.55)
     lf = lr_lambda(10, 0.1, linear=True)
     assert lf(0) == pytest.approx(1.0) and lf(9) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("adam", [False, True])
+def test_fused_optimizer_steps_as_the_multi_tensor_one(adam):
+    """build_optimizer uses torch's fused update on CPU: same steps as the default (foreach) update."""
+    from models.yolo import Model
+    from train import build_optimizer
+    torch.manual_seed(0)
+    model = Model(str(CFG), nc=4)
+    ref = copy.deepcopy(model)
+    hyp = yaml.safe_load(HYP.read_text())
+    fused = build_optimizer(model, hyp, adam=adam)
+    assert all(g["fused"] for g in fused.param_groups)
+    plain = build_optimizer(ref, hyp, adam=adam)
+    for g in plain.param_groups:
+        g["fused"], g["foreach"] = False, True
+    for _ in range(3):
+        for p, q in zip(model.parameters(), ref.parameters()):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        fused.step()
+        plain.step()
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
 # --------------------------------------------------------------------------- end to end

