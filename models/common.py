@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from utils.batchnorm import batch_norm_train, is_plain_batchnorm
 from utils.torch_utils import conv_like, fold_dtype, fuse_bn_tensor, fuse_conv_and_bn
 
 BN_EPS = 1e-3
@@ -479,7 +480,7 @@ class MobileOneBlock(nn.Module):
         out = None
         for conv, bn in self._branches():
             z = conv(x) if conv is not None else x
-            y = (F.batch_norm(z, None, None, bn.weight, bn.bias, True, 0.0, bn.eps) if recompute else bn(z))
+            y = batch_norm_train(z, None, None, bn.weight, bn.bias, 0.0, bn.eps) if recompute else bn(z)
             out = y if out is None else out + y
         return out
 
@@ -492,7 +493,7 @@ class MobileOneBlock(nn.Module):
                 and not torch.jit.is_tracing() and not torch.jit.is_scripting() and x.dim() == 4
                 and x.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled(x.device.type)
                 and x.shape[0] * x.shape[2] * x.shape[3] > 1
-                and all(type(bn) is nn.BatchNorm2d and bn.training and bn.track_running_stats
+                and all(is_plain_batchnorm(bn) and bn.training and bn.track_running_stats
                         and bn.momentum is not None for _, bn in self._branches()))
 
     @torch.no_grad()
@@ -526,7 +527,7 @@ class MobileOneBlock(nn.Module):
         """Train on the memory-lean path: enabled, training with autograd, and every BatchNorm a plain
         train-mode BatchNorm2d (SyncBatchNorm or frozen statistics take the plain path)."""
         return (_MEMORY_LEAN and self.training and torch.is_grad_enabled() and not torch.jit.is_tracing()
-                and all(type(bn) is nn.BatchNorm2d and bn.training for _, bn in self._branches()))
+                and all(is_plain_batchnorm(bn) and bn.training for _, bn in self._branches()))
 
     @torch.no_grad()
     def get_kernel_bias(self) -> tuple[torch.Tensor, torch.Tensor]:

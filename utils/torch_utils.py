@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from utils.batchnorm import ChannelsLastBatchNorm2d
 from utils.general import LOGGER
 
 
@@ -154,7 +155,8 @@ def to_channels_last(model: nn.Module) -> bool:
     NCHW weights: a 1x1 stride-2 conv over fewer than 16 channels, whose oneDNN weight gradient is broken
     in NHWC (the MobileOne stem's scale branch). It runs in NCHW only while its input is NCHW too, so
     this is done only where it reads the image (in ``model.model[0]``); a model with one anywhere else
-    stays NCHW entirely (logged).
+    stays NCHW entirely (logged). BatchNorms become :class:`utils.batchnorm.ChannelsLastBatchNorm2d` (same
+    state dict), whose batch statistics are as accurate as NCHW's.
     """
     layers = getattr(model, "model", None)
     first = layers[0] if isinstance(layers, nn.Sequential) and len(layers) else None
@@ -168,6 +170,9 @@ def to_channels_last(model: nn.Module) -> bool:
     model.to(memory_format=torch.channels_last)
     for _, m in unsafe:
         m.to(memory_format=torch.contiguous_format)
+    for m in model.modules():  # NCHW-accurate batch statistics (torch's NHWC kernel sums in plain float32)
+        if type(m) is nn.BatchNorm2d:
+            m.__class__ = ChannelsLastBatchNorm2d
     return True
 
 
