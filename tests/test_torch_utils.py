@@ -242,11 +242,33 @@ def test_to_channels_last_trains_the_same():
     assert scale.stride() == torch.empty(scale.shape).stride()
     assert all(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
                for n, p in dense.items() if n != "model.0.rbr_scale.conv.weight" and p.shape[-1] > 1)
+    from utils.batchnorm import ChannelsLastBatchNorm2d
+    assert all(type(m) is ChannelsLastBatchNorm2d for m in cl.modules() if isinstance(m, nn.BatchNorm2d))
     x = torch.rand(2, 3, 64, 64, dtype=torch.float64)
     (l0, g0), (l1, g1) = _train_step(ref, x), _train_step(cl, x)
     assert torch.allclose(l0, l1, rtol=1e-10)
     for n in g0:
         assert rel_err(g0[n], g1[n]) <= 1e-9, n
+
+
+def test_channels_last_float32_gradients_as_accurate_as_nchw():
+    """float32 gradients of a MobileOne model against float64: channels-last's median error within 1.5x of
+    NCHW's (torch's own NHWC BatchNorm statistics gave 2.8x here: 15 % vs 5.5 %; ours 5.0 %)."""
+    from copy import deepcopy
+
+    from models.yolo import Model
+    torch.manual_seed(0)
+    ref = Model("cfg/training/yolov7-tiny-ms0.yaml", nc=2).double().train()
+    x = torch.rand(8, 3, 128, 128, dtype=torch.float64) * 0.5 + 0.25
+    _, want = _train_step(ref, x)
+    nchw, cl = deepcopy(ref).float(), deepcopy(ref).float()
+    assert to_channels_last(cl)
+    medians = []
+    for m in (nchw, cl):
+        _, got = _train_step(m, x.float())
+        errs = sorted(rel_err(got[n].double(), want[n]) for n in want)
+        medians.append(errs[len(errs) // 2])
+    assert medians[1] <= 1.5 * medians[0], medians
 
 
 def test_to_channels_last_refuses_a_model_with_an_unsafe_conv(caplog):
