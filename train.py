@@ -430,7 +430,8 @@ def validate(run: Run, final: bool) -> tuple:
     """Evaluate the EMA model on the validation loader (with a progress bar; plots after the final epoch).
 
     A fused copy is evaluated: the same function as the train-time EMA (``fuse()`` is exact), as the
-    saved best.pt is evaluated at the end, and 2-3x cheaper to run for MobileOne's many branches.
+    saved best.pt is evaluated at the end; for yolov7-tiny-ms0 at 128 px, batches of 32, the forwards
+    took 0.17 s per batch against 0.52 s unfused, plus 0.20 s to copy and fuse (idle 2-core Xeon).
     """
     model = deepcopy(run.ema.ema).fuse()
     results, run.maps, _ = run_test(
