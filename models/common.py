@@ -352,8 +352,9 @@ class _FoldedPointwiseSum(torch.autograd.Function):
     ``diag(s_skip)``): the same function as the branch-by-branch block, at two GEMMs of the block's
     size in forward instead of one per branch plus a BatchNorm per branch. Backward is written out
     (three GEMMs), and only the input is kept for it. Running statistics are updated as BatchNorm does
-    (momentum, unbiased variance). Results equal the plain block up to float rounding. NCHW and
-    channels-last inputs both work; the output and the input gradient keep the input's memory format.
+    (momentum or, with ``momentum=None``, the cumulative average; unbiased variance). Results equal the
+    plain block up to float rounding. NCHW and channels-last inputs both work; the output and the input
+    gradient keep the input's memory format.
     """
 
     @staticmethod
@@ -485,16 +486,17 @@ class MobileOneBlock(nn.Module):
         return out
 
     def _foldable(self, x: torch.Tensor) -> bool:
-        """Train this block on the folded pointwise path: enabled, a 1x1 stride-1 ungrouped block, training
-        with autograd outside autocast, float input, and every BatchNorm a plain train-mode BatchNorm2d
-        with running statistics and a momentum (anything else takes the branch-by-branch path)."""
+        """Train this block on the folded pointwise path: enabled, a 1x1 stride-1 ungrouped block in train
+        mode outside autocast, float input, and every BatchNorm a plain train-mode BatchNorm2d with running
+        statistics (anything else takes the branch-by-branch path). Train-mode forwards without autograd
+        (precise BN's cumulative averages, ``momentum=None``) take it too: the same statistics, fewer convs."""
         return (_FOLD_POINTWISE and self.kernel_size == 1 and self.stride == 1 and self.padding == 0
-                and self.groups == 1 and self.training and torch.is_grad_enabled()
+                and self.groups == 1 and self.training
                 and not torch.jit.is_tracing() and not torch.jit.is_scripting() and x.dim() == 4
                 and x.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled(x.device.type)
                 and x.shape[0] * x.shape[2] * x.shape[3] > 1
                 and all(is_plain_batchnorm(bn) and bn.training and bn.track_running_stats
-                        and bn.momentum is not None for _, bn in self._branches()))
+                        for _, bn in self._branches()))
 
     @torch.no_grad()
     def _folded_terms(self, mean: torch.Tensor, cov: torch.Tensor, count: int) -> tuple[list, list, tuple]:
@@ -518,9 +520,10 @@ class MobileOneBlock(nn.Module):
                 w_eff.add_(s[:, None] * w)
             beta.add_(bn.bias)
             scales.append((s, inv_std))
-            bn.running_mean.lerp_(mu, bn.momentum)
-            bn.running_var.lerp_(var * (count / (count - 1)), bn.momentum)
             bn.num_batches_tracked.add_(1)
+            factor = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+            bn.running_mean.lerp_(mu, factor)
+            bn.running_var.lerp_(var * (count / (count - 1)), factor)
         return weights, scales, (w_eff, beta)
 
     def _lean(self) -> bool:

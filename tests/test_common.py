@@ -541,10 +541,34 @@ def test_folded_pointwise_falls_back_where_it_does_not_apply(fold_switch):
     m.rbr_conv[0].bn.eval()  # frozen statistics
     assert not _uses_fold(m(x).grad_fn)
     m.train()
-    m.rbr_conv[1].bn.momentum = None  # cumulative averaging (precise BN) uses BatchNorm itself
-    assert not _uses_fold(m(x).grad_fn)
+    m.rbr_conv[1].bn.momentum = None  # cumulative averaging (precise BN) folds too
+    assert _uses_fold(m(x).grad_fn)
     m.rbr_conv[1].bn.momentum = 0.03
     with torch.no_grad():
         assert m(x).grad_fn is None
     assert set_fold_pointwise(False) is True and not fold_pointwise()
     assert not _uses_fold(m(x).grad_fn)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+def test_folded_pointwise_precise_bn_statistics_equal_branch_by_branch(fold_switch, layout):
+    """Precise BN (cumulative averages, no autograd) over a stage: the folded 1x1 blocks give every
+    BatchNorm the running statistics and batch count of the branch-by-branch path, and the block's
+    train-mode output under no_grad is the same function."""
+    from utils.train_steps import update_bn_stats
+    torch.manual_seed(0)
+    net = nn.Sequential(MobileOneBlock(3, 16, 3, stride=2, padding=1, num_conv_branches=4),
+                        MobileOne(16, 24, 2, num_conv_branches=4)).to(memory_format=layout)
+    batches = [torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8) for _ in range(3)]
+    states, outs = [], []
+    for fold in (False, True):
+        set_fold_pointwise(fold)
+        m = copy.deepcopy(net)
+        assert update_bn_stats(m, batches, torch.device("cpu")) == 3
+        states.append(copy.deepcopy(m.state_dict()))  # (the forward below counts a batch more)
+        with torch.no_grad():
+            outs.append(m.train()(batches[0].float() / 255))
+    for name, v in states[0].items():  # float32 (precise BN feeds float images): rounding only
+        assert torch.allclose(v, states[1][name], rtol=1e-4, atol=1e-6), name
+    assert int(states[1]["1.stage.3.rbr_conv.0.bn.num_batches_tracked"]) == 3
+    assert rel_err(outs[0], outs[1]) <= 1e-5

@@ -197,8 +197,9 @@ def update_bn_stats(model: nn.Module, batches: Iterable[torch.Tensor], device: t
         bn.momentum = None  # cumulative average over the batches below
     model.train()
     try:
-        for imgs in batches:
-            model(imgs.to(device, non_blocking=True).float() / 255.0)
+        with torch.no_grad():  # statistics only: no graph (1x1 MobileOne blocks take their folded path)
+            for imgs in batches:
+                model(imgs.to(device, non_blocking=True).float() / 255.0)
     finally:
         for bn, mom in zip(bns, momenta):
             bn.momentum = mom
