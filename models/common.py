@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils.batchnorm import batch_norm_train, is_plain_batchnorm
+from utils.batchnorm import batch_norm_train, is_plain_batchnorm, tracked_batch_factor, update_running_stats
 from utils.torch_utils import conv_like, fold_dtype, fuse_bn_tensor, fuse_conv_and_bn
 
 BN_EPS = 1e-3
@@ -520,10 +520,7 @@ class MobileOneBlock(nn.Module):
                 w_eff.add_(s[:, None] * w)
             beta.add_(bn.bias)
             scales.append((s, inv_std))
-            bn.num_batches_tracked.add_(1)
-            factor = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
-            bn.running_mean.lerp_(mu, factor)
-            bn.running_var.lerp_(var * (count / (count - 1)), factor)
+            update_running_stats(bn.running_mean, bn.running_var, mu, var, count, tracked_batch_factor(bn))
         return weights, scales, (w_eff, beta)
 
     def _lean(self) -> bool:

@@ -551,11 +551,16 @@ def test_folded_pointwise_falls_back_where_it_does_not_apply(fold_switch):
 
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
-def test_folded_pointwise_precise_bn_statistics_equal_branch_by_branch(fold_switch, layout):
+def test_folded_pointwise_precise_bn_statistics_equal_branch_by_branch(fold_switch, layout, monkeypatch):
     """Precise BN (cumulative averages, no autograd) over a stage: the folded 1x1 blocks give every
     BatchNorm the running statistics and batch count of the branch-by-branch path, and the block's
     train-mode output under no_grad is the same function."""
+    import models.common as common
     from utils.train_steps import update_bn_stats
+    folded_calls = []
+    forward = common._FoldedPointwiseSum.forward
+    monkeypatch.setattr(common._FoldedPointwiseSum, "forward",
+                        staticmethod(lambda ctx, *a: folded_calls.append(1) or forward(ctx, *a)))
     torch.manual_seed(0)
     net = nn.Sequential(MobileOneBlock(3, 16, 3, stride=2, padding=1, num_conv_branches=4),
                         MobileOne(16, 24, 2, num_conv_branches=4)).to(memory_format=layout)
@@ -564,7 +569,9 @@ def test_folded_pointwise_precise_bn_statistics_equal_branch_by_branch(fold_swit
     for fold in (False, True):
         set_fold_pointwise(fold)
         m = copy.deepcopy(net)
+        folded_calls.clear()
         assert update_bn_stats(m, batches, torch.device("cpu")) == 3
+        assert len(folded_calls) == (3 * 2 if fold else 0)  # the stage's two 1x1 blocks, each batch
         states.append(copy.deepcopy(m.state_dict()))  # (the forward below counts a batch more)
         with torch.no_grad():
             outs.append(m.train()(batches[0].float() / 255))

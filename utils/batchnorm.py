@@ -47,6 +47,22 @@ class _ChannelsLastBatchNorm(torch.autograd.Function):
         return gx, gw, gb, None
 
 
+def update_running_stats(running_mean: torch.Tensor, running_var: torch.Tensor, mean: torch.Tensor,
+                         var: torch.Tensor, count: int, factor: float) -> None:
+    """Move running statistics by ``factor`` towards a batch's mean and (biased) variance over ``count``
+    values per channel, stored unbiased, as torch's BatchNorm does."""
+    with torch.no_grad():
+        running_mean.lerp_(mean.to(running_mean.dtype), factor)
+        running_var.lerp_((var * (count / (count - 1))).to(running_var.dtype), factor)
+
+
+def tracked_batch_factor(bn: nn.modules.batchnorm._BatchNorm) -> float:
+    """Count one more batch on ``bn`` and return its running-average factor: the momentum, or the
+    cumulative average 1 / batches when ``momentum`` is None (precise BN)."""
+    bn.num_batches_tracked.add_(1)
+    return 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+
+
 def batch_norm_train(x: torch.Tensor, running_mean: Optional[torch.Tensor], running_var: Optional[torch.Tensor],
                      weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], momentum: float,
                      eps: float) -> torch.Tensor:
@@ -61,9 +77,7 @@ def batch_norm_train(x: torch.Tensor, running_mean: Optional[torch.Tensor], runn
     count = x.numel() // x.shape[1]  # >= 2: a 1x1 map is NCHW-contiguous too and took torch's path above
     y, mean, var = _ChannelsLastBatchNorm.apply(x, weight, bias, eps)
     if running_mean is not None and running_var is not None:
-        with torch.no_grad():
-            running_mean.lerp_(mean.to(running_mean.dtype), momentum)
-            running_var.lerp_((var * (count / (count - 1))).to(running_var.dtype), momentum)
+        update_running_stats(running_mean, running_var, mean, var, count, momentum)
     return y
 
 
@@ -78,8 +92,7 @@ class ChannelsLastBatchNorm2d(nn.BatchNorm2d):
         if not (self.training and self.track_running_stats and is_channels_last(x)):
             return super().forward(x)
         self._check_input_dim(x)
-        self.num_batches_tracked.add_(1)
-        factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        factor = tracked_batch_factor(self)
         return batch_norm_train(x, self.running_mean, self.running_var, self.weight, self.bias, factor, self.eps)
 
 
