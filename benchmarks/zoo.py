@@ -4,6 +4,7 @@ accuracy of each after the shapes main-job recipe.
     python benchmarks/zoo.py                          # 320 and 640, 20 interleaved runs per cell
     python benchmarks/zoo.py --runs 50 --threads 4
     python benchmarks/zoo.py --train --train-epochs 30 # + mAP@.5 on shapes (a train.py run per model)
+    python benchmarks/zoo.py --train --train-seeds 0 1 2   # mean mAP@.5 over three seeds (and each)
     python benchmarks/zoo.py --train --no-latency      # sizes and mAP@.5 only (no timing: may share the CPU)
     python benchmarks/zoo.py --cfg yolov7-tiny-ms2.yaml --runs 1 --img 64 --no-ort   # a smoke run
 
@@ -90,17 +91,30 @@ def interleaved_ms(cells: dict[tuple, Callable], warmup: int, runs: int) -> dict
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def train_map50(cfg: str, epochs: int, project: Path) -> Optional[float]:
-    """mAP@.5 that ``train.py --cfg cfg --epochs epochs`` (main-job defaults otherwise) prints at the end."""
-    cmd = [sys.executable, str(ROOT / "train.py"), "--cfg", cfg, "--epochs", str(epochs),
-           "--project", str(project), "--name", Path(cfg).stem]
+def train_map50(cfg: str, epochs: int, project: Path, seed: int = 0) -> Optional[float]:
+    """mAP@.5 that ``train.py --cfg cfg --epochs epochs --seed seed`` (main-job defaults otherwise) prints at
+    the end; each result is also printed to stderr as it comes (a long sweep can be read while it runs)."""
+    cmd = [sys.executable, str(ROOT / "train.py"), "--cfg", cfg, "--epochs", str(epochs), "--seed", str(seed),
+           "--project", str(project), "--name", f"{Path(cfg).stem}-seed{seed}"]
     print(f"  training: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     found = FINAL_LINE.findall(r.stdout + r.stderr)
     if r.returncode != 0 or not found:
         print(f"  training {cfg} failed (exit {r.returncode}): {(r.stdout + r.stderr)[-500:]}", file=sys.stderr)
         return None
+    print(f"  {Path(cfg).stem} seed {seed}: mAP@.5 {float(found[-1]):.3f} ({time.perf_counter() - t0:.0f} s)",
+          file=sys.stderr, flush=True)
     return float(found[-1])
+
+
+def map_cell(values: list[Optional[float]]) -> str:
+    """One seed: its mAP@.5; several: their mean, then each (a failed run is named and left out of the mean)."""
+    ok = [v for v in values if v is not None]
+    if len(values) == 1:
+        return "failed" if not ok else f"{ok[0]:.3f}"
+    each = " / ".join("failed" if v is None else f"{v:.3f}" for v in values)
+    return f"{statistics.mean(ok):.3f} ({each})" if ok else f"failed ({each})"
 
 
 def table(rows: list[dict], args: argparse.Namespace) -> str:
@@ -110,14 +124,15 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
     head = ["model", "params", "params fused", "GFLOPs@640", "GFLOPs@640 fused"]
     head += [f"{rt} ms @{img}" for img, rt in lat]
     if args.train:
-        head.append(f"mAP@.5 shapes ({args.train_epochs} ep)")
+        seeds = ", ".join(map(str, args.train_seeds))
+        head.append(f"mAP@.5 shapes ({args.train_epochs} ep, seed{'s' if len(args.train_seeds) > 1 else ''} {seeds})")
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for r in rows:
         cells = [r["model"], f"{r['params']:,}", f"{r['params_fused']:,}", f"{r['gflops']:.1f}",
                  f"{r['gflops_fused']:.1f}"]
         cells += [f"{r['ms'][(img, rt)]:.1f}" for img, rt in lat]
         if args.train:
-            cells.append("failed" if r.get("map50") is None else f"{r['map50']:.3f}")
+            cells.append(map_cell(r["map50"]))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -135,6 +150,8 @@ def parse_opt(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--no-latency", action="store_true", help="skip the latency columns (nothing is timed)")
     p.add_argument("--train", action="store_true", help="also train each model with the shapes main-job recipe")
     p.add_argument("--train-epochs", type=int, default=10, help="epochs of each --train run")
+    p.add_argument("--train-seeds", type=int, nargs="+", default=[0],
+                   help="train.py --seed of the --train runs (several: the table shows their mean and each)")
     opt = p.parse_args(argv)
     if opt.runs < 1 or opt.warmup < 0 or opt.train_epochs < 1 or min(opt.img) < 32:
         p.error("--runs and --train-epochs must be >= 1, --warmup >= 0, every --img >= 32")
@@ -154,8 +171,10 @@ def main(opt: argparse.Namespace) -> list[dict]:
         ms = interleaved_ms(cells, opt.warmup, opt.runs)
         for row in rows:
             row["ms"] = {(img, rt): v for (m, img, rt), v in ms.items() if m == row["model"]}
-            if opt.train:
-                row["map50"] = train_map50(f"{row['model']}.yaml", opt.train_epochs, Path(tmp) / "train")
+            row["map50"] = []
+        for seed in opt.train_seeds if opt.train else []:  # every model once per seed, seed by seed
+            for row in rows:
+                row["map50"].append(train_map50(f"{row['model']}.yaml", opt.train_epochs, Path(tmp) / "train", seed))
     ort = "" if opt.no_ort else f", onnxruntime {__import__('onnxruntime').__version__}"
     print(f"\n{cpu_header()}\nbatch 1, float32, {opt.threads} threads, median of {opt.runs} interleaved runs after "
           f"{opt.warmup} warm-up; torch {torch.__version__}{ort}\n")

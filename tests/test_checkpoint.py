@@ -141,6 +141,21 @@ def test_alias_bomb_is_refused(tmp_path):
         load_checkpoint(p)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_nonfinite_tensors_finds_one_bad_element_anywhere(dtype, value):
+    """The fused per-dtype check sees a single NaN/inf at the start, middle or end of large and strided tensors,
+    among finite tensors of other dtypes, and does not flag huge finite values."""
+    for n, pos in ((1, 0), (4097, 0), (100_003, 50_001), (1 << 20, (1 << 20) - 1)):
+        bad = torch.randn(n, dtype=torch.float32).to(dtype)
+        bad[pos] = value
+        strided = torch.randn(64, 33).to(dtype).t()  # not contiguous
+        strided[pos % 33, 7] = value
+        ok = {"big": torch.full((1000,), 3e38), "h": torch.ones(9, dtype=torch.float16), "i": torch.arange(5)}
+        found = nonfinite_tensors({"ok": ok, "bad": bad, "strided": strided, "x": torch.zeros(3, dtype=dtype)})
+        assert found == ["bad", "strided"], (n, pos, found)
+
+
 def test_nonfinite_tensors_names_nested_entries(tmp_path):
     ck = {"state_dict": {"a.w": torch.ones(3), "b.w": torch.tensor([1.0, float("nan")])},
           "ema": {"b.w": torch.tensor([float("inf")]), "n": torch.tensor([5])},

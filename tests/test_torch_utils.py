@@ -165,6 +165,57 @@ def test_model_ema_decay_ramp_and_average():
     assert int(ema.ema.bn.num_batches_tracked) == 0  # integer buffers are not averaged
 
 
+class _Buffers(nn.Module):
+    """Parameters without bias, a shared weight, a non-persistent buffer and nested modules: every kind of
+    state-dict entry the EMA must pair by name."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.Sequential(nn.Conv2d(4, 4, 1)))
+        self.head = nn.Linear(4, 4)
+        self.tied = nn.Linear(4, 4, bias=False)
+        self.tied.weight = self.head.weight
+        self.register_buffer("scratch", torch.zeros(4), persistent=False)
+        self.register_buffer("anchors", torch.ones(2, 2))
+
+
+def test_model_ema_update_blends_every_state_entry_with_its_namesake():
+    torch.manual_seed(0)
+    model = _Buffers()
+    ema = ModelEMA(model, decay=0.9)
+    model.body[0].to(memory_format=torch.channels_last)  # the model's weight changes layout after the copy
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+        model.body[1].running_mean.normal_()
+        model.body[1].num_batches_tracked += 3
+        model.anchors.mul_(5.0)
+        model.scratch.fill_(7.0)
+    before = {k: v.clone() for k, v in ema.state_dict().items()}
+    ema.update(model)
+    d = ema.decay(1)
+    msd = model.state_dict()
+    for k, v in ema.state_dict().items():
+        if v.is_floating_point():
+            assert torch.allclose(v, before[k] * d + (1 - d) * msd[k], rtol=0, atol=1e-6), k
+        else:
+            assert torch.equal(v, before[k]), k
+    assert float(ema.ema.scratch.abs().max()) == 0.0  # non-persistent: not averaged
+
+
+def test_conv_like_keeps_memory_format_and_owns_its_tensors():
+    from utils.torch_utils import conv_like
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        conv = nn.Conv2d(4, 8, 3, stride=2, padding=1, groups=2).to(memory_format=fmt).double()
+        w, b = torch.randn(8, 2, 3, 3, dtype=torch.float64), torch.randn(8, dtype=torch.float64)
+        new = conv_like(conv, w, b)
+        assert new.weight.dtype == torch.float64 and torch.equal(new.weight, w) and torch.equal(new.bias, b)
+        assert new.weight.is_contiguous(memory_format=fmt) and new.weight.data_ptr() != w.data_ptr()
+        assert (new.stride, new.padding, new.groups) == (conv.stride, conv.padding, conv.groups)
+        x = torch.randn(2, 4, 9, 9, dtype=torch.float64)
+        assert torch.allclose(new(x), torch.nn.functional.conv2d(x, w, b, 2, 1, 1, 2))
+
+
 def test_model_ema_attrs_and_state_roundtrip():
     model = _Net()
     ema = ModelEMA(model, updates=10)

@@ -119,12 +119,18 @@ def fuse_bn_tensor(kernel: torch.Tensor, bn: nn.BatchNorm2d,
 
 @torch.no_grad()
 def conv_like(conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor) -> nn.Conv2d:
-    """A biased Conv2d with ``conv``'s geometry, device and dtype holding ``weight`` / ``bias``."""
+    """A biased Conv2d with ``conv``'s geometry, device, dtype and memory format holding ``weight`` / ``bias``.
+
+    Built on the meta device (no random initialization to overwrite: that was most of the time
+    ``fuse()`` took), then given its own copies of the tensors."""
+    w = conv.weight
     new = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
                     padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True,
-                    padding_mode=conv.padding_mode, device=conv.weight.device, dtype=conv.weight.dtype)
-    new.weight.copy_(weight.to(conv.weight.dtype))
-    new.bias.copy_(bias.to(conv.weight.dtype))
+                    padding_mode=conv.padding_mode, device="meta", dtype=w.dtype)
+    fmt = torch.channels_last if (w.dim() == 4 and not w.is_contiguous()
+                                  and w.is_contiguous(memory_format=torch.channels_last)) else torch.contiguous_format
+    new.weight = nn.Parameter(torch.empty_like(w, memory_format=fmt).copy_(weight))
+    new.bias = nn.Parameter(torch.empty(conv.out_channels, device=w.device, dtype=w.dtype).copy_(bias))
     return new
 
 
@@ -253,6 +259,28 @@ def copy_attr(a: Any, b: Any, include: Iterable[str] = (), exclude: Iterable[str
 
 
 # --------------------------------------------------------------------------- EMA
+def _state_tensors(model: nn.Module) -> list[torch.Tensor]:
+    """The tensors of ``model.state_dict()`` in its order (parameters, then persistent buffers, module by
+    module), without building the dict: an EMA update over yolov7-tiny-ms0 took 17.6 ms with two
+    ``state_dict()`` calls, most of it in their Python bookkeeping."""
+    out = []
+    for m in model.modules():
+        out += [p for p in m._parameters.values() if p is not None]
+        out += [b for k, b in m._buffers.items() if b is not None and k not in m._non_persistent_buffers_set]
+    return out
+
+
+def _unique_pairs(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``pairs`` without repeats of a first tensor (a tied weight is one tensor under two names: blend it once)."""
+    seen: set[int] = set()
+    out = []
+    for e, c in pairs:
+        if id(e) not in seen:
+            seen.add(id(e))
+            out.append((e, c))
+    return out
+
+
 class ModelEMA:
     """Exponential moving average of a model's state (YOLOv7 / timm ModelEMA semantics).
 
@@ -277,10 +305,11 @@ class ModelEMA:
         """Blend the current weights of ``model`` into the average."""
         self.updates += 1
         d = self.decay(self.updates)
-        msd = de_parallel(model).state_dict()
-        pairs = [(v, msd[k].detach()) for k, v in self.ema.state_dict().items() if v.dtype.is_floating_point]
+        pairs = _unique_pairs((e, c) for e, c in zip(_state_tensors(self.ema), _state_tensors(de_parallel(model)),
+                                                      strict=True) if e.dtype.is_floating_point)
         if pairs:  # ema += (1 - d) * (model - ema), all tensors in one fused call
-            torch._foreach_lerp_([e for e, _ in pairs], [c.to(e.dtype) for e, c in pairs], 1 - d)
+            torch._foreach_lerp_([e for e, _ in pairs], [c if c.dtype == e.dtype else c.to(e.dtype) for e, c in pairs],
+                                 1 - d)
 
     def update_attr(self, model: nn.Module, include: Iterable[str] = (),
                     exclude: Iterable[str] = ("process_group", "reducer")) -> None:
