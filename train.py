@@ -21,11 +21,11 @@ import shutil
 import sys
 import time
 
-# CPU training keeps libgomp's default wait (threads spin ~3 ms before sleeping): a training step is
-# thousands of short parallel regions, and sleeping between them (OMP_WAIT_POLICY=PASSIVE) made the
-# main job's epochs 15 % slower on an idle 2-core Xeon. Several torchrun processes share the CPU, where
-# spinning threads steal each other's cores: they sleep. Must be set before torch is imported; an
-# explicit OMP_WAIT_POLICY in the environment wins (PASSIVE is the safer choice on a busy machine).
+# CPU training keeps libgomp's default wait (threads spin ~300,000 times before they sleep): a training step
+# is thousands of short parallel regions, and sleeping after each (OMP_WAIT_POLICY=PASSIVE) made the main
+# job 20 % slower on an idle 2-core VM. Spinning threads collapse when processes oversubscribe the cores
+# (two such trainings on 2 cores: 30x slower steps), so several torchrun processes sleep, and so should a
+# run on a machine busy with other work: OMP_WAIT_POLICY=PASSIVE in the environment wins (docs/benchmarks.md).
 if int(os.environ.get("WORLD_SIZE", "1")) > 1:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from collections import deque  # noqa: E402

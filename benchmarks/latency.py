@@ -22,8 +22,8 @@ latency ratio is printed (the project's target: at most 3x). With ``--contended`
 as the CLIs do (``OMP_WAIT_POLICY=PASSIVE`` unless set in the environment).
 
 Run it on a quiet machine with ``OMP_WAIT_POLICY`` unset: under CPU contention PyTorch's
-busy-waiting OpenMP threads inflate the PyTorch rows, and ``OMP_WAIT_POLICY=PASSIVE`` (which train.py
-sets) adds wake-up latency to every op at batch 1.
+busy-waiting OpenMP threads inflate the PyTorch rows, and ``OMP_WAIT_POLICY=PASSIVE`` (which test.py and
+detect.py set) adds wake-up latency to every op at batch 1.
 
 Rows come from the producer functions in :data:`ROW_PRODUCERS`; another backend (e.g. ONNX Runtime)
 adds rows by appending a function ``producer(args) -> list[Row]`` (use :func:`median_latency_ms` for
