@@ -176,8 +176,9 @@ def main(opt: argparse.Namespace) -> list[dict]:
             for row in rows:
                 row["map50"].append(train_map50(f"{row['model']}.yaml", opt.train_epochs, Path(tmp) / "train", seed))
     ort = "" if opt.no_ort else f", onnxruntime {__import__('onnxruntime').__version__}"
-    print(f"\n{cpu_header()}\nbatch 1, float32, {opt.threads} threads, median of {opt.runs} interleaved runs after "
-          f"{opt.warmup} warm-up; torch {torch.__version__}{ort}\n")
+    timing = "" if opt.no_latency else (f"batch 1, float32, {opt.threads} threads, median of {opt.runs} interleaved "
+                                        f"runs after {opt.warmup} warm-up; ")
+    print(f"\n{cpu_header()}\n{timing}torch {torch.__version__}{ort}\n")
     print(table(rows, opt))
     return rows
 
