@@ -22,8 +22,9 @@ import sys
 import time
 
 # CPU training keeps libgomp's default wait (threads spin ~300,000 times before they sleep): a training step
-# is thousands of short parallel regions, and sleeping after each (OMP_WAIT_POLICY=PASSIVE) made the main
-# job 20 % slower on an idle 2-core VM. Spinning threads collapse when processes oversubscribe the cores
+# is thousands of short parallel regions, and sleeping after each (OMP_WAIT_POLICY=PASSIVE) made training
+# 12-20 % slower on an idle 2-core VM (interleaved 3-epoch runs). Spinning threads collapse when processes
+# oversubscribe the cores
 # (two such trainings on 2 cores: 30x slower steps), so several torchrun processes sleep, and so should a
 # run on a machine busy with other work: OMP_WAIT_POLICY=PASSIVE in the environment wins (docs/benchmarks.md).
 if int(os.environ.get("WORLD_SIZE", "1")) > 1:

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils.batchnorm import ChannelsLastBatchNorm2d
+from utils.batchnorm import ChannelsLastBatchNorm2d, is_channels_last
 from utils.general import LOGGER
 
 
@@ -127,8 +127,7 @@ def conv_like(conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor) -> nn.C
     new = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
                     padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True,
                     padding_mode=conv.padding_mode, device="meta", dtype=w.dtype)
-    fmt = torch.channels_last if (w.dim() == 4 and not w.is_contiguous()
-                                  and w.is_contiguous(memory_format=torch.channels_last)) else torch.contiguous_format
+    fmt = torch.channels_last if is_channels_last(w) else torch.contiguous_format
     new.weight = nn.Parameter(torch.empty_like(w, memory_format=fmt).copy_(weight))
     new.bias = nn.Parameter(torch.empty(conv.out_channels, device=w.device, dtype=w.dtype).copy_(bias))
     return new
@@ -260,24 +259,17 @@ def copy_attr(a: Any, b: Any, include: Iterable[str] = (), exclude: Iterable[str
 
 # --------------------------------------------------------------------------- EMA
 def _state_tensors(model: nn.Module) -> list[torch.Tensor]:
-    """The tensors of ``model.state_dict()`` in its order (parameters, then persistent buffers, module by
-    module), without building the dict: an EMA update over yolov7-tiny-ms0 took 17.6 ms with two
-    ``state_dict()`` calls, most of it in their Python bookkeeping."""
-    out = []
-    for m in model.modules():
-        out += [p for p in m._parameters.values() if p is not None]
-        out += [b for k, b in m._buffers.items() if b is not None and k not in m._non_persistent_buffers_set]
-    return out
-
-
-def _unique_pairs(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``pairs`` without repeats of a first tensor (a tied weight is one tensor under two names: blend it once)."""
+    """The distinct tensors of ``model.state_dict()`` in its order (parameters, then persistent buffers, module
+    by module; a tied weight once), without building the dict: two ``state_dict()`` calls were about half of
+    an EMA update of yolov7-tiny-ms0 (docs/benchmarks.md)."""
     seen: set[int] = set()
     out = []
-    for e, c in pairs:
-        if id(e) not in seen:
-            seen.add(id(e))
-            out.append((e, c))
+    for m in model.modules():
+        persistent = [b for k, b in m._buffers.items() if k not in m._non_persistent_buffers_set]
+        for t in [*m._parameters.values(), *persistent]:
+            if t is not None and id(t) not in seen:
+                seen.add(id(t))
+                out.append(t)
     return out
 
 
@@ -305,8 +297,8 @@ class ModelEMA:
         """Blend the current weights of ``model`` into the average."""
         self.updates += 1
         d = self.decay(self.updates)
-        pairs = _unique_pairs((e, c) for e, c in zip(_state_tensors(self.ema), _state_tensors(de_parallel(model)),
-                                                      strict=True) if e.dtype.is_floating_point)
+        pairs = [(e, c) for e, c in zip(_state_tensors(self.ema), _state_tensors(de_parallel(model)), strict=True)
+                 if e.dtype.is_floating_point]
         if pairs:  # ema += (1 - d) * (model - ema), all tensors in one fused call
             torch._foreach_lerp_([e for e, _ in pairs], [c if c.dtype == e.dtype else c.to(e.dtype) for e, c in pairs],
                                  1 - d)
