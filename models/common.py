@@ -443,6 +443,24 @@ class MobileOneBlock(nn.Module):
             self.rbr_skip = batchnorm(in_channels) if (out_channels == in_channels and stride == 1) else None
             self.rbr_conv = nn.ModuleList([self._conv_bn(kernel_size, padding) for _ in range(num_conv_branches)])
             self.rbr_scale = self._conv_bn(1, 0) if kernel_size > 1 else None
+            self.start_as_identity()
+
+    @torch.no_grad()
+    def start_as_identity(self) -> "MobileOneBlock":
+        """Zero the BatchNorm gammas of the conv and scale branches of a block that has a BN skip, so the
+        freshly built block computes ``ReLU(BN_skip(x))``: the identity path a deep plain stack lacks.
+
+        A sum of k + 2 batch-normalised branches with unit gammas starts with k + 2 times the variance
+        of one branch in every block, and a stack of them without a residual path puts almost all of the
+        gradient into the first layers (docs/benchmarks.md). Starting every skip block as the identity
+        keeps gradients at the scale of a shallow network; the zeroed branches grow from their first
+        optimizer step (their gammas get gradient at once). Blocks without a skip (stride 2 or a change
+        of width) are left as built. Architecture and fuse are unchanged (a zero gamma folds like any
+        other), and loaded weights overwrite this start."""
+        if getattr(self, "rbr_skip", None) is not None:
+            for branch in [*self.rbr_conv, *([self.rbr_scale] if self.rbr_scale is not None else [])]:
+                nn.init.zeros_(branch.bn.weight)
+        return self
 
     def _conv_bn(self, kernel_size: int, padding: int) -> nn.Sequential:
         mod = nn.Sequential()

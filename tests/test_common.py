@@ -579,3 +579,55 @@ def test_folded_pointwise_precise_bn_statistics_equal_branch_by_branch(fold_swit
         assert torch.allclose(v, states[1][name], rtol=1e-4, atol=1e-6), name
     assert int(states[1]["1.stage.3.rbr_conv.0.bn.num_batches_tracked"]) == 3
     assert rel_err(outs[0], outs[1]) <= 1e-5
+
+
+# ----------------------------------------------------------------------------- identity start
+@pytest.mark.parametrize("variant", BLOCK_VARIANTS, ids=lambda v: "in%d-out%d-k%d-s%d-g%d-se%d-br%d" % v)
+def test_mobileone_block_with_skip_starts_as_identity(variant):
+    cin, cout, k, s, g, se, nb = variant
+    torch.manual_seed(0)
+    m = MobileOneBlock(cin, cout, k, stride=s, padding=k // 2, groups=g, use_se=se, num_conv_branches=nb).train()
+    gammas = [bn.weight for conv, bn in m._branches() if conv is not None]
+    if m.rbr_skip is None:  # stride 2 or a change of width: built as before
+        assert all(bool((w == 1).all()) for w in gammas)
+        return
+    assert all(bool((w == 0).all()) for w in gammas)
+    assert bool((m.rbr_skip.weight == 1).all())
+    x = torch.randn(4, cin, 8, 8)
+    skip = nn.BatchNorm2d(cin, eps=m.rbr_skip.eps, momentum=m.rbr_skip.momentum).train()
+    assert rel_err(m.se(skip(x)).relu(), m(x)) < 1e-5
+    m.reparameterize()  # a zero gamma folds like any other
+    assert rel_err(m.se(skip.eval()(x)).relu(), m.eval()(x)) < 1e-4
+
+
+def _stem_and_head_grads(model: nn.Module) -> tuple[float, float]:
+    """L2 norms of the gradient of the first three layers (stem and two stages) and of the head."""
+    sq = [0.0, 0.0]
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            i = int(name.split(".")[1])
+            if i <= 2 or i == len(model.model) - 1:
+                sq[i > 2] += float(p.grad.double().pow(2).sum())
+    return sq[0] ** 0.5, sq[1] ** 0.5
+
+
+def test_fresh_mobileone_detector_gradient_is_not_concentrated_at_the_input():
+    """A freshly built yolov7-tiny-ms0 trains like a shallow network: with every skip block starting as the
+    identity, the stem's gradient on this batch is about 10x the head's; with unit gammas in every branch it
+    is about 600x (the gradient explosion of a deep plain BatchNorm stack)."""
+    from models.yolo import Model
+    from utils.loss import ComputeLoss
+    from utils.train_steps import scale_loss_gains
+
+    torch.manual_seed(0)
+    model = Model("cfg/training/yolov7-tiny-ms0.yaml", nc=4, verbose=False).train()
+    hyp = {"box": 0.05, "cls": 0.5, "obj": 1.0, "cls_pw": 1.0, "obj_pw": 1.0, "anchor_t": 4.0, "fl_gamma": 0.0,
+           "label_smoothing": 0.0}
+    scale_loss_gains(hyp, 3, 4, 96)
+    model.hyp, model.gr = hyp, 1.0
+    g = torch.Generator().manual_seed(0)
+    imgs = torch.rand(8, 3, 96, 96, generator=g)
+    targets = torch.tensor([[i, i % 4, 0.3 + 0.05 * i, 0.5, 0.3, 0.25] for i in range(8)])
+    ComputeLoss(model)(model(imgs), targets)[0].backward()
+    stem, head = _stem_and_head_grads(model)
+    assert 0 < stem < 40 * head, (stem, head)
