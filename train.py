@@ -57,9 +57,9 @@ from utils.atomic import clean_stale_temps, copy_file, write_text  # noqa: E402
 from utils.augmentations import LOADER_HYP_KEYS  # noqa: E402
 from utils.autoanchor import check_anchors  # noqa: E402
 from utils.checkpoint import CheckpointError, load_checkpoint, nonfinite_tensors, save_checkpoint, strip_optimizer  # noqa: E402
-from utils.cli import UserError, require, run_cli  # noqa: E402
+from utils.cli import UserError, fail, require, run_cli  # noqa: E402
 from utils.dataset_config import check_dataset  # noqa: E402
-from utils.datasets import create_dataloader  # noqa: E402
+from utils.datasets import create_dataloader, list_image_files  # noqa: E402
 from utils.distributed import (  # noqa: E402
     LOCAL_RANK,
     RANK,
@@ -83,6 +83,7 @@ from utils.hyp import load_hyp  # noqa: E402,F401  (train.load_hyp: kept importa
 from utils.loggers import NonFiniteLossError, TrainLog, check_finite_loss  # noqa: E402
 from utils.metrics import fitness  # noqa: E402
 from utils.plots import plot_images, plot_labels, plot_results, safe_plot  # noqa: E402
+from utils.recipe import RunFacts, choose_recipe  # noqa: E402
 from utils.runs import find_resume_checkpoint, resume_candidates, resume_save_dir  # noqa: E402
 from utils.torch_utils import (  # noqa: E402
     ModelEMA,
@@ -630,17 +631,28 @@ def check_opt(opt: argparse.Namespace) -> None:
 def prepare_new(opt: argparse.Namespace) -> dict:
     """Defaults relative to the repository, the default hyp for the dataset, two image sizes."""
     opt.cfg, opt.data = _repo_default(opt.cfg), _repo_default(opt.data)
-    if not opt.hyp:
-        builtin = Path(opt.data).resolve() == (ROOT / "data" / "shapes.yaml").resolve()
-        opt.hyp = str(ROOT / "data" / ("hyp.shapes.yaml" if builtin else "hyp.scratch.tiny.yaml"))
-        if RANK in (-1, 0):
-            print(f"Using hyperparameters {opt.hyp}" + (" (tuned for the built-in shapes dataset)" if builtin else ""))
-    hyp = load_hyp(_repo_default(opt.hyp))
     if len(opt.img_size) == 1:
         opt.img_size = opt.img_size * 2
     opt.img_size = opt.img_size[:2]
+    if opt.hyp:
+        hyp = load_hyp(_repo_default(opt.hyp))
+    else:
+        hyp, why = choose_recipe(run_facts(opt))
+        if RANK in (-1, 0):
+            print(why)
     opt.save_dir = None  # decided by rank 0 in pick_save_dir
     return hyp
+
+
+def run_facts(opt: argparse.Namespace) -> RunFacts:
+    """What the automatic recipe depends on: the training split's image count, classes, size, epochs, batch."""
+    data = check_dataset(opt.data)  # generates the built-in dataset under a file lock
+    try:
+        images = len(list_image_files(data["train"])[0])
+    except FileNotFoundError as e:
+        fail(f"{opt.data}: train: {e}")
+    return RunFacts(images=images, nc=1 if opt.single_cls else int(data["nc"]), img_size=opt.img_size[0],
+                    epochs=opt.epochs, batch_size=opt.batch_size)
 
 
 def _repo_default(path: str) -> str:

@@ -49,9 +49,12 @@ def make_hyp(root: Path, **over) -> Path:
 
 
 def base_args(tmp: Path, data: Path, *extra: str, epochs: int = 1, img: int = 96, batch: int = 4) -> list[str]:
+    """train.py options of a tiny run; YOLOv7's hyp.scratch.tiny.yaml (OTA) unless ``extra`` names a --hyp
+    (without --hyp a run this short would get the automatic short-run recipe, tests/test_recipe.py)."""
+    hyp = [] if "--hyp" in extra else ["--hyp", str(HYP)]
     return ["--cfg", str(CFG), "--data", str(data), "--epochs", str(epochs), "--batch-size", str(batch),
             "--img-size", str(img), str(img), "--workers", "0", "--device", "cpu", "--project",
-            str(tmp / "runs"), "--name", "exp", *extra]
+            str(tmp / "runs"), "--name", "exp", *hyp, *extra]
 
 
 def run_cli(args: list[str], timeout: float = 600, module: list[str] | None = None) -> subprocess.CompletedProcess:
