@@ -60,6 +60,7 @@ from utils.checkpoint import CheckpointError, load_checkpoint, nonfinite_tensors
 from utils.cli import UserError, fail, require, run_cli  # noqa: E402
 from utils.dataset_config import check_dataset  # noqa: E402
 from utils.datasets import create_dataloader, list_image_files  # noqa: E402
+from utils.distill import cell_strides, check_compatible, distillation_loss  # noqa: E402
 from utils.distributed import (  # noqa: E402
     LOCAL_RANK,
     RANK,
@@ -152,6 +153,7 @@ class Run:
     results: tuple = (0.0,) * 7
     maps: Any = None  # per-class mAP@.5:.95 of the last validation (for --image-weights)
     bn_batches: Optional[deque] = None
+    teacher: Optional[nn.Module] = None  # --teacher: the distillation teacher, eval mode, no gradients
 
     @property
     def last(self) -> Path:
@@ -333,6 +335,7 @@ def setup_loss(run: Run) -> None:
     run.maps = np.zeros(run.nc)
     run.compute_loss = utils.loss.ComputeLoss(m)
     run.compute_loss_ota = utils.loss.ComputeLossOTA(m) if bool(hyp.get("loss_ota", 1)) else None
+    run.teacher = load_teacher(run) if opt.teacher else None
     run.nw = warmup_iterations(hyp["warmup_epochs"], run.nb, opt.epochs)
     run.last_opt_step = run.nb * run.start_epoch - 1
     run.scaler = torch.amp.GradScaler("cuda", enabled=run.device.type == "cuda")
@@ -344,6 +347,29 @@ def setup_loss(run: Run) -> None:
                  f"AMP {'on' if run.device.type == 'cuda' else 'off (CPU)'}\nUsing {opt.workers} dataloader "
                  f"workers\nLogging results to {colorstr('bold', run.save_dir)}\n"
                  f"Starting training for {opt.epochs} epochs...")
+
+
+def load_teacher(run: Run) -> nn.Module:
+    """``--teacher``: the fused, frozen teacher on the run's device, refused unless its head predicts the
+    student's cells and classes."""
+    path = run.opt.teacher
+    teacher = attempt_load(path, map_location=run.device, fuse=True).eval()
+    teacher.requires_grad_(False)
+    try:
+        check_compatible(de_parallel(run.model).model[-1], teacher.model[-1], f"--teacher {path}")
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    run.log.info(f"Distilling from {path} ({teacher.yaml_file}, gain {run.hyp.get('distill', 1.0):g})")
+    return teacher
+
+
+def distill(run: Run, imgs: torch.Tensor, pred: list) -> torch.Tensor:
+    """The distillation loss of this batch's student outputs against the teacher's."""
+    with torch.no_grad():
+        target = run.teacher(imgs)[0]
+    head = de_parallel(run.model).model[-1]
+    loss, _ = distillation_loss(pred, head.decode(pred), target, cell_strides(pred, head.stride), run.hyp)
+    return loss
 
 
 # --------------------------------------------------------------------------- the loop
@@ -362,6 +388,8 @@ def train_step(run: Run, imgs: torch.Tensor, targets: torch.Tensor, epoch: int, 
             loss, loss_items = run.compute_loss_ota(pred, targets, imgs)
         else:
             loss, loss_items = run.compute_loss(pred, targets)
+        if run.teacher is not None:
+            loss = loss + distill(run, imgs, pred)
         if RANK != -1:
             loss = loss * WORLD_SIZE  # DDP averages gradients over ranks
         if opt.quad:
@@ -550,8 +578,10 @@ def parse_opt(argv: Optional[list[str]] = None) -> argparse.Namespace:
                    help="train even when --weights matches none of the model's backbone layers")
     p.add_argument("--cfg", type=str, default="cfg/training/yolov7-tiny-ms0.yaml", help="model.yaml path")
     p.add_argument("--data", type=str, default="data/shapes.yaml", help="data.yaml path (default: built-in shapes)")
-    p.add_argument("--hyp", type=str, default="", help="hyperparameters path ('': data/hyp.shapes.yaml for the "
-                   "built-in shapes dataset, else data/hyp.scratch.tiny.yaml)")
+    p.add_argument("--hyp", type=str, default="", help="hyperparameters path ('': a recipe chosen from the run, "
+                   "utils/recipe.py: YOLOv7's hyp.scratch.tiny.yaml for long runs, a short-run recipe otherwise)")
+    p.add_argument("--teacher", type=str, default="", help="a trained checkpoint (same classes and head layout) "
+                   "whose outputs the model also learns from (knowledge distillation, hyp 'distill' gain)")
     p.add_argument("--epochs", type=int, default=30, help="number of epochs (default tuned for the built-in shapes)")
     p.add_argument("--batch-size", type=int, default=16, help="total batch size for all ranks")
     p.add_argument("--img-size", nargs="+", type=int, default=[128, 128],

@@ -87,6 +87,10 @@ class Detect(nn.Module):
         out = torch.cat(z, 1)
         return out if self.export else (out, x)
 
+    def decode(self, raw: list[torch.Tensor]) -> torch.Tensor:
+        """Train-mode outputs (a list of (B, na, ny, nx, no) logits) decoded as eval mode does: (B, N, no)."""
+        return torch.cat([self._decode(i, p) for i, p in enumerate(raw)], 1)
+
     def _decode(self, i: int, p: torch.Tensor) -> torch.Tensor:
         bs, _, ny, nx, _ = p.shape
         yv, xv = torch.meshgrid(torch.arange(ny, device=p.device, dtype=p.dtype),
