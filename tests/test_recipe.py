@@ -86,5 +86,5 @@ def test_train_without_hyp_names_a_missing_train_split(tmp_path, capsys):
     data.write_text(yaml.safe_dump({"path": str(tmp_path), "train": "nowhere", "val": "nowhere", "nc": 1,
                                     "names": ["a"]}))
     assert train.run_cli(train.main, ["--data", str(data)], prog="train.py") != 0
-    err = capsys.readouterr().err.strip().splitlines()
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("train.py: error:")]
     assert len(err) == 1 and "data.yaml" in err[0] and "nowhere" in err[0]
