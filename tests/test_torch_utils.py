@@ -286,6 +286,11 @@ def test_to_channels_last_trains_the_same():
 
     from models.yolo import Model
     ref = Model("cfg/training/yolov7-tiny-ms0.yaml", nc=2).double().train()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # gammas of a trained model, not the identity start (all branches carry gradient)
+        for m in ref.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.copy_(torch.rand(m.num_features, generator=g, dtype=torch.float64) + 0.5)
     cl = deepcopy(ref)
     assert to_channels_last(cl)
     dense = {n: p for n, p in cl.named_parameters() if p.dim() == 4 and p.shape[1] > 1}
