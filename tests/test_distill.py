@@ -14,6 +14,15 @@ ROOT = Path(__file__).resolve().parents[1]
 HYP = {"box": 0.05, "obj": 0.2, "cls": 0.1}
 
 
+@pytest.fixture(autouse=True)
+def _keep_project_log_handlers():
+    """train.main() in this process adds a stderr handler bound to the test's captured stream; drop it after."""
+    from utils.general import LOGGER
+    before = list(LOGGER.handlers)
+    yield
+    LOGGER.handlers[:] = before
+
+
 def _raw_and_decoded(model: Model, x: torch.Tensor) -> tuple[list, torch.Tensor]:
     model.train()
     raw = model(x)

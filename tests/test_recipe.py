@@ -13,6 +13,15 @@ ROOT = Path(__file__).resolve().parents[1]
 MAIN_JOB = RunFacts(images=400, nc=4, img_size=128, epochs=30, batch_size=16)
 
 
+@pytest.fixture(autouse=True)
+def _keep_project_log_handlers():
+    """train.main() in this process adds a stderr handler bound to the test's captured stream; drop it after."""
+    from utils.general import LOGGER
+    before = list(LOGGER.handlers)
+    yield
+    LOGGER.handlers[:] = before
+
+
 def test_main_job_gets_exactly_its_tuned_recipe():
     """With no --hyp the built-in shapes run gets data/hyp.shapes.yaml's values, key for key."""
     hyp, line = choose_recipe(MAIN_JOB)
