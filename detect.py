@@ -8,6 +8,7 @@ Usage:
     python detect.py --weights best.pt --source 0                          # webcam
     python detect.py --weights best.pt --source 'rtsp://host/stream'       # stream
     python detect.py --weights best.pt --source list.txt                   # .txt of files and streams
+    python detect.py --weights best.pt --source video.mp4 --track bytetrack # track IDs (also botsort, a yaml)
 
 ``--weights`` takes any file ``models.backend.load_backend`` loads: a training or fused
 checkpoint, ``.torchscript.pt``, ``.onnx`` (decoded output, or ``--end2end`` with NMS in the
@@ -17,6 +18,12 @@ concatenated, then NMS, as YOLOv7).
 Results go to ``--project/--name`` (runs/detect/exp, exp2, ...): annotated images and videos
 (``.mp4``), and with ``--save-txt`` YOLO labels ``labels/<stem>.txt`` (``<stem>_<frame>.txt`` for
 video frames), one ``class cx cy w h [conf]`` row per box, normalised to the original image.
+With ``--track`` (``bytetrack``, ``botsort`` or a tracker yaml, ``utils.tracking``) every video,
+stream and folder of frames gets its own tracker; the tracked boxes are drawn with their IDs, and
+``--save-txt`` writes one MOTChallenge file per sequence instead, ``labels/<name>.txt`` with rows
+``frame,id,left,top,width,height,conf,-1,-1,-1`` (frames from 1; a folder of frames is named after
+the folder). Detections down to the tracker's ``track_low_thresh`` reach it (ByteTrack's
+second association), whatever ``--conf-thres`` says.
 Only regular files are read; damaged, truncated or oversized images, pipes and missing list
 entries are named, skipped and listed at the end; the run goes on.
 """
@@ -48,8 +55,16 @@ from utils.atomic import atomic_path, write_text  # noqa: E402
 from utils.cli import fail, require, run_cli  # noqa: E402
 from utils.general import LOGGER, colorstr, increment_path, non_max_suppression, scale_coords, set_logging, xyxy2xywh  # noqa: E402
 from utils.plots import colors, plot_one_box  # noqa: E402
-from utils.sources import LoadImages, LoadStreams, is_stream, split_sources  # noqa: E402
+from utils.sources import (  # noqa: E402
+    LoadImages,
+    LoadStreams,
+    folder_frame_numbers,
+    frame_sequence,
+    is_stream,
+    split_sources,
+)
 from utils.torch_utils import select_device, time_synchronized  # noqa: E402
+from utils.tracking import MotFiles, TrackerConfig, TrackSession, load_tracker_config, mot_rows  # noqa: E402
 
 WeightsArg = Union[str, Path, Sequence[Union[str, Path]]]
 
@@ -107,10 +122,11 @@ class Tally:
     skipped: dict[str, str] = field(default_factory=dict)
     seen: set = field(default_factory=set)
     frames_written: dict[str, int] = field(default_factory=dict)
-    dt: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    dt: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])  # pre-process, inference, NMS, tracking
     last_ms: tuple[float, float] = (0.0, 0.0)
     images: int = 0
     view: bool = False
+    track_ms: float = 0.0
 
 
 def _name(names: Sequence[str], c: Union[int, float, torch.Tensor]) -> str:
@@ -173,19 +189,22 @@ def handle_image(det: torch.Tensor, im_shape: Sequence[int], im0: np.ndarray, wh
     s = where["info"] + "%gx%g " % tuple(im_shape)
     if len(det):
         det[:, :4] = scale_coords(im_shape, det[:, :4], im0.shape).round()
+    ids = None
+    if opt["track"] is not None:
+        det, ids = track_image(det, im0, where, opt, tally)
+    if len(det):
         for c in det[:, 5].unique():
             n = int((det[:, 5] == c).sum())
             s += f"{n} {_name(names, c)}{'s' * (n > 1)}, "
-        if opt["save_txt"]:
+        if opt["save_txt"] and ids is None:
             write_text(where["txt"], label_lines(det, im0.shape, opt["save_conf"]))
         if opt["save_img"] or opt["view_img"]:
-            for *xyxy, conf, cls in reversed(det.tolist()):
-                plot_one_box(xyxy, im0, color=colors(int(cls), bgr=True), label=f"{_name(names, cls)} {conf:.2f}",
-                             line_thickness=opt["line_thickness"])
+            draw_boxes(im0, det, ids, names, opt["line_thickness"])
     else:
-        s += "(no detections), "
+        s += "(no detections), " if ids is None else "(no tracks), "
     tally.detections[where["key"]] = len(det)
-    LOGGER.info(f"{s}Done. ({tally.last_ms[0]:.1f}ms) Inference, ({tally.last_ms[1]:.1f}ms) NMS")
+    extra = f", ({tally.track_ms:.1f}ms) tracking" if ids is not None else ""
+    LOGGER.info(f"{s}Done. ({tally.last_ms[0]:.1f}ms) Inference, ({tally.last_ms[1]:.1f}ms) NMS{extra}")
     show(where["name"], im0, tally)
     if opt["save_img"]:
         if where["video"]:
@@ -194,6 +213,33 @@ def handle_image(det: torch.Tensor, im_shape: Sequence[int], im0: np.ndarray, wh
             with atomic_path(where["save"]) as tmp:
                 require(cv2.imwrite(str(tmp), im0), f"{where['save']}: could not write the image")
             tally.saved.append(where["save"])
+
+
+def track_image(det: torch.Tensor, im0: np.ndarray, where: dict, opt: dict,
+                tally: Tally) -> tuple[torch.Tensor, np.ndarray]:
+    """Run the sequence's tracker on one image's detections (original pixels): (tracked boxes (m, 6), ids (m,)).
+
+    With ``--save-txt`` the tracks are appended to the sequence's MOTChallenge file.
+    """
+    t0 = time.perf_counter()
+    frame_no, tracked = opt["track"].step(where["seq"], where["frame_no"], det.numpy(), im0, where["fps"])
+    tally.track_ms = 1e3 * (time.perf_counter() - t0)
+    tally.dt[3] += tally.track_ms / 1e3
+    if opt["save_txt"]:
+        opt["mot"].write(where["i"], where["mot"], mot_rows(frame_no, tracked))
+    return torch.from_numpy(tracked[:, :6]).float(), tracked[:, 6].astype(np.int64)
+
+
+def draw_boxes(im0: np.ndarray, det: torch.Tensor, ids: Optional[np.ndarray], names: Sequence[str],
+               line_thickness: Optional[int]) -> None:
+    """Boxes with class and score; tracked boxes carry their ID and take its colour."""
+    for k in reversed(range(len(det))):
+        *xyxy, conf, cls = det[k].tolist()
+        label = f"{_name(names, cls)} {conf:.2f}"
+        colour = colors(int(cls), bgr=True)
+        if ids is not None:
+            label, colour = f"#{int(ids[k])} {label}", colors(int(ids[k]), bgr=True)
+        plot_one_box(xyxy, im0, color=colour, label=label, line_thickness=line_thickness)
 
 
 def show(name: str, im0: np.ndarray, tally: Tally) -> None:
@@ -208,8 +254,9 @@ def show(name: str, im0: np.ndarray, tally: Tally) -> None:
         tally.view = False
 
 
-def item_places(dataset: Any, path: Any, i: int, info: str, save_dir: Path, vid_cap: Any) -> dict:
-    """Where image ``i`` of a dataset item comes from and where its outputs go."""
+def item_places(dataset: Any, path: Any, i: int, info: str, save_dir: Path, vid_cap: Any,
+                frames: Optional[dict[str, int]] = None) -> dict:
+    """Where image ``i`` of a dataset item comes from, where its outputs go, and its tracked sequence."""
     stream = isinstance(dataset, LoadStreams)
     src = str(path[i] if stream else path)
     p = Path(src)
@@ -217,27 +264,32 @@ def item_places(dataset: Any, path: Any, i: int, info: str, save_dir: Path, vid_
     p_name = (f"stream{i}" if src.isnumeric() or "://" in src else p.stem) if stream else p.stem
     video = stream or dataset.mode == "video"
     fps = (vid_cap.get(cv2.CAP_PROP_FPS) if vid_cap else 0) or (dataset.fps[i] if stream else 30.0)
+    seq, seq_name, frame_no = frame_sequence(dataset, src, i, frames or {})
     return {"i": i, "src": src, "name": src, "video": video, "fps": fps, "info": f"{i}: " if stream else info,
             "key": f"{p}" + (f":{frame}" if video else ""),
             "save": str(save_dir / (p_name + ".mp4" if video else p.name)),
-            "txt": save_dir / "labels" / (p_name + (f"_{frame}" if video else "") + ".txt")}
+            "txt": save_dir / "labels" / (p_name + (f"_{frame}" if video else "") + ".txt"),
+            "seq": seq, "frame_no": frame_no, "mot": save_dir / "labels" / f"{seq_name}.txt"}
 
 
 def process(dataset: Any, model: Backend, opt: dict, save_dir: Path, tally: Tally) -> None:
     """Run the model over one dataset, saving what ``opt`` asks for."""
     stream = isinstance(dataset, LoadStreams)
     videos = VideoSaver(len(dataset.sources) if stream else 1)
+    frames = folder_frame_numbers(dataset) if opt["track"] is not None else {}
     try:
         for path, img, im0s, vid_cap, info in dataset:
             im, pred = infer(model, img, opt, tally)
             for i, det in enumerate(pred):
-                where = item_places(dataset, path, i, info, save_dir, vid_cap)
+                where = item_places(dataset, path, i, info, save_dir, vid_cap, frames)
                 tally.images += 1
                 tally.seen.add(where["src"])
                 im0 = (im0s[i] if stream else im0s).copy()
                 handle_image(det, im.shape[2:], im0, where, model.names, opt, tally, videos)
     finally:
         videos.close()
+        if opt["mot"] is not None:
+            opt["mot"].close()
         if stream:
             dataset.close()
     tally.saved.extend(videos.saved)
@@ -270,15 +322,21 @@ def finish(tally: Tally, save_dir: Path, imgsz: Sequence[int], opt: dict, t0: fl
         lines = [why if why.startswith(f) else f"{f}: {why}" for f, why in tally.skipped.items()]
         LOGGER.warning(f"WARNING: {len(skipped)} input(s) skipped:\n" + "\n".join("  " + ln for ln in lines))
     speeds = tuple(1e3 * x / max(tally.images, 1) for x in tally.dt)
-    LOGGER.info(f"Speed: %.1fms pre-process, %.1fms inference, %.1fms NMS per image at shape "
-                f"{(1, 3, *imgsz)}" % speeds)
+    tracks = opt["track"].counts() if opt["track"] is not None else {}
+    extra = ", %.1fms tracking" % speeds[3] if opt["track"] is not None else ""
+    LOGGER.info(f"Speed: %.1fms pre-process, %.1fms inference, %.1fms NMS{extra} per image at shape "
+                f"{(1, 3, *imgsz)}" % speeds[:3])
+    if tracks:
+        LOGGER.info(f"Tracks: {sum(tracks.values())} ({opt['track'].cfg.tracker_type}): "
+                    + ", ".join(f"{n} in {k}" for k, n in tracks.items()))
     if opt["save_txt"] or opt["save_img"]:
         n_lb = len(list((save_dir / "labels").glob("*.txt"))) if opt["save_txt"] else 0
         extra = f"\n{n_lb} labels saved to {save_dir / 'labels'}" if opt["save_txt"] else ""
         LOGGER.info(f"Results saved to {colorstr('bold', str(save_dir))}{extra}")
     LOGGER.info(f"Done. ({time.time() - t0:.3f}s)")
     return {"save_dir": save_dir, "detections": tally.detections, "skipped": skipped, "saved": tally.saved,
-            "frames_written": tally.frames_written, "speed_ms": speeds, "images": tally.images}
+            "frames_written": tally.frames_written, "speed_ms": speeds[:3], "images": tally.images,
+            "tracks": tracks, "track_ms": speeds[3]}
 
 
 def _check_args(img_size: Any, conf_thres: float, iou_thres: float, max_det: int) -> None:
@@ -296,11 +354,14 @@ def run(weights: WeightsArg = "best.pt", source: str = "data/images", img_size: 
         classes: Optional[Sequence[int]] = None, agnostic_nms: bool = False, augment: bool = False,
         project: Union[str, Path] = "runs/detect", name: str = "exp", exist_ok: bool = False,
         max_det: int = 300, line_thickness: Optional[int] = None, threads: Optional[int] = None,
-        no_trace: bool = False, update: bool = False, verbose: bool = False) -> dict[str, Any]:
-    """Detect objects in ``source``; returns a summary dict (save_dir, per-file detections, skipped, timings)."""
+        no_trace: bool = False, update: bool = False, verbose: bool = False,
+        track: Union[str, Path, TrackerConfig, None] = None) -> dict[str, Any]:
+    """Detect objects in ``source`` (and track them with ``track``: a tracker name, yaml or config);
+    returns a summary dict (save_dir, per-file detections, skipped, timings, track IDs per sequence)."""
     t0 = time.time()
     source = str(source)
     _check_args(img_size, conf_thres, iou_thres, max_det)
+    tracker = load_tracker_config(track) if track is not None else None
     wlist = [weights] if isinstance(weights, (str, Path)) else list(weights)
     dev = select_device(device)
     model = load_backend(wlist, dev, threads=threads, half=dev.type == "cuda", verbose=True)
@@ -320,9 +381,12 @@ def run(weights: WeightsArg = "best.pt", source: str = "data/images", img_size: 
         model.check_batch(len(ds.sources) if isinstance(ds, LoadStreams) else 1)
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)
     (save_dir / "labels" if save_txt else save_dir).mkdir(parents=True, exist_ok=True)
-    opt = dict(conf_thres=conf_thres, iou_thres=iou_thres, classes=classes, agnostic_nms=agnostic_nms,
+    opt = dict(conf_thres=conf_thres if tracker is None else min(conf_thres, tracker.track_low_thresh),
+               iou_thres=iou_thres, classes=classes, agnostic_nms=agnostic_nms,
                augment=augment and model.supports_augment, max_det=max_det, save_txt=save_txt,
-               save_conf=save_conf, save_img=not nosave, view_img=view_img, line_thickness=line_thickness)
+               save_conf=save_conf, save_img=not nosave, view_img=view_img, line_thickness=line_thickness,
+               track=TrackSession(tracker) if tracker is not None else None,
+               mot=MotFiles() if tracker is not None and save_txt else None)
     for dataset in datasets:
         process(dataset, model, opt, save_dir, tally)
     if update:
@@ -357,6 +421,8 @@ def parse_opt(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--line-thickness", type=int, default=None, help="bounding box thickness (pixels)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for PyTorch / ONNX Runtime (default: the cores this process may use)")
+    p.add_argument("--track", nargs="?", const="bytetrack", default=None, metavar="TRACKER",
+                   help="track objects: bytetrack (the default of a bare --track), botsort, or a tracker yaml")
     p.add_argument("--verbose", action="store_true", help="full tracebacks on errors")
     return p.parse_args(argv)
 

@@ -8,6 +8,8 @@
     results.print(); results.save("out/"); results.crop(save=True); frames = results.render()
     results.xyxy[0]            # (n, 6) x1, y1, x2, y2, conf, cls in original pixels (also xywh, *n)
     results.pandas().xyxy[0]   # DataFrame: xmin ymin xmax ymax confidence class name
+    for r in model.track("video.mp4", tracker="bytetrack"):   # or "botsort", a tracker yaml
+        r.xyxy[0], r.ids[0]    # per frame: tracked boxes and their track IDs (.pandas() adds an id column)
 
 ``custom`` loads any file ``models.backend.load_backend`` takes (training or fused ``.pt``,
 ``.torchscript.pt``, ``.onnx``, ...); the device is CUDA when available unless ``device=`` says
@@ -28,7 +30,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence, Union
 
 dependencies = ["torch", "torchvision", "numpy", "yaml", "cv2", "PIL", "pandas"]  # torch.hub checks these
 
@@ -191,45 +193,128 @@ class AutoShape(torch.nn.Module):
                              opt["augment"])[:len(x) - i]
         return out
 
-    @torch.no_grad()
-    def forward(self, ims: Any, size: Union[int, Sequence[int]] = 640, augment: bool = False, rgb: bool = False,
-                **settings: Any) -> "Detections":
-        from models.backend import preprocess, to_tensor
-        from utils.general import scale_coords
-
+    def _settings(self, augment: bool, settings: dict) -> dict:
         bad = set(settings) - {"conf", "iou", "classes", "agnostic", "max_det"}
         if bad:
             raise TypeError(f"unknown setting(s) {sorted(bad)}; use conf, iou, classes, agnostic, max_det")
         opt = {k: settings.get(k, getattr(self, k)) for k in ("conf", "iou", "classes", "agnostic", "max_det")}
         opt["augment"] = augment and self.backend.supports_augment
+        return opt
+
+    def _detect(self, x: torch.Tensor, im0s: list[np.ndarray], opt: dict) -> list[torch.Tensor]:
+        """Detections of the letterboxed batch ``x``, in the pixels of the original images ``im0s``."""
+        from utils.general import scale_coords
+
+        dets = []
+        for det, im in zip(self._run(x, opt), im0s):
+            det = det.detach().float().cpu().clone()
+            if len(det):
+                det[:, :4] = scale_coords(x.shape[2:], det[:, :4], im.shape)
+            dets.append(det)
+        return dets
+
+    @torch.no_grad()
+    def forward(self, ims: Any, size: Union[int, Sequence[int]] = 640, augment: bool = False, rgb: bool = False,
+                **settings: Any) -> "Detections":
+        from models.backend import preprocess, to_tensor
+
+        opt = self._settings(augment, settings)
         t0 = time.perf_counter()
         im0s, files = read_images(ims, rgb)
         shape, auto = self._shape(im0s, size)
         x = to_tensor([preprocess(im, shape, self.stride, auto)[0] for im in im0s], self.backend.device,
                       self.backend.fp16)
         t1 = time.perf_counter()
-        pred = self._run(x, opt)
+        dets = self._detect(x, im0s, opt)
         t2 = time.perf_counter()
-        dets = []
-        for det, im in zip(pred, im0s):
-            det = det.detach().float().cpu().clone()
-            if len(det):
-                det[:, :4] = scale_coords(x.shape[2:], det[:, :4], im.shape)
-            dets.append(det)
         times = (1e3 * (t1 - t0) / len(im0s), 1e3 * (t2 - t1) / len(im0s))
         return Detections(im0s, dets, files, self.names, times, tuple(x.shape))
+
+    @torch.no_grad()
+    def track(self, source: Any, tracker: Any = "bytetrack", size: Union[int, Sequence[int]] = 640,
+              augment: bool = False, rgb: bool = False, **settings: Any) -> Iterator["Detections"]:
+        """Track objects through ``source``, one :class:`Detections` per frame (per batch of streams) whose
+        ``ids[i]`` are the track IDs of the rows of ``xyxy[i]`` (only tracked boxes are kept).
+
+        ``source``: a video file, a folder of frames, a glob, a .txt list, a webcam index or a stream URL
+        (read as detect.py reads them), or a list of images in frame order (any input ``__call__`` takes).
+        ``tracker``: ``bytetrack``, ``botsort``, a tracker yaml or a ``utils.tracking.TrackerConfig``.
+        Detections down to the tracker's ``track_low_thresh`` reach it, whatever ``conf`` says.
+        """
+        from utils.tracking import TrackSession, load_tracker_config
+
+        session = TrackSession(load_tracker_config(tracker))
+        opt = self._settings(augment, settings)
+        opt["conf"] = min(opt["conf"], session.cfg.track_low_thresh)
+        frames = self._track_files(source, size) if isinstance(source, (str, Path)) else self._track_images(
+            source, size, rgb)
+        for x, im0s, files, seqs, t0 in frames:
+            t1 = time.perf_counter()
+            dets = self._detect(x, im0s, opt)
+            t2 = time.perf_counter()
+            out, ids = [], []
+            for det, im, (key, frame_no, fps) in zip(dets, im0s, seqs):
+                tracked = session.step(key, frame_no, det.numpy(), im, fps)[1]
+                out.append(torch.from_numpy(tracked[:, :6]).float())
+                ids.append(torch.from_numpy(tracked[:, 6].astype(np.int64)))
+            n = len(im0s)
+            times = (1e3 * (t1 - t0) / n, 1e3 * (t2 - t1) / n, 1e3 * (time.perf_counter() - t2) / n)
+            yield Detections(im0s, out, files, self.names, times, tuple(x.shape), ids=ids)
+
+    def _track_files(self, source: Union[str, Path], size: Union[int, Sequence[int]]) -> Iterator[tuple]:
+        """(batch, originals, names, (sequence, frame number, fps) per image, start time) from a path source."""
+        import cv2
+
+        from models.backend import to_tensor
+        from utils.sources import LoadImages, LoadStreams, folder_frame_numbers, frame_sequence, is_stream
+
+        shape, auto = self.backend.input_size(size)
+        stream = is_stream(str(source))
+        ds = LoadStreams(str(source), shape, self.stride, auto) if stream else LoadImages(source, shape, self.stride,
+                                                                                           auto)
+        numbers = folder_frame_numbers(ds)
+        try:
+            t0 = time.perf_counter()
+            for path, img, im0s, cap, _ in ds:
+                paths, im0s = (list(path), list(im0s)) if stream else ([path], [im0s])
+                fps = [(cap.get(cv2.CAP_PROP_FPS) if cap else 0) or (ds.fps[i] if stream else 30.0)
+                       for i in range(len(paths))]
+                seqs = [frame_sequence(ds, str(p), i, numbers) for i, p in enumerate(paths)]
+                yield (to_tensor(img, self.backend.device, self.backend.fp16), im0s, [Path(str(p)).name for p in paths],
+                       [(k, f, r) for (k, _, f), r in zip(seqs, fps)], t0)
+                t0 = time.perf_counter()
+        finally:
+            if stream:
+                ds.close()
+
+    def _track_images(self, source: Any, size: Union[int, Sequence[int]], rgb: bool) -> Iterator[tuple]:
+        """The same from images in frame order (a list or iterator of anything ``__call__`` takes)."""
+        from models.backend import preprocess, to_tensor
+
+        items = [source] if isinstance(source, (np.ndarray, torch.Tensor)) else source
+        k = 0
+        for item in items:
+            t0 = time.perf_counter()
+            for im, f in zip(*read_images(item, rgb)):
+                k += 1
+                shape, auto = self._shape([im], size)
+                x = to_tensor(preprocess(im, shape, self.stride, auto)[0], self.backend.device, self.backend.fp16)
+                yield x, [im], [f], [("images", k, 30.0)], t0
+                t0 = time.perf_counter()
 
 
 # --------------------------------------------------------------------------- results
 class Detections:
     """Results of one call: per image ``xyxy``, ``xywh``, ``xyxyn``, ``xywhn`` tensors (n, 6) with
-    conf and class in the last two columns; ``ims`` the original images (BGR), ``files`` their names."""
+    conf and class in the last two columns; ``ims`` the original images (BGR), ``files`` their names;
+    ``ids`` the track IDs of each image's rows when the results come from :meth:`AutoShape.track`."""
 
     def __init__(self, ims: list[np.ndarray], pred: list[torch.Tensor], files: list[str], names: list[str],
-                 times: tuple[float, float] = (0.0, 0.0), shape: tuple = ()):
+                 times: tuple[float, ...] = (0.0, 0.0), shape: tuple = (), ids: Optional[list[torch.Tensor]] = None):
         from utils.general import xyxy2xywh
 
         self.ims, self.pred, self.files, self.names, self.times, self.shape = ims, pred, files, names, times, shape
+        self.ids = ids  # per image (n,) int64 track IDs of the rows, from AutoShape.track; else None
         gn = [torch.tensor([im.shape[1], im.shape[0], im.shape[1], im.shape[0], 1.0, 1.0]) for im in ims]
         self.xyxy = pred
         self.xywh = [torch.cat((xyxy2xywh(p[:, :4]), p[:, 4:]), 1) for p in pred]
@@ -255,8 +340,9 @@ class Detections:
             else:
                 s += "(no detections)"
             lines.append(s.rstrip(", "))
-        lines.append(f"Speed: {self.times[0]:.1f}ms pre-process, {self.times[1]:.1f}ms inference + NMS per image "
-                     f"at shape {self.shape}")
+        track = f", {self.times[2]:.1f}ms tracking" if len(self.times) > 2 else ""
+        lines.append(f"Speed: {self.times[0]:.1f}ms pre-process, {self.times[1]:.1f}ms inference + NMS{track} per "
+                     f"image at shape {self.shape}")
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -271,11 +357,13 @@ class Detections:
         from utils.plots import colors, plot_one_box
 
         out = []
-        for im, p in zip(self.ims, self.pred):
+        for k, (im, p) in enumerate(zip(self.ims, self.pred)):
             im = im.copy()
-            for *xyxy, conf, cls in reversed(p.tolist()):
-                plot_one_box(xyxy, im, color=colors(int(cls), bgr=True),
-                             label=f"{self._label(cls)} {conf:.2f}" if labels else None)
+            ids = self.ids[k].tolist() if self.ids is not None else [None] * len(p)
+            for (*xyxy, conf, cls), tid in reversed(list(zip(p.tolist(), ids))):
+                text = f"{self._label(cls)} {conf:.2f}" if tid is None else f"#{tid} {self._label(cls)} {conf:.2f}"
+                plot_one_box(xyxy, im, color=colors(int(cls) if tid is None else tid, bgr=True),
+                             label=text if labels else None)
             out.append(im)
         return out
 
@@ -339,7 +427,8 @@ class Detections:
 
     def pandas(self) -> "Detections":
         """A copy whose ``xyxy``, ``xywh``, ``xyxyn``, ``xywhn`` are lists of pandas DataFrames
-        (xmin ymin xmax ymax / xcenter ycenter width height, confidence, class, name)."""
+        (xmin ymin xmax ymax / xcenter ycenter width height, confidence, class, name; and id for
+        tracked results)."""
         import pandas as pd
 
         new = copy.copy(self)
@@ -347,9 +436,12 @@ class Detections:
         cb = ["xcenter", "ycenter", "width", "height", "confidence", "class", "name"]
         for k, cols in zip(("xyxy", "xyxyn", "xywh", "xywhn"), (ca, ca, cb, cb)):
             frames = []
-            for p in getattr(self, k):
+            for i, p in enumerate(getattr(self, k)):
                 rows = [r[:5] + [int(r[5]), self._label(r[5])] for r in p.tolist()]
-                frames.append(pd.DataFrame(rows, columns=cols))
+                df = pd.DataFrame(rows, columns=cols)
+                if self.ids is not None:
+                    df["id"] = self.ids[i].tolist()
+                frames.append(df)
             setattr(new, k, frames)
         return new
 

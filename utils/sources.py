@@ -32,7 +32,7 @@ STREAM_PREFIXES = ("rtsp://", "rtmp://", "http://", "https://")
 PathArg = Union[str, Path, Sequence[Union[str, Path]]]
 
 __all__ = ["LoadImages", "LoadStreams", "STREAM_PREFIXES", "is_stream_url", "is_stream", "split_sources",
-           "regular_file_problem", "read_source_image"]
+           "regular_file_problem", "read_source_image", "folder_frame_numbers", "frame_sequence"]
 
 
 def _formats() -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -325,3 +325,36 @@ class LoadStreams:
 
     def __len__(self) -> int:
         return 10 ** 12
+
+
+# --------------------------------------------------------------------------- sequences (for tracking)
+def folder_frame_numbers(dataset: Union[LoadImages, LoadStreams]) -> dict[str, int]:
+    """Each image file's frame number (from 1) among the image files of its folder, in reading order.
+
+    A folder of frames is one tracked sequence, and an unreadable frame still takes its place in
+    time (the tracker ages its tracks over the gap). Streams have no files: ``{}``.
+    """
+    if isinstance(dataset, LoadStreams):
+        return {}
+    seen: dict[str, int] = {}
+    out: dict[str, int] = {}
+    for f, is_video in zip(dataset.files, dataset.video_flag):
+        if not is_video:
+            folder = str(Path(f).parent)
+            seen[folder] = out[f] = seen.get(folder, 0) + 1
+    return out
+
+
+def frame_sequence(dataset: Union[LoadImages, LoadStreams], src: str, i: int,
+                   frames: dict[str, int]) -> tuple[str, str, Optional[int]]:
+    """(sequence key, sequence name, frame number or None to count on) of the image ``src`` just read.
+
+    A video file and each stream of a batch (slot ``i``) are sequences; images form one sequence per
+    folder, numbered by :func:`folder_frame_numbers` (``frames``).
+    """
+    p = Path(src)
+    if isinstance(dataset, LoadStreams):
+        return f"stream {i}: {src}", f"stream{i}" if src.isnumeric() or "://" in src else p.stem, None
+    if dataset.mode == "video":
+        return src, p.stem, dataset.frame
+    return str(p.parent), p.parent.name or "images", frames.get(src)
