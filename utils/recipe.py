@@ -66,8 +66,7 @@ RULES: tuple[Rule, ...] = (
     Rule("long", lambda f: f.steps >= LONG_RUN_STEPS, "hyp.scratch.tiny.yaml", lambda f: {},
          lambda f: f"{f.steps:,} optimizer steps at batch 64 (>= {LONG_RUN_STEPS:,}): YOLOv7's own recipe"),
     Rule("short", lambda f: True, "hyp.scratch.tiny.yaml", _short_changes,
-         lambda f: f"{f.steps:,} optimizer steps at batch 64 (< {LONG_RUN_STEPS:,}) on {f.images:,} images: "
-                   f"Adam 3e-3, a step every {min(f.batch_size, 64)} images, plain assigner"
+         lambda f: f"{f.steps:,} optimizer steps at batch 64 (< {LONG_RUN_STEPS:,}) on {f.images:,} images"
                    + (f", no mosaic below {MOSAIC_MIN_IMG} px" if f.img_size < MOSAIC_MIN_IMG else "")),
 )
 
