@@ -6,11 +6,15 @@ Usage:
     python test.py --weights a.pt b.pt --data data/my.yaml           # ensemble: predictions joined, one NMS
     python test.py --weights best.pt --data data/coco.yaml --save-json   # + pycocotools COCOeval
     python test.py --weights best.pt --data data/my.yaml --task speed     # conf .25, iou .45 timing
+    python test.py --weights best.pt --data data/my.yaml --img-size 128 --no-rect   # as a 128x128 export runs
 
 ``test()`` is also the validation step of train.py, which passes its EMA model, dataloader
 and loss; that model is evaluated as given (not reloaded, not fused, not converted to fp16 in
 place). Files are loaded through :func:`models.backend.load_backend`; a file with a fixed input
 size or batch (static ONNX, TorchScript) is evaluated at that size / batch, square letterboxed.
+Any other model runs rectangular batches (each padded to its images' aspect ratio), which scores
+differently; ``--no-rect`` letterboxes it square as a fixed-size export of it would be, so the two
+can be compared. The run says which it used.
 """
 from __future__ import annotations
 
@@ -234,11 +238,23 @@ def resolve_dataset(cfg: Settings, data: Any, task: str, names: Any, runner: Run
     cfg.cat_ids = class_to_category(data, nc, bool(is_coco or data.get("coco")))
 
 
-def build_loader(cfg: Settings, runner: Runner, imgsz: int, batch_size: int, workers: int):
-    """The split's dataloader; a fixed-size file gets its own size (square, no rect) and batch."""
+def letterbox_note(runner: Runner, imgsz: int, rect: bool) -> str:
+    """The one line saying how the evaluated images were letterboxed, and why."""
+    if rect:
+        return (f"letterbox: rectangular batches at --img-size {imgsz} (aspect ratio kept, each batch padded to "
+                f"its images' shape; --no-rect for square {imgsz}x{imgsz} as a fixed-size export runs)")
+    if runner.imgsz is not None:
+        return (f"letterbox: square {imgsz}x{imgsz}, because the model file has a fixed {imgsz}x{imgsz} input "
+                f"(its .pt scores the same with --no-rect; export with --dynamic for rectangular batches)")
+    return f"letterbox: square {imgsz}x{imgsz} (--no-rect), as a fixed-size export of this model runs"
+
+
+def build_loader(cfg: Settings, runner: Runner, imgsz: int, batch_size: int, workers: int, no_rect: bool = False):
+    """The split's dataloader: rectangular batches at ``imgsz``, or square ``imgsz`` x ``imgsz``
+    (``no_rect``); a fixed-size file gets its own size (square) and batch."""
     from utils.datasets import create_dataloader
 
-    rect = True
+    rect = not no_rect
     if runner.imgsz is not None:
         h, w = runner.imgsz
         require(h == w, f"the model file takes a fixed {h}x{w} input; test.py evaluates square inputs only")
@@ -256,6 +272,7 @@ def build_loader(cfg: Settings, runner: Runner, imgsz: int, batch_size: int, wor
     loader = create_dataloader(cfg.data[cfg.split], imgsz, batch_size, runner.stride, single_cls=cfg.single_cls,
                                pad=0.5, rect=rect, workers=workers, prefix=colorstr(f"{cfg.split}: "),
                                nc=cfg.data["nc"])[0]
+    LOGGER.info(letterbox_note(runner, imgsz, rect))
     return loader, imgsz, batch_size
 
 
@@ -572,7 +589,8 @@ def test(data: Union[str, Path, dict], weights=None, batch_size: int = 32, imgsz
          save_dir: Path = Path(""), save_txt: bool = False, save_hybrid: bool = False, save_conf: bool = False,
          plots: bool = True, compute_loss=None, half_precision: bool = True, is_coco: bool = False,
          v5_metric: bool = False, names=None, task: str = "val", device: str = "", workers: int = 8,
-         report: Optional[dict] = None, threads: Optional[int] = None, progress: bool = True):
+         report: Optional[dict] = None, threads: Optional[int] = None, progress: bool = True,
+         no_rect: bool = False):
     """Evaluate ``model`` (in memory) or ``weights`` (one file of any format, or several = ensemble) on ``data``.
 
     Returns ``((mp, mr, map50, map, box_loss, obj_loss, cls_loss), maps, times)``: mean P and R
@@ -583,7 +601,9 @@ def test(data: Union[str, Path, dict], weights=None, batch_size: int = 32, imgsz
     dict is passed, receives ``timings`` (wall seconds per stage: load, preprocess, inference,
     nms, metrics, plots, json, total), ``images``, this evaluator's ``map50``/``map``, and with
     ``save_json`` the pycocotools ``coco_stats`` (12 values) and the json paths. With
-    ``save_json`` the returned mAPs are pycocotools' (as YOLOv7 reports).
+    ``save_json`` the returned mAPs are pycocotools' (as YOLOv7 reports). ``no_rect`` letterboxes
+    every image square to ``imgsz`` (as a fixed-size file is run) instead of rectangular batches;
+    it has no effect on a ``dataloader`` passed in.
     """
     check_settings(imgsz, batch_size, conf_thres, iou_thres)
     timers = Timers()
@@ -596,7 +616,7 @@ def test(data: Union[str, Path, dict], weights=None, batch_size: int = 32, imgsz
                    plots, v5_metric, verbose, training=model is not None)
     resolve_dataset(cfg, data, task, names, runner, is_coco)
     if dataloader is None:
-        dataloader, imgsz, batch_size = build_loader(cfg, runner, imgsz, batch_size, workers)
+        dataloader, imgsz, batch_size = build_loader(cfg, runner, imgsz, batch_size, workers, no_rect)
     if plots or save_json or save_txt:
         (cfg.save_dir / "labels" if save_txt else cfg.save_dir).mkdir(parents=True, exist_ok=True)
     iouv = IOU_THRESHOLDS.to(runner.device) if runner.device.type != "mps" else IOU_THRESHOLDS
@@ -660,6 +680,9 @@ def parse_opt(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
     parser.add_argument("--no-trace", action="store_true", help="accepted for YOLOv7 compatibility (nothing is traced)")
     parser.add_argument("--v5-metric", action="store_true", help="use YOLOv5's AP rule instead of COCO's")
+    parser.add_argument("--no-rect", action="store_true",
+                        help="square letterbox at --img-size, as a fixed-size export runs (default: rectangular "
+                             "batches for models that take any shape)")
     parser.add_argument("--workers", type=int, default=8, help="dataloader worker processes")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for PyTorch / ONNX Runtime (default: the cores this process may use)")
@@ -714,7 +737,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Any:
     if opt.no_trace:
         LOGGER.info("--no-trace: test.py never traces the model; nothing to turn off")
     common = dict(batch_size=opt.batch_size, imgsz=opt.img_size, single_cls=opt.single_cls, augment=opt.augment,
-                  device=opt.device, v5_metric=opt.v5_metric, workers=opt.workers, threads=opt.threads)
+                  device=opt.device, v5_metric=opt.v5_metric, workers=opt.workers, threads=opt.threads,
+                  no_rect=opt.no_rect)
     with run_folder(Path(opt.project) / opt.name, opt.exist_ok) as save_dir:
         if opt.task in ("train", "val", "test"):
             return test(opt.data, opt.weights, conf_thres=opt.conf_thres, iou_thres=opt.iou_thres,

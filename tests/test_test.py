@@ -341,6 +341,25 @@ def test_static_onnx_sets_its_size_and_batch(files, logs):
     assert map50_pt > 0 and map50 == pytest.approx(map50_pt, rel=1e-4) and map_ == pytest.approx(map_pt, rel=1e-4)
 
 
+def test_no_rect_scores_a_pt_as_its_fixed_size_export(files, logs, tmp_path):
+    """``--no-rect`` letterboxes a .pt square, as its fixed-size export runs: the same mAP as that file
+    (rectangular batches score otherwise here), and every run says which letterbox it used."""
+    rect = evaluate(files, files["a"])[0][2:4]
+    assert "letterbox: rectangular batches at --img-size 96 (aspect ratio kept, each batch padded to its images' " \
+           "shape; --no-rect for square 96x96 as a fixed-size export runs)" in logs
+    fixed = evaluate(files, files["static"])[0][2:4]
+    assert any(line.startswith("letterbox: square 96x96, because the model file has a fixed 96x96 input")
+               for line in logs)
+    logs.clear()
+    square = evaluator.main(["--weights", str(files["a"]), "--data", str(files["data"]), "--img-size", "96",
+                             "--batch-size", "2", "--device", "cpu", "--threads", "1", "--no-rect",
+                             "--project", str(tmp_path), "--name", "square"])[0][2:4]
+    assert [line for line in logs if line.startswith("letterbox:")] == [
+        "letterbox: square 96x96 (--no-rect), as a fixed-size export of this model runs"]
+    assert fixed[0] > 0.05 and square == pytest.approx(fixed, rel=1e-4, abs=1e-9)
+    assert rect != pytest.approx(fixed, rel=1e-3), "rectangular and square inputs should score differently here"
+
+
 def test_end2end_onnx_uses_its_own_nms(files, logs):
     """An --end2end file brings its NMS and thresholds: it scores as the .pt at those thresholds."""
     ref = evaluate(files, files["a"], conf_thres=0.25, iou_thres=0.45)[0][:4]

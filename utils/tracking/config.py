@@ -37,9 +37,9 @@ _BOTSORT_ONLY = {"gmc_method", "proximity_thresh", "appearance_thresh", "with_re
 class TrackerConfig:
     """Validated settings of one tracker (see the module docstring for each key)."""
     tracker_type: str = "bytetrack"
-    track_high_thresh: float = 0.25
+    track_high_thresh: float = 0.5
     track_low_thresh: float = 0.1
-    new_track_thresh: float = 0.25
+    new_track_thresh: float = 0.6
     track_buffer: int = 30
     match_thresh: float = 0.8
     fuse_score: bool = True
