@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -119,6 +120,13 @@ def as_set(levels):
             for i, lv in enumerate(levels) for b, a, gj, gi, t in zip(*lv)}
 
 
+def fixed_ota(model: nn.Module) -> ComputeLossOTA:
+    """The OTA loss with ``ota_fixes: 1`` (one column per prediction, width/height scaling), whose
+    assignment the per-image reference (tests/ota_reference.py) and the hand cases describe."""
+    model.hyp = dict(model.hyp, ota_fixes=1)
+    return ComputeLossOTA(model)
+
+
 # ----------------------------------------------------------------------------- tests
 def test_smooth_bce_and_focal():
     assert smooth_BCE(0.0) == (1.0, 0.0)
@@ -182,13 +190,41 @@ def test_ota_hand_case():
     rank_b = sorted(cells, key=lambda c: -ious["B"][c])[:3]
     assert rank_a == [(3, 3), (2, 3), (3, 4)] and rank_b == [(3, 3), (4, 3), (3, 2)]
     expect = {(0, 0, 0, gj, gi, 0) for gi, gj in rank_a} | {(0, 0, 0, gj, gi, 1) for gi, gj in rank_b[1:]}
-    got = as_set(ComputeLossOTA(model).build_targets(p, targets, torch.zeros(1, 3, 64, 64)))
+    got = as_set(fixed_ota(model).build_targets(p, targets, torch.zeros(1, 3, 64, 64)))
     assert got == expect
     # B keeps (3, 3) when A's class is made unlikely there and B's likely
     p[0][0, 0, 3, 3, 5] = -2.0
     p[0][0, 0, 3, 3, 6] = 2.0
-    got = as_set(ComputeLossOTA(model).build_targets(p, targets, torch.zeros(1, 3, 64, 64)))
+    got = as_set(fixed_ota(model).build_targets(p, targets, torch.zeros(1, 3, 64, 64)))
     assert got == {(0, 0, 0, gj, gi, 0) for gi, gj in rank_a[1:]} | {(0, 0, 0, gj, gi, 1) for gi, gj in rank_b}
+
+
+def test_ota_yolov7_lists_a_shared_prediction_once_per_ground_truth():
+    """YOLOv7's own behaviour (the default): cell (3, 3) is a candidate column of A and one of B,
+    with equal costs; A's three cheapest are both copies and (2, 3), B's are both copies and
+    (4, 3); the copies are contested and go to A. So A counts (3, 3) twice and B keeps one
+    positive, where ``ota_fixes`` gives A three cells and B two."""
+    model, p, targets = hand_case()
+    levels = ComputeLossOTA(model).build_targets(p, targets, torch.zeros(1, 3, 64, 64))
+    rows = [tuple(int(v) for v in x) for x in zip(*levels[0])]  # (b, a, gj, gi, target)
+    assert sorted(rows) == [(0, 0, 3, 2, 0), (0, 0, 3, 3, 0), (0, 0, 3, 3, 0), (0, 0, 3, 4, 1)]
+    assert not any(len(lv[0]) for lv in levels[1:])
+
+
+def test_ota_box_scale_on_rectangular_inputs():
+    """YOLOv7 scales a ground truth's x and width to pixels by the input *height* (``imgs[i].shape[1]``);
+    ``ota_fixes`` by the width. A 64x128 input, one ground truth (cx 0.5, w 0.5, cy 0.5, h 0.5) and one
+    candidate box exactly on it in pixels (x 32..96, y 16..48): IoU 1 with the fix; YOLOv7 sees the
+    ground truth at x 16..48 (IoU 1/5)."""
+    targets = torch.tensor([[0.0, 0.0, 0.5, 0.5, 0.5, 0.5]])
+    dense = {"box": torch.tensor([[[32.0, 16.0, 96.0, 48.0]]]), "valid": torch.ones(1, 1, dtype=torch.bool),
+             "neg_sum": torch.zeros(1, 1), "logy": torch.zeros(1, 1, 3), "log1my": torch.zeros(1, 1, 3)}
+    iou7, _ = ComputeLossOTA(FakeModel(nc=3))._cost(targets, dense, (64, 128))
+    iou_fixed, _ = fixed_ota(FakeModel(nc=3))._cost(targets, dense, (64, 128))
+    assert float(iou_fixed) == pytest.approx(1.0) and float(iou7) == pytest.approx(0.2)  # 16x32 / (2048 + 1024 - 512)
+    square = (128, 128)
+    dense["box"] = torch.tensor([[[32.0, 32.0, 96.0, 96.0]]])
+    assert float(ComputeLossOTA(FakeModel(nc=3))._cost(targets, dense, square)[0]) == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -201,7 +237,7 @@ def test_ota_batched_equals_reference(seed):
     targets = random_targets(counts, nc, seed=100 + seed)
     if seed == 4:  # duplicated ground truth: ties resolve to the first row
         targets = torch.cat((targets, targets[:1]))
-    loss_fn = ComputeLossOTA(model)
+    loss_fn = fixed_ota(model)
     got = as_set(loss_fn.build_targets(p, targets, torch.zeros(len(counts), 3, *img_hw)))
     ref = reference_ota(p, targets, loss_fn.det.anchors, STRIDES, HYP["anchor_t"], img_hw, nc)
     assert got == ref
@@ -224,7 +260,7 @@ def test_ota_crowded_equals_reference():
     """Contested predictions, including ones won by a ground truth that never claimed them
     (YOLOv7 / YOLOX give a contested prediction to the lowest-cost ground truth of the image)."""
     stats = {"contested": 0, "outsider": 0}
-    loss_fn = ComputeLossOTA(FakeModel(nc=2))
+    loss_fn = fixed_ota(FakeModel(nc=2))
     for seed in range(5):
         p = random_preds(1, 2, (96, 96), seed=seed)
         targets = crowded_targets(12, 2, seed)
@@ -369,3 +405,71 @@ def test_half_precision_predictions():
     loss, items = loss_fn(p16, targets)
     assert loss.dtype == torch.float32 and torch.isfinite(loss).all()
     assert torch.allclose(items, loss_fn(p_round, targets)[1], rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- against YOLOv7 itself
+OTA_FIXTURE = Path(__file__).resolve().parent / "fixtures" / "yolov7_ota.pt"
+
+
+class HeldDetect(nn.Module):
+    """A Detect's loss-facing attributes, from a fixture case."""
+
+    def __init__(self, case: dict):
+        super().__init__()
+        self.nl, self.na = case["anchors"].shape[:2]
+        self.nc, self.no = case["nc"], case["nc"] + 5
+        self.register_buffer("anchors", case["anchors"].double())
+        self.register_buffer("stride", case["stride"].double())
+        self.w = nn.Parameter(torch.zeros(1, dtype=torch.float64))
+
+
+class HeldModel(nn.Module):
+    def __init__(self, case: dict):
+        super().__init__()
+        self.model = nn.Sequential(HeldDetect(case))
+        self.hyp, self.gr = dict(case["hyp"]), 1.0
+
+
+def fixture_inputs(case: dict) -> list[torch.Tensor]:
+    """The case's float64 head outputs: objectness everywhere, full vectors at the candidate cells, else 0."""
+    p = []
+    for lv in case["levels"]:
+        x = torch.zeros(lv["shape"], dtype=torch.float64)
+        x[..., 4] = lv["obj"].double()
+        x[tuple(lv["cells"].T)] = lv["cell_values"].double()
+        p.append(x.requires_grad_(True))
+    return p
+
+
+def _ota_cases() -> dict:
+    return torch.load(OTA_FIXTURE, weights_only=True) if OTA_FIXTURE.exists() else {}
+
+
+@pytest.mark.parametrize("name", list(_ota_cases()))
+def test_ota_equals_yolov7(name):
+    """Loss, loss items, gradient with respect to every head output and the positives (per level, in
+    order) equal those of YOLOv7's own ComputeLossOTA (tests/fixtures/make_ota_fixture.py ran it).
+    YOLOv7 sums each term into a float32 zeros(1), so its float64 run agrees to float32 rounding."""
+    case = _ota_cases()[name]
+    p = fixture_inputs(case)
+    loss_fn = ComputeLossOTA(HeldModel(case))
+    imgs = torch.zeros(case["img_shape"], dtype=torch.float64)
+    loss, items = loss_fn(p, case["targets"], imgs)
+    positives = loss_fn.build_targets([x.detach() for x in p], case["targets"], imgs)
+    for i, lv in enumerate(case["levels"]):
+        got = torch.stack(positives[i][:4], 1) if len(positives[i][0]) else torch.zeros(0, 4, dtype=torch.long)
+        assert got.tolist() == lv["positives"].tolist(), f"level {i}: positives differ"
+    torch.testing.assert_close(items.double(), case["items"], rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(loss.detach().double().reshape(-1), case["loss"], rtol=1e-6, atol=1e-9)
+    loss.sum().backward()
+    for i, (x, lv) in enumerate(zip(p, case["levels"])):
+        scale = max(float(lv["grad_obj"].abs().max()), float(lv["grad_cells"].abs().amax()) if lv["grad_cells"].numel()
+                    else 0.0, 1e-12)
+        torch.testing.assert_close(x.grad[..., 4].float(), lv["grad_obj"], rtol=0, atol=2e-6 * scale,
+                                   msg=lambda m, i=i: f"level {i} objectness gradient: {m}")
+        torch.testing.assert_close(x.grad[tuple(lv["cells"].T)].float(), lv["grad_cells"], rtol=0,
+                                   atol=2e-6 * scale, msg=lambda m, i=i: f"level {i} cell gradient: {m}")
+
+
+def test_ota_fixture_is_present():
+    assert OTA_FIXTURE.exists() and len(_ota_cases()) >= 6, "tests/fixtures/yolov7_ota.pt is missing"

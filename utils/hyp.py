@@ -75,6 +75,8 @@ SPECS: dict[str, Spec] = {
     "fl_gamma": _f(0, 100, "focal loss gamma (0: plain BCE)"),
     "label_smoothing": _f(0, 1, "label smoothing epsilon", hi_open=True),
     "loss_ota": Spec("flag", help="1: ComputeLossOTA, 0: plain ComputeLoss"),
+    "ota_fixes": Spec("flag", help="1: OTA with one candidate per prediction and width/height box scaling "
+                      "(0, default: YOLOv7's assignment as written)"),
     "distill": _f(0, 1000, "distillation loss gain (train.py --teacher; default 1)"),
     # loader augmentations (utils/datasets.py, utils/augmentations.py)
     "hsv_h": _f(0, 1, "HSV hue gain"),
