@@ -423,3 +423,40 @@ def test_hub_track_ids_and_pandas(ckpt, clip, tmp_path):
     for a, b in zip(results, again):
         assert a.ids[0].tolist() == b.ids[0].tolist()
         torch.testing.assert_close(a.xyxy[0], b.xyxy[0], atol=1e-3, rtol=0)
+
+
+# --------------------------------------------------------------------------- a trained model, end to end
+@pytest.fixture(scope="module")
+def main_job_model(tmp_path_factory) -> Path:
+    """``python train.py`` (the main job: shapes, 128 px) cut to 10 epochs, in a subprocess."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path_factory.mktemp("mainjob")
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    r = subprocess.run([sys.executable, str(root / "train.py"), "--epochs", "10", "--project", str(out), "--name",
+                        "exp"], cwd=root, env=env, capture_output=True, text=True, timeout=3000)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    return out / "exp" / "weights" / "best.pt"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", TRACKERS)
+def test_trained_model_tracks_the_generated_videos(main_job_model, tmp_path, name):
+    """detect.py --track on two generated videos (crossing, entering, leaving, hidden shapes) with the
+    main job's model after 10 epochs: MOT rows scored against the videos' ground truth (motmetrics).
+    The 30-epoch model's figures are in docs/benchmarks.md ("Tracking")."""
+    scores = []
+    for seed in (0, 1):
+        v = make_video(seed, n_frames=90)
+        clip_path = write_video(tmp_path / f"v{seed}.mp4", v)
+        res = detect.run(weights=main_job_model, source=clip_path, img_size=128, save_txt=True, nosave=True,
+                         track=name, project=tmp_path / "r", name=f"{name}{seed}")
+        rows = read_mot(res["save_dir"] / "labels" / f"v{seed}.txt")
+        hyp = np.column_stack((rows[:, :2], rows[:, 2:4], rows[:, 2:4] + rows[:, 4:6]))
+        scores.append(mot_scores(v.gt, hyp))
+    mota, idf1 = np.mean([s["mota"] for s in scores]), np.mean([s["idf1"] for s in scores])
+    assert mota >= 0.35 and idf1 >= 0.4, scores
+    assert all(s["num_switches"] <= 15 for s in scores), scores
