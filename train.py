@@ -149,6 +149,7 @@ class Run:
     last_opt_step: int = -1
     start_epoch: int = 0
     best_fitness: Optional[float] = None
+    best_epoch: Optional[int] = None  # the epoch best.pt holds (None: from an earlier run, or none yet)
     good: Optional[tuple] = None  # (path, epoch) of the newest finite checkpoint of this run
     results: tuple = (0.0,) * 7
     maps: Any = None  # per-class mAP@.5:.95 of the last validation (for --image-weights)
@@ -470,7 +471,7 @@ def validate(run: Run, final: bool) -> tuple:
     results, run.maps, _ = run_test(
         run.data, batch_size=run.opt.batch_size * 2, imgsz=run.imgsz_test, model=model,
         single_cls=run.opt.single_cls, dataloader=run.val_loader, save_dir=run.save_dir,
-        verbose=False, plots=final, compute_loss=run.compute_loss, names=run.names,
+        verbose=final, plots=final, compute_loss=run.compute_loss, names=run.names,
         v5_metric=run.opt.v5_metric)
     return tuple(results)
 
@@ -486,6 +487,7 @@ def save_checkpoints(run: Run, epoch: int, fi: float) -> None:
     run.good, run.best_fitness = (run.last, epoch), best_fitness
     if higher or not run.best.is_file():  # the same bytes: a file copy costs far less than serializing again
         copy_file(run.last, run.best)
+        run.best_epoch = epoch
     if opt.save_period > 0 and (epoch + 1) % opt.save_period == 0:
         copy_file(run.last, run.save_dir / "weights" / f"epoch_{epoch:03d}.pt")
 
@@ -524,14 +526,17 @@ def finish_checkpoints(run: Run) -> None:
 
 
 def finish_run(run: Run, t0: float) -> tuple:
-    """Strip the final checkpoints, re-evaluate best.pt with the per-class table, say where everything is."""
+    """Strip the final checkpoints, re-evaluate best.pt with the per-class table (unless it holds the final
+    epoch's weights, validated with that table in :func:`end_epoch`), say where everything is."""
     if not run.log.main:
         return run.results
     run.log.info(f"{run.opt.epochs - run.start_epoch} epochs completed in {(time.time() - t0) / 3600:.3f} hours")
     safe_plot(plot_results, save_dir=run.save_dir)
     finish_checkpoints(run)
     final = run.results
-    if run.best.is_file() and run.opt.evolve is None:  # a generation of --evolve reports its last validation
+    if run.best_epoch == run.opt.epochs - 1:  # best.pt holds the weights the final epoch just validated
+        run.log.info(f"{run.best.name} holds the final epoch's weights, validated above (per-class table)")
+    elif run.best.is_file() and run.opt.evolve is None:  # a generation of --evolve reports its last validation
         run.log.info(f"\nValidating {run.best}...")
         with quiet_logs():  # the layer table was printed when training started
             model = attempt_load(run.best, map_location=run.device, fuse=True)

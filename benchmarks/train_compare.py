@@ -5,7 +5,9 @@ runs alternate (original, ours, original, ours, ...) so background load hits bot
 run the benchmark reads the progress bars as they are printed and takes the wall time from the
 first progress line of epoch 2 to the first progress line of epoch ``--epochs`` (1-based): whole
 steady-state epochs, including everything a program does between its batch loops (checkpoints,
-EMA, BN passes, logging). Peak RSS is the largest resident set of any process of the run.
+EMA, BN passes, logging). The whole run is the process's wall time from launch to exit, and
+start-up the part before the first progress line (imports, model build, label cache, loader
+workers, the first batch). Peak RSS is the largest resident set of any process of the run.
 
 The original code is not part of this project. Prepare it by hand in a scratch folder:
 clone WongKinYiu/yolov7, add the MobileOne plugin of the seed design (models/common.py and
@@ -83,7 +85,8 @@ def _epoch_starts(stream, log) -> dict[int, float]:
 
 
 def run_one(program: Path, cfg: str, args: argparse.Namespace, data: str, workdir: Path, tag: str) -> dict:
-    """Train once with ``program``'s train.py on ``data``; return steady-state images/s and peak RSS."""
+    """Train once with ``program``'s train.py on ``data``: steady-state images/s, whole-process wall,
+    start-up (launch to the first progress line of epoch 1) and peak RSS."""
     cmd = [sys.executable, "train.py", "--cfg", cfg, "--data", data, "--hyp", args.hyp,
            "--img-size", str(args.img), str(args.img), "--batch-size", str(args.batch), "--epochs", str(args.epochs),
            "--notest", "--noautoanchor", "--device", "cpu", "--weights", "", "--workers", str(args.workers),
@@ -91,19 +94,22 @@ def run_one(program: Path, cfg: str, args: argparse.Namespace, data: str, workdi
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     log_path = workdir / f"{tag}.log"
     with open(log_path, "wb") as log:
+        t_launch = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=program, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
         peak = [0]
         watcher = threading.Thread(target=_watch_rss, args=(proc, peak), daemon=True)
         watcher.start()
         starts = _epoch_starts(proc.stdout, log)
         rc = proc.wait()
+        t_exit = time.perf_counter()
         watcher.join()
     first, last = 1, args.epochs - 1
     if rc != 0 or first not in starts or last not in starts:
         raise RuntimeError(f"{tag}: run failed or printed no epoch progress (exit {rc}); see {log_path}")
     n_images = args.images
     seconds = starts[last] - starts[first]
-    return {"seconds": seconds, "img_s": n_images * (last - first) / seconds, "rss_gb": peak[0] / 1024 ** 2}
+    return {"seconds": seconds, "img_s": n_images * (last - first) / seconds, "rss_gb": peak[0] / 1024 ** 2,
+            "wall_s": t_exit - t_launch, "startup_s": starts.get(0, t_exit) - t_launch}
 
 
 def private_data(data: str, workdir: Path, tag: str) -> str:
@@ -164,18 +170,24 @@ def main(argv: list[str] | None = None) -> int:
                     out = run_one(prog, f"cfg/training/{model}.yaml", args, data[name], Path(tmp),
                                   f"{model}_{r}_{len(res[name])}_{'orig' if prog != ROOT else 'ours'}")
                     res[name].append(out)
-                    print(f"{model} | {name} | round {r + 1}: {out['img_s']:.2f} img/s, {out['rss_gb']:.2f} GB",
-                          flush=True)
-            med = {k: (statistics.median(o["img_s"] for o in v), max(o["rss_gb"] for o in v)) for k, v in res.items()}
+                    print(f"{model} | {name} | round {r + 1}: {out['img_s']:.2f} img/s, "
+                          f"whole run {out['wall_s']:.1f} s (start-up {out['startup_s']:.1f} s), "
+                          f"{out['rss_gb']:.2f} GB", flush=True)
+            med = {k: {q: statistics.median(o[q] for o in v) for q in ("img_s", "wall_s", "startup_s")}
+                   | {"rss_gb": max(o["rss_gb"] for o in v)} for k, v in res.items()}
             rows.append((model, med))
     print(f"\n{cpu_header()}")
     print(f"img {args.img}, batch {args.batch}, {args.epochs} epochs (epochs 2-{args.epochs - 1} timed), "
           f"{args.rounds} alternating round(s), hyp {args.hyp}\n")
-    print("| model | original YOLOv7 img/s | peak RSS GB | this project img/s | peak RSS GB | speed ratio |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| model | program | steady img/s | whole run s | start-up s | peak RSS GB |\n|---|---|---:|---:|---:|---:|")
     for model, med in rows:
-        (o_s, o_m), (p_s, p_m) = med["original YOLOv7"], med["this project"]
-        print(f"| {model} | {o_s:.2f} | {o_m:.2f} | {p_s:.2f} | {p_m:.2f} | {p_s / o_s:.2f}x |")
+        for name, m in med.items():
+            print(f"| {model} | {name} | {m['img_s']:.2f} | {m['wall_s']:.1f} | {m['startup_s']:.1f} | "
+                  f"{m['rss_gb']:.2f} |")
+    print("\n| model | steady-state speed ratio | whole-run speed ratio |\n|---|---:|---:|")
+    for model, med in rows:
+        o, p = med["original YOLOv7"], med["this project"]
+        print(f"| {model} | {p['img_s'] / o['img_s']:.2f}x | {o['wall_s'] / p['wall_s']:.2f}x |")
     return 0
 
 
