@@ -3,7 +3,7 @@ accuracy of each after the shapes main-job recipe.
 
     python benchmarks/zoo.py                          # 320 and 640, 20 interleaved runs per cell
     python benchmarks/zoo.py --runs 50 --threads 4
-    python benchmarks/zoo.py --train --train-epochs 30 # + mAP@.5 on shapes (a train.py run per model)
+    python benchmarks/zoo.py --train --train-epochs 30 # + accuracy on shapes (a train.py run per model)
     python benchmarks/zoo.py --train --train-seeds 0 1 2   # mean mAP@.5 over three seeds (and each)
     python benchmarks/zoo.py --train --no-latency      # sizes and mAP@.5 only (no timing: may share the CPU)
     python benchmarks/zoo.py --cfg yolov7-tiny-ms2.yaml --runs 1 --img 64 --no-ort   # a smoke run
@@ -18,7 +18,8 @@ hits all cells alike; each cell reports the median of ``--runs`` runs after ``--
 
 ``--train`` runs ``python train.py --cfg <yaml> --epochs <--train-epochs>`` for each model with the
 main job's other defaults (built-in shapes dataset, data/hyp.shapes.yaml, 128 px, batch 16) and
-reports the final mAP@.5 train.py prints, so the accuracy/speed trade-off shows in one table.
+reports, from the run's results.csv, mAP@.5 after 10 epochs, the best mAP@.5 and mAP@.5:.95 and the
+run's whole wall time, so the accuracy/speed trade-off shows in one table.
 
 Run it on an otherwise idle machine: the table's header names the CPU and its instruction sets.
 """
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import re
+import csv
 import statistics
 import subprocess
 import sys
@@ -51,7 +52,6 @@ from utils.torch_utils import model_info  # noqa: E402
 ZOO = ["yolov7-tiny.yaml", "yolov7-tiny-ms0.yaml", "yolov7-tiny-ms0-full.yaml", "yolov7-tiny-ms1.yaml",
        "yolov7-tiny-ms2.yaml", "yolov7-tiny-ms3.yaml", "yolov7-tiny-ms4.yaml"]
 RUNTIMES = ("PyTorch", "ONNX Runtime")
-FINAL_LINE = re.compile(r"Final \(.*?\): P [\d.]+, R [\d.]+, mAP@\.5 ([\d.]+)")
 
 
 def size_row(cfg: str) -> tuple[dict, Model]:
@@ -91,30 +91,43 @@ def interleaved_ms(cells: dict[tuple, Callable], warmup: int, runs: int) -> dict
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def train_map50(cfg: str, epochs: int, project: Path, seed: int = 0) -> Optional[float]:
-    """mAP@.5 that ``train.py --cfg cfg --epochs epochs --seed seed`` (main-job defaults otherwise) prints at
-    the end; each result is also printed to stderr as it comes (a long sweep can be read while it runs)."""
+def train_run(cfg: str, epochs: int, project: Path, seed: int = 0) -> Optional[dict]:
+    """One ``train.py --cfg cfg --epochs epochs --seed seed`` run (main-job defaults otherwise), read from its
+    ``results.csv``: mAP@.5 after 10 epochs (when the run has them), best mAP@.5 and mAP@.5:.95, whole-process
+    wall seconds. Each result is also printed to stderr as it comes (a long sweep can be read while it runs)."""
+    name = f"{Path(cfg).stem}-seed{seed}"
     cmd = [sys.executable, str(ROOT / "train.py"), "--cfg", cfg, "--epochs", str(epochs), "--seed", str(seed),
-           "--project", str(project), "--name", f"{Path(cfg).stem}-seed{seed}"]
+           "--project", str(project), "--name", name, "--exist-ok"]
     print(f"  training: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    found = FINAL_LINE.findall(r.stdout + r.stderr)
-    if r.returncode != 0 or not found:
+    wall = time.perf_counter() - t0
+    csv_file = project / name / "results.csv"
+    if r.returncode != 0 or not csv_file.is_file():
         print(f"  training {cfg} failed (exit {r.returncode}): {(r.stdout + r.stderr)[-500:]}", file=sys.stderr)
         return None
-    print(f"  {Path(cfg).stem} seed {seed}: mAP@.5 {float(found[-1]):.3f} ({time.perf_counter() - t0:.0f} s)",
-          file=sys.stderr, flush=True)
-    return float(found[-1])
+    with open(csv_file, newline="") as f:
+        rows = list(csv.DictReader(f))
+    m50 = [float(row["metrics/mAP_0.5"]) for row in rows]
+    m5095 = [float(row["metrics/mAP_0.5:0.95"]) for row in rows]
+    run = {"map50_10": m50[9] if len(m50) >= 10 else None, "map50": max(m50), "map": max(m5095), "wall": wall}
+    print(f"  {Path(cfg).stem} seed {seed}: " + ", ".join(
+        f"{k} {v:.3f}" for k, v in run.items() if v is not None), file=sys.stderr, flush=True)
+    return run
 
 
-def map_cell(values: list[Optional[float]]) -> str:
-    """One seed: its mAP@.5; several: their mean, then each (a failed run is named and left out of the mean)."""
+TRAIN_COLUMNS = (("map50_10", "mAP@.5 after 10 ep", "{:.3f}"), ("map50", "best mAP@.5", "{:.3f}"),
+                 ("map", "best mAP@.5:.95", "{:.3f}"), ("wall", "wall s", "{:.0f}"))
+
+
+def run_cell(runs: list[Optional[dict]], key: str, fmt: str) -> str:
+    """One seed: its value; several: their mean, then each (a failed run is named and left out of the mean)."""
+    values = [None if r is None else r[key] for r in runs]
     ok = [v for v in values if v is not None]
     if len(values) == 1:
-        return "failed" if not ok else f"{ok[0]:.3f}"
-    each = " / ".join("failed" if v is None else f"{v:.3f}" for v in values)
-    return f"{statistics.mean(ok):.3f} ({each})" if ok else f"failed ({each})"
+        return "failed" if not ok else fmt.format(ok[0])
+    each = " / ".join("failed" if v is None else fmt.format(v) for v in values)
+    return f"{fmt.format(statistics.mean(ok))} ({each})" if ok else f"failed ({each})"
 
 
 def table(rows: list[dict], args: argparse.Namespace) -> str:
@@ -124,15 +137,16 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
     head = ["model", "params", "params fused", "GFLOPs@640", "GFLOPs@640 fused"]
     head += [f"{rt} ms @{img}" for img, rt in lat]
     if args.train:
-        seeds = ", ".join(map(str, args.train_seeds))
-        head.append(f"mAP@.5 shapes ({args.train_epochs} ep, seed{'s' if len(args.train_seeds) > 1 else ''} {seeds})")
+        head += [f"{title} (shapes, {args.train_epochs} ep)" for key, title, _ in TRAIN_COLUMNS
+                 if args.train_epochs >= 10 or key != "map50_10"]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for r in rows:
         cells = [r["model"], f"{r['params']:,}", f"{r['params_fused']:,}", f"{r['gflops']:.1f}",
                  f"{r['gflops_fused']:.1f}"]
         cells += [f"{r['ms'][(img, rt)]:.1f}" for img, rt in lat]
         if args.train:
-            cells.append(map_cell(r["map50"]))
+            cells += [run_cell(r["train"], key, fmt) for key, _, fmt in TRAIN_COLUMNS
+                      if args.train_epochs >= 10 or key != "map50_10"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -171,14 +185,15 @@ def main(opt: argparse.Namespace) -> list[dict]:
         ms = interleaved_ms(cells, opt.warmup, opt.runs)
         for row in rows:
             row["ms"] = {(img, rt): v for (m, img, rt), v in ms.items() if m == row["model"]}
-            row["map50"] = []
+            row["train"] = []
         for seed in opt.train_seeds if opt.train else []:  # every model once per seed, seed by seed
             for row in rows:
-                row["map50"].append(train_map50(f"{row['model']}.yaml", opt.train_epochs, Path(tmp) / "train", seed))
+                row["train"].append(train_run(f"{row['model']}.yaml", opt.train_epochs, Path(tmp) / "train", seed))
     ort = "" if opt.no_ort else f", onnxruntime {__import__('onnxruntime').__version__}"
     timing = "" if opt.no_latency else (f"batch 1, float32, {opt.threads} threads, median of {opt.runs} interleaved "
                                         f"runs after {opt.warmup} warm-up; ")
-    print(f"\n{cpu_header()}\n{timing}torch {torch.__version__}{ort}\n")
+    seeds = f"; training seeds {', '.join(map(str, opt.train_seeds))} (several: mean, then each)" if opt.train else ""
+    print(f"\n{cpu_header()}\n{timing}torch {torch.__version__}{ort}{seeds}\n")
     print(table(rows, opt))
     return rows
 
