@@ -50,12 +50,12 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from models.backend import Backend, load_backend, to_tensor  # noqa: E402
+from models.backend import Backend, load_backend  # noqa: E402
 from utils.atomic import atomic_path, write_text  # noqa: E402
+from utils.boxes import non_max_suppression, scale_coords, xyxy2xywh  # noqa: E402
 from utils.cli import fail, require, run_cli  # noqa: E402
-from utils.general import LOGGER, colorstr, increment_path, non_max_suppression, scale_coords, set_logging, xyxy2xywh  # noqa: E402
-from utils.plots import colors, plot_one_box  # noqa: E402
-from utils.sources import (  # noqa: E402
+from utils.data.preprocess import to_tensor  # noqa: E402
+from utils.data.sources import (  # noqa: E402
     LoadImages,
     LoadStreams,
     folder_frame_numbers,
@@ -63,6 +63,9 @@ from utils.sources import (  # noqa: E402
     is_stream,
     split_sources,
 )
+from utils.log import LOGGER, colorstr, set_logging  # noqa: E402
+from utils.plots import colors, plot_one_box  # noqa: E402
+from utils.runs import increment_path  # noqa: E402
 from utils.torch_utils import select_device, time_synchronized  # noqa: E402
 from utils.tracking import MotFiles, TrackerConfig, TrackSession, load_tracker_config, mot_rows  # noqa: E402
 
@@ -70,7 +73,7 @@ WeightsArg = Union[str, Path, Sequence[Union[str, Path]]]
 
 
 def _is_stream(source: str) -> bool:
-    """Webcam index, stream URL, or a .txt list of only those (see ``utils.sources.is_stream``)."""
+    """Webcam index, stream URL, or a .txt list of only those (see ``utils.data.sources.is_stream``)."""
     return is_stream(source)
 
 

@@ -78,9 +78,11 @@ if str(ROOT) not in sys.path:
 
 from models.experimental import attempt_load, fused_checkpoint  # noqa: E402
 from utils.atomic import atomic_dir, atomic_path, write_text  # noqa: E402
+from utils.boxes import xywh2xyxy  # noqa: E402
 from utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
-from utils.general import LOGGER, check_img_size, colorstr, set_logging, xywh2xyxy  # noqa: E402
+from utils.log import LOGGER, colorstr, set_logging  # noqa: E402
+from utils.sizes import check_img_size  # noqa: E402
 from utils.torch_utils import model_info, select_device  # noqa: E402
 
 INCLUDE_CHOICES = ("torchscript", "onnx", "openvino", "ncnn", "fused")
@@ -412,7 +414,7 @@ def make_input(img_size: Sequence[int], batch_size: int, stride: int, device: to
     if source:
         import cv2
 
-        from models.backend import preprocess, to_tensor
+        from utils.data.preprocess import preprocess, to_tensor
         im0 = cv2.imread(str(source))
         if im0 is None:
             raise ExportError(f"--source {source}: not a readable image")
@@ -863,7 +865,7 @@ def detection_agreement(model: nn.Module, backend: Any, images: Sequence[torch.T
                         iou: float = 0.5) -> float:
     """Share of detections (conf >= ``conf`` after NMS) of either model that the other one also
     makes: same class and IoU >= ``iou``. 1.0 when neither detects anything."""
-    from utils.general import non_max_suppression
+    from utils.boxes import non_max_suppression
 
     found, total = 0, 0
     for x in images:

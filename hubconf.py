@@ -54,7 +54,7 @@ def _fetch_url(url: str, timeout: float = 30.0) -> np.ndarray:
     import cv2
     from PIL import Image
 
-    from utils.datasets import MAX_IMAGE_PIXELS
+    from utils.data.files import MAX_IMAGE_PIXELS
 
     with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 - http(s) only, checked by caller
         data = r.read(MAX_URL_BYTES + 1)
@@ -74,7 +74,7 @@ def _fetch_url(url: str, timeout: float = 30.0) -> np.ndarray:
 
 
 def _read_path(p: Union[str, Path]) -> np.ndarray:
-    from utils.sources import read_source_image
+    from utils.data.sources import read_source_image
 
     if not os.path.lexists(p):
         raise FileNotFoundError(2, "not found or not a readable image", str(p))
@@ -203,7 +203,7 @@ class AutoShape(torch.nn.Module):
 
     def _detect(self, x: torch.Tensor, im0s: list[np.ndarray], opt: dict) -> list[torch.Tensor]:
         """Detections of the letterboxed batch ``x``, in the pixels of the original images ``im0s``."""
-        from utils.general import scale_coords
+        from utils.boxes import scale_coords
 
         dets = []
         for det, im in zip(self._run(x, opt), im0s):
@@ -216,7 +216,7 @@ class AutoShape(torch.nn.Module):
     @torch.no_grad()
     def forward(self, ims: Any, size: Union[int, Sequence[int]] = 640, augment: bool = False, rgb: bool = False,
                 **settings: Any) -> "Detections":
-        from models.backend import preprocess, to_tensor
+        from utils.data.preprocess import preprocess, to_tensor
 
         opt = self._settings(augment, settings)
         t0 = time.perf_counter()
@@ -265,8 +265,8 @@ class AutoShape(torch.nn.Module):
         """(batch, originals, names, (sequence, frame number, fps) per image, start time) from a path source."""
         import cv2
 
-        from models.backend import to_tensor
-        from utils.sources import LoadImages, LoadStreams, folder_frame_numbers, frame_sequence, is_stream
+        from utils.data.preprocess import to_tensor
+        from utils.data.sources import LoadImages, LoadStreams, folder_frame_numbers, frame_sequence, is_stream
 
         shape, auto = self.backend.input_size(size)
         stream = is_stream(str(source))
@@ -289,7 +289,7 @@ class AutoShape(torch.nn.Module):
 
     def _track_images(self, source: Any, size: Union[int, Sequence[int]], rgb: bool) -> Iterator[tuple]:
         """The same from images in frame order (a list or iterator of anything ``__call__`` takes)."""
-        from models.backend import preprocess, to_tensor
+        from utils.data.preprocess import preprocess, to_tensor
 
         items = [source] if isinstance(source, (np.ndarray, torch.Tensor)) else source
         k = 0
@@ -311,7 +311,7 @@ class Detections:
 
     def __init__(self, ims: list[np.ndarray], pred: list[torch.Tensor], files: list[str], names: list[str],
                  times: tuple[float, ...] = (0.0, 0.0), shape: tuple = (), ids: Optional[list[torch.Tensor]] = None):
-        from utils.general import xyxy2xywh
+        from utils.boxes import xyxy2xywh
 
         self.ims, self.pred, self.files, self.names, self.times, self.shape = ims, pred, files, names, times, shape
         self.ids = ids  # per image (n,) int64 track IDs of the rows, from AutoShape.track; else None
@@ -371,7 +371,7 @@ class Detections:
         """Show the rendered images in a window; without a display it logs a warning and returns."""
         import cv2
 
-        from utils.general import LOGGER
+        from utils.log import LOGGER
 
         if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
             LOGGER.warning("WARNING: Detections.show(): no display here; use .save(dir) or .render() instead")
@@ -385,7 +385,8 @@ class Detections:
 
     def save(self, save_dir: Union[str, Path] = "runs/hub/exp", exist_ok: bool = False, labels: bool = True) -> Path:
         """Write the rendered images to a fresh ``save_dir`` (incremented unless ``exist_ok``); returns it."""
-        from utils.general import LOGGER, increment_path
+        from utils.log import LOGGER
+        from utils.runs import increment_path
 
         d = increment_path(save_dir, exist_ok=exist_ok)
         d.mkdir(parents=True, exist_ok=True)
@@ -408,7 +409,7 @@ class Detections:
              exist_ok: bool = False) -> list[dict]:
         """Each box's image region: dicts with box, conf, cls, label and im (BGR); with ``save`` written to
         ``save_dir/crops/<class>/<file>_<k>.jpg``."""
-        from utils.general import increment_path
+        from utils.runs import increment_path
 
         d = increment_path(save_dir, exist_ok=exist_ok) if save else None
         crops = []

@@ -39,22 +39,15 @@ import torch
 from tqdm import tqdm
 
 from utils.atomic import write_text
+from utils.boxes import non_max_suppression, scale_coords, xywh2xyxy, xyxy2ltwh, xyxy2xywh
 from utils.cli import require, run_cli
-from utils.general import (
-    LOGGER,
-    check_img_size,
-    coco80_to_coco91_class,
-    colorstr,
-    increment_path,
-    non_max_suppression,
-    scale_coords,
-    set_logging,
-    xywh2xyxy,
-    xyxy2ltwh,
-    xyxy2xywh,
-)
-from utils.metrics import IOU_THRESHOLDS, ConfusionMatrix, ap_per_class, match_detections, names_dict
+from utils.data.coco import coco80_to_coco91_class
+from utils.log import LOGGER, colorstr, set_logging
+from utils.metrics import IOU_THRESHOLDS, ConfusionMatrix, ap_per_class, match_detections
+from utils.names import names_dict
 from utils.plots import output_to_target, plot_images, safe_plot
+from utils.runs import increment_path
+from utils.sizes import check_img_size
 
 MAX_DET = 300  # detections kept per image by NMS (COCO scores the best 100 per image and class)
 STAGES = ("load", "preprocess", "inference", "nms", "metrics", "plots", "json")
@@ -220,7 +213,7 @@ class Settings:
 
 def resolve_dataset(cfg: Settings, data: Any, task: str, names: Any, runner: Runner, is_coco: bool) -> None:
     """Load the data yaml into ``cfg``: the split to score, nc, class names and json category ids."""
-    from utils.dataset_config import check_dataset
+    from utils.data.config import check_dataset
 
     split = task if task in ("train", "val", "test") else "val"
     data = check_dataset(data, require=(split,))
@@ -252,7 +245,7 @@ def letterbox_note(runner: Runner, imgsz: int, rect: bool) -> str:
 def build_loader(cfg: Settings, runner: Runner, imgsz: int, batch_size: int, workers: int, no_rect: bool = False):
     """The split's dataloader: rectangular batches at ``imgsz``, or square ``imgsz`` x ``imgsz``
     (``no_rect``); a fixed-size file gets its own size (square) and batch."""
-    from utils.datasets import create_dataloader
+    from utils.data.loader import create_dataloader
 
     rect = not no_rect
     if runner.imgsz is not None:

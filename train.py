@@ -54,12 +54,14 @@ from models.yolo import Model  # noqa: E402
 from test import test as run_test  # noqa: E402  (this repository's test.py, not the stdlib package)
 from utils.allocator import retain_freed_memory  # noqa: E402
 from utils.atomic import clean_stale_temps, copy_file, write_text  # noqa: E402
-from utils.augmentations import LOADER_HYP_KEYS  # noqa: E402
 from utils.autoanchor import check_anchors  # noqa: E402
 from utils.checkpoint import CheckpointError, load_checkpoint, nonfinite_tensors, save_checkpoint, strip_optimizer  # noqa: E402
 from utils.cli import UserError, fail, require, run_cli  # noqa: E402
-from utils.dataset_config import check_dataset  # noqa: E402
-from utils.datasets import create_dataloader, list_image_files  # noqa: E402
+from utils.data.augment import LOADER_HYP_KEYS  # noqa: E402
+from utils.data.config import check_dataset  # noqa: E402
+from utils.data.files import list_image_files  # noqa: E402
+from utils.data.labels import labels_to_class_weights, labels_to_image_weights  # noqa: E402
+from utils.data.loader import create_dataloader  # noqa: E402
 from utils.distill import cell_strides, check_compatible, distillation_loss  # noqa: E402
 from utils.distributed import (  # noqa: E402
     LOCAL_RANK,
@@ -70,26 +72,19 @@ from utils.distributed import (  # noqa: E402
     init_distributed,
     torch_distributed_zero_first,
 )
-from utils.general import (  # noqa: E402
-    LOGGER,
-    check_img_size,
-    colorstr,
-    increment_path,
-    init_seeds,
-    labels_to_class_weights,
-    labels_to_image_weights,
-    set_logging,
-)
 from utils.hyp import load_hyp  # noqa: E402,F401  (train.load_hyp: kept importable)
+from utils.log import LOGGER, colorstr, set_logging  # noqa: E402
 from utils.loggers import NonFiniteLossError, TrainLog, check_finite_loss  # noqa: E402
 from utils.metrics import fitness  # noqa: E402
 from utils.plots import plot_images, plot_labels, plot_results, safe_plot  # noqa: E402
 from utils.recipe import RunFacts, choose_recipe  # noqa: E402
-from utils.runs import find_resume_checkpoint, resume_candidates, resume_save_dir  # noqa: E402
+from utils.runs import find_resume_checkpoint, increment_path, resume_candidates, resume_save_dir  # noqa: E402
+from utils.sizes import check_img_size  # noqa: E402
 from utils.torch_utils import (  # noqa: E402
     ModelEMA,
     de_parallel,
     float_state_dict,
+    init_seeds,
     intersect_dicts,
     select_device,
     to_channels_last,

@@ -26,8 +26,9 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from utils.dataset_config import check_dataset  # noqa: E402
-from utils.datasets import create_dataloader, scan_dataset  # noqa: E402
+from utils.data.cache import scan_dataset  # noqa: E402
+from utils.data.config import check_dataset  # noqa: E402
+from utils.data.loader import create_dataloader  # noqa: E402
 
 
 def run_loader(split, args, nc, train: bool) -> dict:

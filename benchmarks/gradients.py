@@ -30,11 +30,11 @@ if str(ROOT) not in sys.path:
 from benchmarks.cpu_info import cpu_header  # noqa: E402
 from models.common import MobileOneBlock  # noqa: E402
 from models.yolo import Model  # noqa: E402
-from utils.dataset_config import check_dataset  # noqa: E402
-from utils.datasets import create_dataloader  # noqa: E402
-from utils.general import init_seeds  # noqa: E402
+from utils.data.config import check_dataset  # noqa: E402
+from utils.data.loader import create_dataloader  # noqa: E402
 from utils.hyp import load_hyp  # noqa: E402
 from utils.loss import ComputeLoss  # noqa: E402
+from utils.torch_utils import init_seeds  # noqa: E402
 from utils.train_steps import scale_loss_gains  # noqa: E402
 
 

@@ -167,7 +167,7 @@ def weights_rows(args: argparse.Namespace) -> list[Row]:
     the letterboxed, normalised input of a random image through the backend's ``__call__``."""
     import numpy as np
 
-    from models.backend import preprocess, to_tensor
+    from utils.data.preprocess import preprocess, to_tensor
 
     rows = []
     rng = np.random.default_rng(0)

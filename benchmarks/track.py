@@ -1,6 +1,6 @@
 """MOTA, IDF1 and per-frame cost of ByteTrack and BoT-SORT on generated videos of moving shapes.
 
-Each video comes from ``utils.shapes_video`` (two shapes crossing, shapes entering and leaving,
+Each video comes from ``utils.data.shapes_video`` (two shapes crossing, shapes entering and leaving,
 one hidden for a few frames; ground truth known). Two detection sources feed the trackers:
 
 - ``noisy GT``: the ground truth turned into detections (10 % missed, jittered boxes, low scores
@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.cpu_info import cpu_header  # noqa: E402
-from utils.shapes_video import Video, make_video, noisy_detections  # noqa: E402
+from utils.data.shapes_video import Video, make_video, noisy_detections  # noqa: E402
 from utils.tracking import create_tracker, load_tracker_config  # noqa: E402
 from utils.tracking.evaluate import mot_scores, xyxy_rows  # noqa: E402
 
@@ -45,8 +45,8 @@ TRACKERS = ("bytetrack", "botsort")
 @torch.no_grad()
 def detect_frames(model, frames: list[np.ndarray], img_size: int, conf: float, iou: float) -> tuple[list, float]:
     """Per-frame (n, 6) detections in frame pixels and the mean detection ms per frame."""
-    from models.backend import preprocess, to_tensor
-    from utils.general import scale_coords
+    from utils.boxes import scale_coords
+    from utils.data.preprocess import preprocess, to_tensor
 
     shape, auto = model.input_size(img_size)
     out, total = [], 0.0

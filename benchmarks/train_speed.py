@@ -84,10 +84,10 @@ def run_row(args: argparse.Namespace) -> dict:
 
     from models.common import set_fold_pointwise, set_memory_lean
     from models.yolo import Model
-    from utils.dataset_config import check_dataset
-    from utils.datasets import create_dataloader
-    from utils.general import init_seeds
+    from utils.data.config import check_dataset
+    from utils.data.loader import create_dataloader
     from utils.loss import ComputeLoss, ComputeLossOTA
+    from utils.torch_utils import init_seeds
     from utils.train_steps import scale_loss_gains
 
     if args.threads:

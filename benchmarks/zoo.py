@@ -46,7 +46,7 @@ from benchmarks.cpu_info import cpu_header  # noqa: E402
 from benchmarks.latency import _export_onnx  # noqa: E402
 from models.backend import PyTorchBackend, load_backend, set_threads  # noqa: E402
 from models.yolo import Model  # noqa: E402
-from utils.general import LOGGER  # noqa: E402
+from utils.log import LOGGER  # noqa: E402
 from utils.torch_utils import model_info  # noqa: E402
 
 ZOO = ["yolov7-tiny.yaml", "yolov7-tiny-ms0.yaml", "yolov7-tiny-ms0-full.yaml", "yolov7-tiny-ms1.yaml",

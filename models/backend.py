@@ -23,60 +23,20 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
-from utils.augmentations import letterbox
+from utils.boxes import non_max_suppression
 from utils.cli import UserError
-from utils.general import LOGGER, check_img_size, non_max_suppression
+from utils.log import LOGGER
+from utils.names import names_list
+from utils.sizes import check_img_size
 
 PathLike = Union[str, Path]
 Weights = Union[PathLike, Sequence[PathLike]]
-
-
-# --------------------------------------------------------------------------- preprocessing
-@dataclass(frozen=True)
-class LetterboxInfo:
-    """How an original image maps into the network input: ``shape0``/``shape`` (h, w) before and
-    after, ``ratio`` (w, h) resize factors and ``pad`` (w, h) padding per side."""
-    shape0: tuple[int, int]
-    shape: tuple[int, int]
-    ratio: tuple[float, float]
-    pad: tuple[float, float]
-
-    @property
-    def ratio_pad(self) -> tuple[tuple[float, float], tuple[float, float]]:
-        """``scale_coords``' ``ratio_pad``: ((ratio_h, ratio_w), (pad_w, pad_h))."""
-        return (self.ratio[1], self.ratio[0]), self.pad
-
-
-def preprocess(img_bgr: np.ndarray, img_size: Union[int, Sequence[int]], stride: int = 32,
-               auto: bool = True) -> tuple[np.ndarray, LetterboxInfo]:
-    """Letterbox a BGR (H, W, 3) uint8 image and return it as contiguous RGB CHW **uint8** (0..255).
-
-    uint8 keeps batches small until they reach the device; :func:`to_tensor` makes the float
-    0..1 network input. ``auto`` pads to the next multiple of ``stride`` only (dynamic-shape
-    models); ``auto=False`` pads to exactly ``img_size`` (static-shape files).
-    """
-    im, ratio, pad = letterbox(img_bgr, img_size, stride=stride, auto=auto)
-    chw = np.ascontiguousarray(im[:, :, ::-1].transpose(2, 0, 1))
-    info = LetterboxInfo(tuple(img_bgr.shape[:2]), tuple(im.shape[:2]), (float(ratio[0]), float(ratio[1])),
-                         (float(pad[0]), float(pad[1])))
-    return chw, info
-
-
-def to_tensor(chw: Union[np.ndarray, Sequence[np.ndarray]], device: Union[str, torch.device] = "cpu",
-              fp16: bool = False) -> torch.Tensor:
-    """(N, 3, H, W) float (half when ``fp16``) in 0..1 on ``device`` from uint8 CHW or NCHW arrays."""
-    arr = np.stack(chw, 0) if isinstance(chw, (list, tuple)) else chw
-    x = torch.from_numpy(np.ascontiguousarray(arr)).to(device)
-    x = x.half() if fp16 else x.float()
-    x /= 255.0
-    return x[None] if x.ndim == 3 else x
 
 
 # --------------------------------------------------------------------------- threads
@@ -104,14 +64,6 @@ def set_threads(n: Optional[int] = None) -> int:
 
 
 # --------------------------------------------------------------------------- backends
-def _names(names: Any, nc: Optional[int]) -> list[str]:
-    if isinstance(names, dict):
-        names = [names[k] for k in sorted(names, key=lambda k: int(k))]
-    if names:
-        return [str(n) for n in names]
-    return [str(i) for i in range(int(nc or 0))]
-
-
 def decode_raw(outputs: Sequence[torch.Tensor], anchors: torch.Tensor, strides: Sequence[float]) -> torch.Tensor:
     """Decoded (B, N, no) from raw per-level head outputs (B, na, ny, nx, no) (export ``--no-grid``).
 
@@ -227,7 +179,7 @@ class PyTorchBackend(Backend):
         if self.fp16:
             self.model.half()
         self.stride = int(self.model.stride.max())
-        self.names = _names(getattr(self.model, "names", None), self.model.nc)
+        self.names = names_list(getattr(self.model, "names", None), self.model.nc)
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, device: Union[str, torch.device] = "cpu", fuse: bool = True,
@@ -255,7 +207,7 @@ def _read_meta(items: dict[str, str]) -> dict[str, Any]:
 def _apply_meta(b: Backend, meta: dict[str, Any], nc_from_output: Optional[int]) -> None:
     b.meta = meta
     b.stride = int(meta.get("stride", 32))
-    b.names = _names(meta.get("names"), meta.get("nc", nc_from_output))
+    b.names = names_list(meta.get("names"), meta.get("nc", nc_from_output))
 
 
 class TorchScriptBackend(Backend):
@@ -449,10 +401,10 @@ def _load_one(path: Path, device: torch.device, threads: Optional[int], fuse: bo
                 raise FileNotFoundError(2, "weights not found", str(path))
             return cls(path, device, threads=threads, fuse=fuse, half=half)
     raise UserError(f"{path}: unsupported weights format; expected .pt/.pth, .torchscript.pt, .onnx"
-                    f"{''.join(', ' + n for n in extra_format_names())}")
+                    f"{''.join(', ' + n for n in extra_formatnames_list())}")
 
 
-def extra_format_names() -> list[str]:
+def extra_formatnames_list() -> list[str]:
     """Names of registered formats beyond the built-in ones (for messages)."""
     builtin = {TorchScriptBackend, OnnxBackend, PyTorchBackend}
     return [getattr(cls, "format", cls.__name__) for _, cls in BACKENDS if cls not in builtin]
@@ -481,7 +433,7 @@ def load_backend(weights: Weights, device: Union[str, torch.device] = "cpu", thr
 # --------------------------------------------------------------------------- folder formats (OpenVINO, NCNN)
 def read_folder_meta(folder: Path) -> dict[str, Any]:
     """The ``metadata.yaml`` export.py writes into an OpenVINO or NCNN folder (names, stride, size)."""
-    from utils.dataset_config import load_yaml
+    from utils.safe_yaml import load_yaml
 
     f = folder / "metadata.yaml"
     if not f.is_file():
@@ -555,8 +507,8 @@ class NCNNBackend(Backend):
         _apply_meta(self, meta, None)
         self._anchors = torch.tensor(meta["anchors"], dtype=torch.float32)
         self._strides = [float(s) for s in meta["strides"]]
-        self.input_name = self.net.input_names()[0]
-        self.output_names = list(self.net.output_names())
+        self.input_name = self.net.inputnames_list()[0]
+        self.output_names = list(self.net.outputnames_list())
         if len(self.output_names) != len(self._strides):
             raise UserError(f"{folder}: {len(self.output_names)} outputs but {len(self._strides)} levels in metadata")
 

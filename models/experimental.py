@@ -16,7 +16,8 @@ import torch
 from models.common import reparameterize_model
 from models.yolo import Model
 from utils.checkpoint import FORMAT, CheckpointError, load_checkpoint
-from utils.general import LOGGER
+from utils.log import LOGGER
+from utils.names import names_list
 from utils.torch_utils import de_parallel, float_state_dict
 
 
@@ -56,13 +57,11 @@ def attempt_load(weights: Union[str, Path], map_location: Union[str, torch.devic
                               f"({'fused' if fused else 'unfused'}): missing {missing[:5]}"
                               f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
                               f"{'...' if len(unexpected) > 5 else ''}")
-    names = ckpt.get("names")
-    if isinstance(names, dict):
-        names = [names[k] for k in sorted(names)]
-    if names is not None:
+    if ckpt.get("names") is not None:
+        names = names_list(ckpt["names"])
         if len(names) != model.nc:
             raise CheckpointError(f"{path}: {len(names)} class names for nc={model.nc}")
-        model.names = [str(n) for n in names]
+        model.names = names
     if isinstance(ckpt.get("hyp"), dict):
         model.hyp = dict(ckpt["hyp"])
     if ckpt.get("stride") is not None:

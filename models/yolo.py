@@ -6,7 +6,7 @@ module names resolve through :data:`MODULES`, arguments are parsed with ``ast`` 
 None, booleans, strings, ``nc`` / ``anchors`` and a whitelist of activation constructors.
 
 A yaml (or a checkpoint's ``cfg``) cannot make the program allocate without bound: the text is read
-with alias expansion measured before any object is built (``utils.dataset_config.load_yaml``), and the model is
+with alias expansion measured before any object is built (``utils.safe_yaml.load_yaml``), and the model is
 first built on the meta device (:func:`check_model_size`: parameters, channels, blocks, a shape probe
 that also gives the strides) so an oversized model or layers that do not fit are refused, naming the
 layer index and module, before anything is allocated. ``depth_multiple`` / ``width_multiple`` apply
@@ -39,8 +39,9 @@ from models.common import (
     reparameterize_model,
 )
 from utils.autoanchor import check_anchor_order
-from utils.dataset_config import YamlError, check_data_size, load_yaml
-from utils.general import LOGGER, make_divisible
+from utils.log import LOGGER
+from utils.safe_yaml import YamlError, check_data_size, load_yaml
+from utils.sizes import make_divisible
 from utils.torch_utils import initialize_weights, model_info, scale_img
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,7 +166,7 @@ _CONV_LIKE = (nn.Conv2d, Conv, SPPCSPC, RepConv)
 
 # Size limits: what a small yaml file (or a checkpoint's ``cfg``) may make the program build. Each is
 # far above the largest shipped model (yolov7.yaml: ~2k yaml nodes, 37.6M parameters, 1280 channels).
-MAX_YAML_BYTES = 1 << 20  # a model yaml is a few KB (utils.dataset_config.load_yaml enforces it)
+MAX_YAML_BYTES = 1 << 20  # a model yaml is a few KB (utils.safe_yaml.load_yaml enforces it)
 MAX_YAML_NODES = 100_000  # yaml nodes / cfg items after expanding every alias or shared reference
 MAX_LAYERS = 1_000  # backbone + head rows
 MAX_CHANNELS = 1 << 15  # output channels of one layer

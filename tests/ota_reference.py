@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from utils.general import box_iou, xywh2xyxy
+from utils.boxes import box_iou, xywh2xyxy
 
 
 def _image_candidates(p, candidates, bi, anchors, strides):

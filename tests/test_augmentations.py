@@ -16,9 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from utils.augmentations import augment_hsv, box_candidates, check_hyp, flip_labels, letterbox, random_perspective
-from utils.datasets import LoadImagesAndLabels
-from utils.general import LOGGER, init_seeds, xywhn2xyxy
+from utils.boxes import xywhn2xyxy
+from utils.data.augment import augment_hsv, box_candidates, check_hyp, flip_labels, letterbox, random_perspective
+from utils.data.dataset import LoadImagesAndLabels
+from utils.log import LOGGER
+from utils.torch_utils import init_seeds
 
 COLOURS = [(0, 0, 255), (0, 255, 0), (255, 0, 0), (0, 255, 255), (255, 0, 255), (255, 255, 0),
            (0, 128, 255), (255, 128, 0)]  # BGR, class i <-> COLOURS[i]
@@ -212,7 +214,7 @@ def test_mixup_keeps_both_label_sets(tmp_path):
 
 
 def test_clipped_polygon_box():
-    from utils.augmentations import clipped_polygon_box
+    from utils.data.augment import clipped_polygon_box
     tilted = np.array([[-20, 10], [10, 40], [0, 50], [-30, 20]], float)  # mostly left of x = 0
     # visible part: (0, 30), (10, 40), (0, 50); clipping the corners instead would give y from 10
     np.testing.assert_allclose(clipped_polygon_box(tilted, 100, 100), [0, 30, 10, 50])

@@ -9,7 +9,7 @@ import torch
 
 from models.yolo import Model
 from utils.autoanchor import anchor_metrics, check_anchor_order, check_anchors, kmean_anchors
-from utils.general import init_seeds
+from utils.torch_utils import init_seeds
 
 YOLOV7_ANCHORS = torch.tensor([[10, 13], [16, 30], [33, 23], [30, 61], [62, 45], [59, 119],
                                [116, 90], [156, 198], [373, 326]], dtype=torch.float32)

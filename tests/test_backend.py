@@ -10,8 +10,8 @@ import torch
 from deploy_utils import NAMES, make_checkpoint, make_image, make_model
 
 from models import backend as B
-from utils.augmentations import letterbox
 from utils.cli import UserError
+from utils.data.augment import letterbox
 
 SIZE = 64
 RTOL = 1e-3  # export.py's tolerance: max |a - b| / max |a|

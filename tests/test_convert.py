@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from utils.convert import convert_coco, convert_voc, main, split_names
+from utils.data.convert import convert_coco, convert_voc, main, split_names
 
 
 def _img(path: Path, w: int, h: int) -> None:
@@ -174,7 +174,7 @@ def test_coco_exact_labels_and_report(coco, tmp_path):
 
 def test_written_yaml_passes_check_dataset(coco, voc, tmp_path):
     """The data.yaml a converter writes is accepted as-is by the dataset loader's check."""
-    from utils.dataset_config import check_dataset
+    from utils.data.config import check_dataset
     js, idir = coco
     convert_coco(js, idir, tmp_path / "c")
     d = check_dataset(tmp_path / "c" / "data.yaml")
@@ -212,7 +212,7 @@ def test_split_seeded_and_bounded():
 @pytest.fixture
 def restore_logger():
     """The CLI configures the project logger (handler, propagate=False); undo that for other tests."""
-    from utils.general import LOGGER
+    from utils.log import LOGGER
     saved = (list(LOGGER.handlers), LOGGER.level, LOGGER.propagate)
     yield
     LOGGER.handlers[:], LOGGER.level, LOGGER.propagate = saved[0], saved[1], saved[2]
@@ -241,7 +241,7 @@ def test_failed_overwrite_keeps_the_old_dataset(coco, tmp_path, monkeypatch):
     import errno
     import os
 
-    import utils.convert as C
+    import utils.data.convert as C
     from utils.atomic import WriteError
     from utils.cli import one_line
     js, idir = coco
@@ -266,7 +266,7 @@ def test_failed_overwrite_keeps_the_old_dataset(coco, tmp_path, monkeypatch):
 
 
 def test_swap_failure_restores_old_outputs(coco, tmp_path, monkeypatch):
-    import utils.convert as C
+    import utils.data.convert as C
     js, idir = coco
     out = tmp_path / "out"
     convert_coco(js, idir, out)
@@ -284,7 +284,7 @@ def test_swap_failure_restores_old_outputs(coco, tmp_path, monkeypatch):
 
 
 def test_unreadable_source_is_named(coco, tmp_path, monkeypatch):
-    import utils.convert as C
+    import utils.data.convert as C
     js, idir = coco
 
     def copy2(src, dst):
@@ -311,7 +311,7 @@ def test_write_failure_names_the_output_file(coco, tmp_path, monkeypatch):
     import errno
     import os
 
-    import utils.convert as C
+    import utils.data.convert as C
     from utils.atomic import WriteError
     js, idir = coco
     monkeypatch.chdir(tmp_path)  # a relative --out

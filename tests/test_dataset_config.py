@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from utils.dataset_config import DatasetConfigError, YamlError, check_data_size, check_dataset, load_yaml, parse_names
+from utils.data.config import DatasetConfigError, check_dataset, parse_names
+from utils.safe_yaml import YamlError, check_data_size, load_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,14 +109,14 @@ def test_yaml_cannot_run_code(tmp_path):
 
 
 def test_builtin_hook_and_coco_keys(tmp_path, monkeypatch):
-    import utils.shapes
+    import utils.data.shapes
     calls = []
 
     def fake_ensure(root):
         calls.append(Path(root))
         _tree(Path(root))
 
-    monkeypatch.setattr(utils.shapes, "ensure_shapes", fake_ensure)
+    monkeypatch.setattr(utils.data.shapes, "ensure_shapes", fake_ensure)
     y = _yaml(tmp_path / "data" / "s.yaml", {"builtin": "shapes", "path": "../gen/shapes", "train": "images/train",
                                            "val": "images/val", "names": ["a", "b"], "coco": True,
                                            "coco_json": "ann.json", "category_ids": {0: 3, 1: 7}})

@@ -17,18 +17,15 @@ import yaml
 from PIL import Image
 
 from utils import datasets as D
-from utils.datasets import (
-    LoadImages,
-    LoadImagesAndLabels,
-    LoadStreams,
-    NoUsableImagesError,
-    collate_fn,
-    create_dataloader,
-    img2label_paths,
-    is_writable_dir,
-    scan_dataset,
-)
-from utils.general import init_seeds
+from utils.data import cache as data_cache
+from utils.data import files as data_files
+from utils.data import labels as data_labels
+from utils.data.cache import NoUsableImagesError, is_writable_dir, scan_dataset
+from utils.data.dataset import LoadImagesAndLabels, collate_fn
+from utils.data.files import img2label_paths
+from utils.data.loader import create_dataloader
+from utils.data.sources import LoadImages, LoadStreams
+from utils.torch_utils import init_seeds
 
 NC = 3
 
@@ -175,7 +172,7 @@ def test_check_image_size_reads_only_the_header(tmp_path, monkeypatch):
     assert D.check_image_size(f) == (400, 300)
     with pytest.raises(D.ImageReadError, match=r"big.png: refused: 400x300 .* limit"):
         D.check_image_size(f, max_pixels=100_000)
-    monkeypatch.setattr(D, "MAX_IMAGE_PIXELS", 1)  # the default is bound at definition time
+    monkeypatch.setattr(data_files, "MAX_IMAGE_PIXELS", 1)  # the default is bound at definition time
     assert D.check_image_size(f) == (400, 300)
     (tmp_path / "t.jpg").write_text("text")
     with pytest.raises(D.ImageReadError, match="t.jpg: not an image"):
@@ -191,7 +188,7 @@ def test_pixel_limit_applies_to_the_scan(tmp_path, monkeypatch):
     _good(root, n=2)
     big = _write(root, "big.png", "0 0.5 0.5 0.2 0.2\n", img=_img(200, 300))
     orig = D.check_image_size
-    monkeypatch.setattr(D, "check_image_size", lambda p, max_pixels=50_000: orig(p, max_pixels))
+    monkeypatch.setattr(data_labels, "check_image_size", lambda p, max_pixels=50_000: orig(p, max_pixels))
     rep = scan_dataset(root / "images" / "train", nc=NC, use_cache=False).report
     assert rep.corrupt == 1 and f"{big.resolve()}: refused: 300x200" in rep.corrupt_msgs[0]
 
@@ -247,7 +244,7 @@ def test_label_that_is_a_pipe_or_huge_is_corrupt(tmp_path, monkeypatch):
     lb = root / "labels" / "train"
     (lb / "good0.txt").unlink()
     os.mkfifo(lb / "good0.txt")  # opening it would block the scan
-    monkeypatch.setattr(D, "MAX_LABEL_BYTES", 20)
+    monkeypatch.setattr(data_labels, "MAX_LABEL_BYTES", 20)
     rep = scan_dataset(root / "images" / "train", nc=NC, use_cache=False).report
     msgs = "\n".join(rep.corrupt_msgs)
     assert f"{(lb / 'good0.txt').resolve()}: label file is not a regular file (a named pipe)" in msgs
@@ -305,7 +302,7 @@ def test_cache_of_an_older_checker_is_rebuilt(tmp_path):
     src = root / "images" / "train"
     cache = Path(scan_dataset(src, nc=NC).report.cache_file)
     old = torch.load(cache, weights_only=True)
-    assert old["version"] == D.CACHE_VERSION >= 2
+    assert old["version"] == data_cache.CACHE_VERSION >= 2
     old["version"] = 1
     torch.save(old, cache)
     assert not scan_dataset(src, nc=NC).report.from_cache

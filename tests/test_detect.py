@@ -46,7 +46,7 @@ class _Records(logging.Handler):
 
 
 def test_folder_with_corrupt_file(ckpt, folder, tmp_path):
-    from utils.general import LOGGER
+    from utils.log import LOGGER
 
     records = _Records()
     LOGGER.addHandler(records)
@@ -200,7 +200,7 @@ def test_hostile_inputs_are_named_and_skipped(ckpt, folder, tmp_path):
     entry are each reported and skipped; the good images in the same list are processed."""
     import os
 
-    from utils.general import LOGGER
+    from utils.log import LOGGER
 
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -227,9 +227,9 @@ def test_hostile_inputs_are_named_and_skipped(ckpt, folder, tmp_path):
 
 
 def test_sources_split_and_read(folder, tmp_path):
-    """utils.sources directly: per-line list split, stream detection, the pixel limit before decoding."""
-    from utils.datasets import ImageReadError
-    from utils.sources import LoadImages, read_source_image, split_sources
+    """utils.data.sources directly: per-line list split, stream detection, the pixel limit before decoding."""
+    from utils.data.files import ImageReadError
+    from utils.data.sources import LoadImages, read_source_image, split_sources
 
     lst = tmp_path / "mixed.txt"
     lst.write_text(f"{folder / 'a.jpg'}\n\nrtsp://example.com/live\n0\nmissing.png\n")

@@ -17,7 +17,7 @@ HYP = {"box": 0.05, "obj": 0.2, "cls": 0.1}
 @pytest.fixture(autouse=True)
 def _keep_project_log_handlers():
     """train.main() in this process adds a stderr handler bound to the test's captured stream; drop it after."""
-    from utils.general import LOGGER
+    from utils.log import LOGGER
     before = list(LOGGER.handlers)
     yield
     LOGGER.handlers[:] = before

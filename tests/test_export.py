@@ -17,7 +17,7 @@ from deploy_utils import NAMES, make_checkpoint, make_image
 
 import export
 from models.experimental import attempt_load
-from utils.general import non_max_suppression
+from utils.boxes import non_max_suppression
 
 H, W = 128, 160
 
@@ -240,7 +240,7 @@ def test_include_nms_and_dynamic_batch(ckpt_tight, fused_tight):
     with torch.no_grad():
         p = fused_tight(x)[0]
     assert boxes.shape == (3, p.shape[1], 4) and scores.shape == (3, p.shape[1], 3)
-    from utils.general import xywh2xyxy
+    from utils.boxes import xywh2xyxy
     assert rel(xywh2xyxy(p[..., :4]), boxes) < 1e-4 and rel(p[..., 5:] * p[..., 4:5], scores) < 1e-4
 
 
@@ -312,14 +312,14 @@ def trained(tmp_path_factory) -> dict[str, Path]:
     """best.pt and last.pt written by train.py itself: yolov7-tiny-ms0, 1 epoch at 64 px on 4 generated
     images, i.e. one optimizer step. Its BatchNorm statistics have barely moved, so activations reach
     1e4-1e5 and float32 rounding is ~1e3 times that of the main job's model: the issue's checkpoint."""
-    from utils.shapes import NAMES as SHAPES
+    from utils.data.shapes import NAMES as SHAPES
 
     root = tmp_path_factory.mktemp("trained")
     data = root / "data.yaml"
     data.write_text(yaml.safe_dump({"path": str(root / "ds"), "train": "images/train", "val": "images/val",
                                     "nc": len(SHAPES), "names": list(SHAPES)}))
     cfg = ROOT / "cfg" / "training" / "yolov7-tiny-ms0.yaml"
-    for cmd in (["-m", "utils.shapes", "--out", str(root / "ds"), "--n-train", "4", "--n-val", "2", "--seed", "1",
+    for cmd in (["-m", "utils.data.shapes", "--out", str(root / "ds"), "--n-train", "4", "--n-val", "2", "--seed", "1",
                  "--img-size", "64", "96"],
                 [str(ROOT / "train.py"), "--cfg", str(cfg), "--data", str(data), "--epochs", "1", "--img-size", "64",
                  "--batch-size", "8", "--workers", "0", "--device", "cpu", "--project", str(root / "runs"),
@@ -385,7 +385,7 @@ def test_a_broken_fold_fails(trained, tmp_path, monkeypatch, capsys):
     """A fold that is 1 % off in one conv is refused with one line, and no file is written."""
     from models.yolo import Model
     from utils.cli import run_cli
-    from utils.general import LOGGER
+    from utils.log import LOGGER
 
     ckpt = own_copy(trained["best"], tmp_path)
     fuse = Model.fuse
@@ -434,7 +434,7 @@ def test_summary_says_how_fixed_size_files_are_run(ckpt):
     """The summary names the fixed-size files, the square letterbox they get, --no-rect and --dynamic."""
     import logging
 
-    from utils.general import LOGGER
+    from utils.log import LOGGER
 
     class Lines(logging.Handler):
         def __init__(self):

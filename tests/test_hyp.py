@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from utils.cli import UserError
-from utils.general import LOGGER
 from utils.hyp import KNOWN_KEYS, REQUIRED_KEYS, HypError, load_hyp, validate_hyp
+from utils.log import LOGGER
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "data").glob("hyp*.yaml"))

@@ -109,7 +109,7 @@ def test_failed_plot_write_keeps_old_file(tmp_path, monkeypatch):
 
 
 def test_names_dict_one_home():
-    from utils.metrics import names_dict
+    from utils.names import names_dict
 
     assert names_dict(["a", "b"]) == {0: "a", 1: "b"}
     assert names_dict({"1": "b", 0: "a"}) == {0: "a", 1: "b"}

@@ -14,9 +14,10 @@ import yaml
 from deploy_utils import make_checkpoint
 
 import export
-from models.backend import load_backend, preprocess, to_tensor
+from models.backend import load_backend
 from utils import quantize
 from utils.cli import UserError
+from utils.data.preprocess import preprocess, to_tensor
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def shapes_data(root: Path, n_train: int = 6, n_val: int = 2, size=(64, 96), same_val: bool = False,
                 one_class: bool = False) -> Path:
     """A tiny generated shapes dataset and its yaml (``one_class``: every shape labelled 'shape')."""
-    from utils.shapes import NAMES, generate_shapes
+    from utils.data.shapes import NAMES, generate_shapes
 
     generate_shapes(root / "ds", n_train=n_train, n_val=n_val, seed=1, img_size=size)
     names = list(NAMES)

@@ -16,7 +16,7 @@ MAIN_JOB = RunFacts(images=400, nc=4, img_size=128, epochs=30, batch_size=16)
 @pytest.fixture(autouse=True)
 def _keep_project_log_handlers():
     """train.main() in this process adds a stderr handler bound to the test's captured stream; drop it after."""
-    from utils.general import LOGGER
+    from utils.log import LOGGER
     before = list(LOGGER.handlers)
     yield
     LOGGER.handlers[:] = before

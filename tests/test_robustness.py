@@ -23,7 +23,10 @@ from PIL import Image
 
 from utils import atomic
 from utils import datasets as D
-from utils.general import LOGGER, increment_path
+from utils.data import files as data_files
+from utils.data import labels as data_labels
+from utils.log import LOGGER
+from utils.runs import increment_path
 
 ROOT = Path(__file__).resolve().parents[1]
 NC = 2
@@ -127,10 +130,12 @@ def test_decompression_bomb_is_refused_from_the_header(tmp_path, monkeypatch):
     Image.new("L", (600, 500)).save(train / "big.png")  # stands in for a 20000 x 20000 PNG
     (root / "labels" / "train" / "big.txt").write_text("0 0.5 0.5 0.3 0.3\n")
     orig = D.check_image_size
-    monkeypatch.setattr(D, "check_image_size", lambda p, max_pixels=100_000: orig(p, max_pixels))
+    limited = lambda p, max_pixels=100_000: orig(p, max_pixels)  # noqa: E731
+    monkeypatch.setattr(data_files, "check_image_size", limited)  # the reader's guard
+    monkeypatch.setattr(data_labels, "check_image_size", limited)  # the checker's
     decoded = []
     real_imread = cv2.imread
-    monkeypatch.setattr(D.cv2, "imread", lambda p, *a: decoded.append(Path(p).name) or real_imread(p, *a))
+    monkeypatch.setattr(cv2, "imread", lambda p, *a: decoded.append(Path(p).name) or real_imread(p, *a))
     res = D.scan_dataset(train, nc=NC)
     assert res.report.corrupt == 1 and "big.png: refused: 600x500" in res.report.corrupt_msgs[0]
     assert "big.png" not in decoded
@@ -197,11 +202,11 @@ def test_dataset_checker_cli_errors(tmp_path):
 
 def test_convert_cli_errors(tmp_path):
     (tmp_path / "imgs").mkdir()
-    line = one_error_line(cli(["-m", "utils.convert", "coco", "--json", str(tmp_path / "nope.json"),
+    line = one_error_line(cli(["-m", "utils.data.convert", "coco", "--json", str(tmp_path / "nope.json"),
                                "--img-dir", str(tmp_path / "imgs"), "--out", str(tmp_path / "out")], tmp_path))
-    assert line.startswith("python -m utils.convert: error: ") and "nope.json" in line
+    assert line.startswith("python -m utils.data.convert: error: ") and "nope.json" in line
     (tmp_path / "xml").mkdir()
-    line = one_error_line(cli(["-m", "utils.convert", "voc", "--xml-dir", str(tmp_path / "xml"),
+    line = one_error_line(cli(["-m", "utils.data.convert", "voc", "--xml-dir", str(tmp_path / "xml"),
                                "--img-dir", str(tmp_path / "imgs"), "--out", str(tmp_path / "out")], tmp_path))
     assert "no .xml files" in line
 
@@ -210,9 +215,9 @@ def test_shapes_cli_error(tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "thesis.tex").write_text("precious")
-    line = one_error_line(cli(["-m", "utils.shapes", "--out", str(mine), "--n-train", "2", "--n-val", "1"],
+    line = one_error_line(cli(["-m", "utils.data.shapes", "--out", str(mine), "--n-train", "2", "--n-val", "1"],
                               tmp_path))
-    assert line.startswith("python -m utils.shapes: error: ") and "refusing to overwrite" in line
+    assert line.startswith("python -m utils.data.shapes: error: ") and "refusing to overwrite" in line
     assert (mine / "thesis.tex").read_text() == "precious"
 
 

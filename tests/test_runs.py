@@ -1,13 +1,16 @@
-"""utils/runs.py: resumed runs write only into their own run folder; resume falls back to what exists."""
+"""utils/runs.py: fresh run folders (increment_path); resumed runs write only into their own run folder and
+resume falls back to what exists."""
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from utils.runs import find_resume_checkpoint, lives_in_run_dir, resume_candidates, resume_save_dir
+from utils import runs
+from utils.runs import find_resume_checkpoint, increment_path, lives_in_run_dir, resume_candidates, resume_save_dir
 
 
 def _run(root: Path, rel: str = "runs/train/exp") -> Path:
@@ -92,3 +95,82 @@ def test_find_resume_checkpoint_picks_latest_run(tmp_path, first_save_killed):
         (new / "weights" / "best.pt").write_bytes(b"b")
     want = new / "weights" / ("best.pt" if first_save_killed else "last.pt")
     assert find_resume_checkpoint(tmp_path / "runs") == want
+
+
+# --------------------------------------------------------------------------- increment_path
+NAMES = ["exp", "v1.0", "my run", "résumé-試験", "exp2", "run10", "a.b.c", "model.pt", "x[1]*?", "-dash", "007"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_increment_path_gives_fresh_folders(tmp_path, name):
+    got = [increment_path(tmp_path / name) for _ in range(4)]
+    assert [p.name for p in got] == [name, f"{name}2", f"{name}3", f"{name}4"]
+    assert all(p.is_dir() and p.parent == tmp_path for p in got)
+    assert len(set(got)) == 4
+
+
+def test_increment_path_dotted_name_regression(tmp_path):
+    """v1.0 -> v1.0, v1.02, v1.03 (YOLOv7's stem-based numbering gave v1.02 twice)."""
+    a, b, c = (increment_path(tmp_path / "v1.0") for _ in range(3))
+    assert (a.name, b.name, c.name) == ("v1.0", "v1.02", "v1.03")
+    (b / "weights").mkdir()
+    assert increment_path(tmp_path / "v1.0").name == "v1.04"
+
+
+def test_increment_path_numbers_after_the_highest(tmp_path):
+    for n in ("exp", "exp7", "exp3", "expx", "exp_9", "other12"):
+        (tmp_path / n).mkdir()
+    assert increment_path(tmp_path / "exp").name == "exp8"
+    assert increment_path(tmp_path / "exp", sep="_").name == "exp_10"
+    (tmp_path / "taken").write_text("a file")  # a file of that name is taken too
+    assert increment_path(tmp_path / "taken").name == "taken2"
+
+
+def test_increment_path_trailing_digits_never_collide(tmp_path):
+    """'run1' and 'run' series share names like run12: whatever exists is skipped."""
+    for _ in range(12):
+        increment_path(tmp_path / "run")  # run, run2 .. run12
+    first = increment_path(tmp_path / "run1")
+    second = increment_path(tmp_path / "run1")
+    assert first.name == "run1" and second.name == "run13"
+    assert increment_path(tmp_path / "run").name == "run14"
+
+
+def test_increment_path_exist_ok_and_nested(tmp_path):
+    p = increment_path(tmp_path / "exp")
+    assert increment_path(tmp_path / "exp", exist_ok=True) == p
+    nested = increment_path(tmp_path / "new" / "deep" / "exp")
+    assert nested.is_dir() and nested.name == "exp"
+    with pytest.raises(FileExistsError):  # exist_ok re-uses a folder, never a file
+        (tmp_path / "f").write_text("x")
+        increment_path(tmp_path / "f", exist_ok=True)
+    with pytest.raises(ValueError, match="no name"):
+        increment_path(tmp_path / "..")
+
+
+def test_increment_path_without_mkdir(tmp_path):
+    assert increment_path(tmp_path / "exp", mkdir=False) == tmp_path / "exp"
+    assert not (tmp_path / "exp").exists()
+    (tmp_path / "exp").mkdir()
+    assert increment_path(tmp_path / "exp", mkdir=False).name == "exp2"
+
+
+def test_increment_path_concurrent_runs_get_distinct_folders(tmp_path, monkeypatch):
+    """Runs that list the folder at the same moment still create different folders."""
+    (tmp_path / "exp").mkdir()
+    barrier = threading.Barrier(6)
+    real = runs._taken_numbers
+
+    def slow_taken(*a):  # every thread computes its number before any of them creates a folder
+        r = real(*a)
+        barrier.wait(timeout=10)
+        return r
+    monkeypatch.setattr(runs, "_taken_numbers", slow_taken)
+    out: list = []
+    threads = [threading.Thread(target=lambda: out.append(increment_path(tmp_path / "exp"))) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(out) == 6 and len(set(out)) == 6
+    assert sorted(p.name for p in out) == sorted(f"exp{i}" for i in range(2, 8))

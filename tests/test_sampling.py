@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from utils.datasets import LoadImagesAndLabels
-from utils.general import labels_to_image_weights, xywh2xyxy
+from utils.boxes import xywh2xyxy
+from utils.data.dataset import LoadImagesAndLabels
+from utils.data.labels import labels_to_image_weights
 
 
 def test_image_weights_sum_class_weights_per_label():

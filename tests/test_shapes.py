@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import yaml
 
-from utils import shapes
-from utils.shapes import NAMES, ensure_shapes, generate_shapes, is_complete, render_sample
+from utils.data import shapes
+from utils.data.shapes import NAMES, ensure_shapes, generate_shapes, is_complete, render_sample
 
 SMALL = dict(n_train=6, n_val=3, seed=3, img_size=(96, 160))
 
@@ -180,7 +180,7 @@ def test_check_dataset_generates_builtin(tmp_path, monkeypatch):
     """A 'builtin: shapes' yaml makes the dataset check generate the data under its 'path'."""
     import functools
 
-    from utils.dataset_config import check_dataset
+    from utils.data.config import check_dataset
     monkeypatch.setattr(shapes, "ensure_shapes", functools.partial(ensure_shapes, **SMALL))  # small and fast
     y = tmp_path / "cfg" / "shapes.yaml"
     y.parent.mkdir()

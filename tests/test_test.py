@@ -13,7 +13,7 @@ import yaml
 from model_checks import micro_cfg
 
 import test as evaluator
-from utils.general import LOGGER
+from utils.log import LOGGER
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -140,7 +140,7 @@ def test_cli_rejects_mismatched_classes(tiny, tmp_path):
 
 
 def test_training_call_leaves_model_unfused(tiny, tmp_path):
-    from utils.datasets import create_dataloader
+    from utils.data.loader import create_dataloader
     from utils.loss import ComputeLoss
 
     model = tiny["model"]
@@ -201,7 +201,7 @@ class LabelDetector(torch.nn.Module):
 
 
 def test_coco128_agreement_with_pycocotools(coco128_dir, tmp_path):
-    from utils.datasets import create_dataloader
+    from utils.data.loader import create_dataloader
 
     data = {"path": str(coco128_dir), "train": "images/train2017", "val": "images/val2017", "coco": True,
             "nc": 80, "names": [str(i) for i in range(80)]}
@@ -266,7 +266,7 @@ def briefly_trained(path: Path, data: Path, seed: int, steps: int) -> Path:
     """
     from models.yolo import Model
     from utils.checkpoint import save_checkpoint
-    from utils.datasets import create_dataloader
+    from utils.data.loader import create_dataloader
     from utils.loss import ComputeLoss
 
     torch.manual_seed(seed)
@@ -329,7 +329,7 @@ def test_onnx_gives_the_checkpoint_map(files):
 
 def test_static_onnx_sets_its_size_and_batch(files, logs):
     """A fixed-shape file is evaluated at its own size (square) and batch, and the run says so."""
-    from utils.datasets import create_dataloader
+    from utils.data.loader import create_dataloader
 
     d = yaml.safe_load(files["data"].read_text())
     square = create_dataloader(d["path"] + "/images", 96, 2, 32, pad=0.5, rect=False, workers=0, nc=2)[0]

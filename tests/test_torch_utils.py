@@ -332,7 +332,7 @@ def test_to_channels_last_refuses_a_model_with_an_unsafe_conv(caplog):
     CPU weight gradient for it is broken in channels-last)."""
     model = nn.Module()
     model.model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 16, 1, stride=2), nn.Conv2d(16, 16, 3))
-    from utils.general import LOGGER
+    from utils.log import LOGGER
     LOGGER.addHandler(caplog.handler)  # the project logger may not propagate to root (set_logging)
     try:
         with caplog.at_level("INFO", logger="moyolo"):

@@ -14,7 +14,7 @@ from deploy_utils import make_checkpoint
 
 import detect
 from utils.cli import UserError, run_cli
-from utils.shapes_video import make_video, noisy_detections, write_video
+from utils.data.shapes_video import make_video, noisy_detections, write_video
 from utils.tracking import (
     MotFiles,
     TrackerConfig,

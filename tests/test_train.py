@@ -31,7 +31,7 @@ HEADER = ["epoch", "train/box_loss", "train/obj_loss", "train/cls_loss", "metric
 def make_dataset(root: Path, n_train: int = 8, n_val: int = 4, size=(64, 96), same_val: bool = False,
                  seed: int = 1) -> Path:
     """A tiny shapes dataset + its yaml; ``same_val`` validates on the training images (overfit test)."""
-    from utils.shapes import NAMES, generate_shapes
+    from utils.data.shapes import NAMES, generate_shapes
     generate_shapes(root / "ds", n_train=n_train, n_val=n_val, seed=seed, img_size=size)
     d = {"path": str(root / "ds"), "train": "images/train", "val": "images/train" if same_val else "images/val",
          "nc": len(NAMES), "names": list(NAMES)}
@@ -65,7 +65,7 @@ def run_cli(args: list[str], timeout: float = 600, module: list[str] | None = No
 
 def log_to_current_stderr() -> None:
     """Point the project logger at this test's stderr (in-process runs: an earlier test's capture is closed)."""
-    from utils.general import LOGGER
+    from utils.log import LOGGER
     for h in LOGGER.handlers:
         if isinstance(h, logging.StreamHandler):
             h.stream = sys.stderr  # not setStream(): it flushes the old, closed stream
@@ -139,8 +139,8 @@ def test_hyp_base_inheritance_and_default_hyp(tmp_path):
 def test_shipped_hyps_give_no_false_warnings():
     """The main job's hyp: no 'unknown key' warning for keys train.py uses, no 'refused' paste_in."""
     from train import load_hyp, loader_hyp
-    from utils.augmentations import check_hyp
-    from utils.general import LOGGER
+    from utils.data.augment import check_hyp
+    from utils.log import LOGGER
     seen = []
     handler = logging.Handler()
     handler.emit = lambda record: seen.append(record.getMessage())
@@ -552,8 +552,8 @@ def test_overfit_few_images(tmp_path):
     """
     import test as val
     from models.experimental import attempt_load
-    from utils.dataset_config import check_dataset
-    from utils.datasets import create_dataloader
+    from utils.data.config import check_dataset
+    from utils.data.loader import create_dataloader
     data = make_dataset(tmp_path, n_train=8, n_val=1, size=(128, 160), same_val=True)
     hyp = make_hyp(tmp_path, lr0=0.003, warmup_bias_lr=0.0, loss_ota=0, mosaic=0.0, mixup=0.0, scale=0.0,
                    translate=0.0, fliplr=0.0, hsv_h=0.0, hsv_s=0.0, hsv_v=0.0, nbs=8, warmup_epochs=0)

@@ -20,7 +20,7 @@ from models.yolo import (
     check_model_size,
     load_model_yaml,
 )
-from utils.dataset_config import YamlError, check_data_size, parse_yaml
+from utils.safe_yaml import YamlError, check_data_size, parse_yaml
 
 ANCHORS = [[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119], [116, 90, 156, 198, 373, 326]]
 

@@ -15,7 +15,7 @@ import ctypes.util
 import os
 import sys
 
-from utils.general import LOGGER
+from utils.log import LOGGER
 
 _M_TRIM_THRESHOLD = -1  # mallopt parameters (glibc malloc.h)
 _M_MMAP_MAX = -4

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from utils.cli import UserError
-from utils.dataset_config import YamlError, load_yaml
-from utils.general import LOGGER
+from utils.log import LOGGER
+from utils.safe_yaml import YamlError, load_yaml
 
 MAX_BASE_DEPTH = 4  # the deepest file of a 'base' chain that may still name a base (6 files at most)
 MAX_HYP_BYTES = 1 << 20  # a hyp yaml is a few dozen lines; anything bigger is not one

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Optional, Sequence
 import torch
 from tqdm import tqdm
 
-from utils.general import LOGGER
+from utils.log import LOGGER
 
 RESULTS_HEADER = [
     "epoch",

@@ -19,20 +19,12 @@ from typing import Sequence, Union
 import numpy as np
 import torch
 
-from utils.general import LOGGER, box_iou
+from utils.boxes import box_iou
+from utils.log import LOGGER
+from utils.names import names_dict
 
 IOU_THRESHOLDS = torch.linspace(0.5, 0.95, 10, dtype=torch.float64)  # COCO's 0.50:0.05:0.95 (np.linspace)
 REC_THRESHOLDS = np.linspace(0.0, 1.0, 101)  # COCO's 101 recall points
-
-
-def names_dict(names: Union[Sequence[str], dict, None]) -> dict[int, str]:
-    """Class names as ``{index: name}`` from a list, a dict (keys may be strings) or None (empty).
-
-    The one normaliser of class names for metrics, plots and test.py.
-    """
-    if isinstance(names, dict):
-        return {int(k): str(v) for k, v in names.items()}
-    return {i: str(v) for i, v in enumerate(names or ())}
 
 
 def fitness(x: np.ndarray) -> np.ndarray:

@@ -16,8 +16,9 @@ import numpy as np
 import torch
 
 from utils.atomic import atomic_write, write_bytes
-from utils.general import LOGGER, xywh2xyxy, xyxy2xywh
-from utils.metrics import names_dict
+from utils.boxes import xywh2xyxy, xyxy2xywh
+from utils.log import LOGGER
+from utils.names import names_dict
 
 PathLike = Union[str, Path]
 

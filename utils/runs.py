@@ -8,12 +8,13 @@ folder under ``--project``, so nothing beside the copy is ever overwritten.
 """
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, Optional, Union
 
 from utils.atomic import TEMP_SUFFIX
-from utils.general import LOGGER, increment_path
+from utils.log import LOGGER
 
 PathLike = Union[str, Path]
 _EPOCH_FILE = re.compile(r"^epoch_(\d+)\.pt$")
@@ -104,3 +105,50 @@ def resume_save_dir(ckpt_path: PathLike, ckpt: dict, project: PathLike, name: st
 
 
 __all__ = ["find_resume_checkpoint", "lives_in_run_dir", "resume_candidates", "resume_save_dir"]
+
+
+def _taken_numbers(parent: Path, name: str, sep: str) -> list[int]:
+    """The N of every entry ``<name><sep>N`` in ``parent`` (matched literally: no glob patterns)."""
+    pattern = re.compile(rf"{re.escape(name)}{re.escape(sep)}(\d+)")
+    try:
+        entries = os.listdir(parent)
+    except OSError:
+        return []
+    return [int(m.group(1)) for e in entries if (m := pattern.fullmatch(e))]
+
+
+def increment_path(path: Union[str, Path], exist_ok: bool = False, sep: str = "", mkdir: bool = True) -> Path:
+    """A fresh run folder: runs/exp, then runs/exp2, runs/exp3, ... (YOLOv7's numbering).
+
+    The whole last component is the name, dots included (``v1.0`` -> ``v1.0``, ``v1.02``,
+    ``v1.03``; ``exp2`` -> ``exp2``, ``exp22``); the number is one more than the highest taken.
+    With ``mkdir`` (the default) the folder is created exclusively, so two runs started at
+    the same moment never share one; an existing path is never returned unless ``exist_ok``.
+    """
+    path = Path(path)
+    if path.name in ("", ".", ".."):
+        raise ValueError(f"run folder '{path}' has no name (give --name)")
+    if exist_ok or not (path.exists() or path.is_symlink()):
+        if mkdir:
+            try:
+                path.mkdir(parents=True, exist_ok=exist_ok)
+                return path
+            except FileExistsError:  # created by a concurrent run (or a file): number it below
+                if exist_ok:
+                    raise
+        else:
+            return path
+    parent, name = path.parent, path.name
+    n = max(_taken_numbers(parent, name, sep), default=1) + 1
+    while True:
+        cand = parent / f"{name}{sep}{n}"
+        if not mkdir:
+            if not (cand.exists() or cand.is_symlink()):
+                return cand
+        else:
+            try:
+                cand.mkdir(parents=True)
+                return cand
+            except FileExistsError:
+                pass
+        n += 1

@@ -3,16 +3,18 @@ timing, weight init."""
 from __future__ import annotations
 
 import math
+import random
 import time
 from copy import deepcopy
 from typing import Any, Iterable, Optional, Union
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from utils.batchnorm import ChannelsLastBatchNorm2d, is_channels_last
-from utils.general import LOGGER
+from utils.log import LOGGER
 
 
 # --------------------------------------------------------------------------- devices / timing
@@ -318,3 +320,14 @@ class ModelEMA:
         self.ema.load_state_dict(float_state_dict(state_dict), strict=True)
         if updates is not None:
             self.updates = int(updates)
+
+
+def init_seeds(seed: int = 0, deterministic: bool = False) -> None:
+    """Seed python, numpy and torch RNGs."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+    if deterministic:
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True

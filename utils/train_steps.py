@@ -20,7 +20,7 @@ from torch.optim import SGD, Adam
 
 from utils.checkpoint import FORMAT
 from utils.cli import UserError
-from utils.general import LOGGER, colorstr, one_cycle
+from utils.log import LOGGER, colorstr
 
 NBS = 64  # nominal batch size (YOLOv7): gradients are accumulated up to this many images per step;
 #           a hyp file may set ``nbs`` to change it (as Ultralytics does)
@@ -246,3 +246,8 @@ def quiet_logs(level: int = logging.WARNING) -> Iterator[None]:
         yield
     finally:
         LOGGER.setLevel(old)
+
+
+def one_cycle(y1: float = 0.0, y2: float = 1.0, steps: int = 100):
+    """Cosine ramp from y1 to y2 over ``steps`` (https://arxiv.org/pdf/1812.01187.pdf)."""
+    return lambda x: ((1 - math.cos(x * math.pi / steps)) / 2) * (y2 - y1) + y1

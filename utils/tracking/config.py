@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from utils.cli import UserError
-from utils.dataset_config import load_yaml
+from utils.safe_yaml import load_yaml
 from utils.tracking.gmc import METHODS
 
 TRACKER_DIR = Path(__file__).resolve().parents[2] / "cfg" / "trackers"

@@ -13,8 +13,8 @@ from typing import Optional, Sequence
 import cv2
 import numpy as np
 
-from utils.general import LOGGER
 from utils.hyp import KNOWN_KEYS
+from utils.log import LOGGER
 
 # hyp keys the loader acts on, with the value meaning "off"
 LOADER_HYP_KEYS = {

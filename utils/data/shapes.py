@@ -19,7 +19,7 @@ Layout (YOLOv7): ``root/images/{train,val}/*.jpg`` and ``root/labels/{train,val}
 plus ``root/shapes.json``, a marker written last that records the generator version and
 parameters; a folder without a matching marker or with missing files is regenerated.
 
-CLI: ``python -m utils.shapes --out datasets/shapes [--n-train 400 --n-val 100 --seed 0]``.
+CLI: ``python -m utils.data.shapes --out datasets/shapes [--n-train 400 --n-val 100 --seed 0]``.
 """
 from __future__ import annotations
 
@@ -37,8 +37,9 @@ import cv2
 import numpy as np
 
 from utils.atomic import atomic_dir, temp_name
+from utils.boxes import xyxy2xywhn
 from utils.cli import require, run_cli
-from utils.general import LOGGER, xyxy2xywhn
+from utils.log import LOGGER
 
 NAMES = ["circle", "rectangle", "triangle", "star"]
 GENERATOR_VERSION = 4          # bump whenever the drawn bytes change: old folders get rebuilt
@@ -304,7 +305,7 @@ def ensure_shapes(root: Path | str, n_train: int = DEFAULTS["n_train"], n_val: i
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m utils.shapes", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m utils.data.shapes", description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=Path("datasets/shapes"), help="dataset root to create")
     p.add_argument("--n-train", type=int, default=DEFAULTS["n_train"])
     p.add_argument("--n-val", type=int, default=DEFAULTS["n_val"])
@@ -326,4 +327,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_cli(main, prog="python -m utils.shapes"))
+    raise SystemExit(run_cli(main, prog="python -m utils.data.shapes"))

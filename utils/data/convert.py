@@ -11,8 +11,8 @@ the image, size disagreeing with the image file) is logged and listed in ``OUT/r
 
 CLI::
 
-    python -m utils.convert voc --xml-dir Annotations --img-dir JPEGImages --out out [--names a b]
-    python -m utils.convert coco --json instances.json --img-dir images --out out [--keep-crowd]
+    python -m utils.data.convert voc --xml-dir Annotations --img-dir JPEGImages --out out [--names a b]
+    python -m utils.data.convert coco --json instances.json --img-dir images --out out [--keep-crowd]
 """
 from __future__ import annotations
 
@@ -35,8 +35,9 @@ import yaml
 from PIL import Image
 
 from utils.atomic import WriteError
+from utils.boxes import xyxy2xywhn
 from utils.cli import one_line, run_cli
-from utils.general import LOGGER, set_logging, xyxy2xywhn
+from utils.log import LOGGER, set_logging
 
 IMG_FORMATS = ("bmp", "dng", "jpeg", "jpg", "mpo", "png", "tif", "tiff", "webp")
 _LOG_LIMIT = 100  # issues logged one by one; all of them always go to OUT/report.txt
@@ -409,7 +410,7 @@ def convert_voc(xml_dir: Path | str, img_dir: Path | str, out: Path | str, names
         raise RuntimeError(f"no usable image found for the xml files in {xml_dir} (first issues: "
                            f"{'; '.join(map(str, issues[:3]))})")
     return _write(out, images, list(names), issues, val, seed, copy,
-                  f"converted from Pascal VOC {xml_dir} by python -m utils.convert voc")
+                  f"converted from Pascal VOC {xml_dir} by python -m utils.data.convert voc")
 
 
 # --------------------------------------------------------------------------- COCO
@@ -517,7 +518,7 @@ def convert_coco(json_path: Path | str, img_dir: Path | str, out: Path | str, va
     if not images:
         raise RuntimeError(f"no usable image found for {json_path} under {img_dir} (first issues: "
                            f"{'; '.join(map(str, issues[:3]))})")
-    header = (f"converted from COCO {json_path.name} by python -m utils.convert coco; "
+    header = (f"converted from COCO {json_path.name} by python -m utils.data.convert coco; "
               f"category_ids = the json's category id of each class (for COCO-json results)")
     return _write(out, images, names, issues, val, seed, copy, header,
                   {"category_ids": [int(c["id"]) for c in cats]})
@@ -525,7 +526,7 @@ def convert_coco(json_path: Path | str, img_dir: Path | str, out: Path | str, va
 
 # --------------------------------------------------------------------------- CLI
 def main(argv: Iterable[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m utils.convert",
+    p = argparse.ArgumentParser(prog="python -m utils.data.convert",
                                 description="Convert Pascal VOC or COCO annotations to a YOLOv7-layout dataset.")
     sub = p.add_subparsers(dest="fmt", required=True)
     common = argparse.ArgumentParser(add_help=False)
@@ -554,11 +555,11 @@ def main(argv: Iterable[str] | None = None) -> int:
     except (OSError, ValueError, RuntimeError) as e:
         if a.verbose:
             raise
-        print(f"python -m utils.convert: error: {one_line(e)}", file=sys.stderr)
+        print(f"python -m utils.data.convert: error: {one_line(e)}", file=sys.stderr)
         return 1
     print(res.summary())
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_cli(main, prog="python -m utils.convert"))
+    raise SystemExit(run_cli(main, prog="python -m utils.data.convert"))

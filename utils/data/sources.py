@@ -24,22 +24,15 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from models.backend import preprocess
 from utils.cli import UserError
-from utils.general import LOGGER
+from utils.data.files import IMG_FORMATS, VID_FORMATS, ImageReadError, PathArg, check_image_size, read_image
+from utils.data.preprocess import preprocess
+from utils.log import LOGGER
 
 STREAM_PREFIXES = ("rtsp://", "rtmp://", "http://", "https://")
-PathArg = Union[str, Path, Sequence[Union[str, Path]]]
 
 __all__ = ["LoadImages", "LoadStreams", "STREAM_PREFIXES", "is_stream_url", "is_stream", "split_sources",
            "regular_file_problem", "read_source_image", "folder_frame_numbers", "frame_sequence"]
-
-
-def _formats() -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(image, video) extensions; imported late because utils.datasets re-exports this module."""
-    from utils.datasets import IMG_FORMATS, VID_FORMATS
-
-    return IMG_FORMATS, VID_FORMATS
 
 
 def is_stream_url(s: str) -> bool:
@@ -116,8 +109,6 @@ def _jpeg_problem(path: str) -> Optional[str]:
 
 def read_source_image(path: str) -> np.ndarray:
     """BGR uint8 image of one file, refusing what training refuses; raises ``ImageReadError`` naming it."""
-    from utils.datasets import ImageReadError, check_image_size, read_image
-
     check_image_size(path)  # regular file, header readable, under the pixel limit
     why = _jpeg_problem(path)
     if why:
@@ -148,7 +139,7 @@ class LoadImages:
     """
 
     def __init__(self, path: PathArg, img_size: Union[int, Sequence[int]] = 640, stride: int = 32, auto: bool = True):
-        img_formats, vid_formats = _formats()
+        img_formats, vid_formats = IMG_FORMATS, VID_FORMATS
         files = _expand(path)
         images = [x for x in files if x.rsplit(".", 1)[-1].lower() in img_formats]
         videos = [x for x in files if x.rsplit(".", 1)[-1].lower() in vid_formats]
@@ -210,8 +201,6 @@ class LoadImages:
         return img0
 
     def _next_image(self, path: str) -> Optional[np.ndarray]:
-        from utils.datasets import ImageReadError
-
         self.mode = "image"
         self.count += 1
         try:

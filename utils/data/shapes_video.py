@@ -1,6 +1,6 @@
 """A synthetic video of moving shapes with ground-truth tracks, for scoring trackers.
 
-The shapes are those of the built-in dataset (``utils.shapes``: circles, rectangles, triangles,
+The shapes are those of the built-in dataset (``utils.data.shapes``: circles, rectangles, triangles,
 stars, drawn the same way, at the same size relative to the frame) on a fixed gradient background
 with fresh sensor noise in every frame. The scene is built so that each thing a tracker must
 survive happens at least once: two shapes cross (the later-drawn one hides the other), shapes
@@ -15,7 +15,7 @@ or behind another are left out.
 
 ``noisy_detections`` turns the ground truth into what a detector would give (jittered boxes,
 missed objects, low scores under occlusion, false positives), to score a tracker apart from any
-detector. CLI: ``python -m utils.shapes_video --out video.mp4 [--frames 90 --seed 0]`` writes the
+detector. CLI: ``python -m utils.data.shapes_video --out video.mp4 [--frames 90 --seed 0]`` writes the
 video and ``<out>.gt.txt`` (MOTChallenge ground truth: ``frame,id,left,top,w,h,1,cls,visibility``).
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ import numpy as np
 
 from utils.atomic import atomic_path, write_text
 from utils.cli import require, run_cli
-from utils.shapes import NAMES, _background, _pick_colour, _rasterize, _unit_polygon
+from utils.data.shapes import NAMES, _background, _pick_colour, _rasterize, _unit_polygon
 
 MIN_VISIBLE = 0.35     # a shape with less of its area drawn is not in the ground truth
 SIZE = (0.28, 0.40)    # shape extent as a fraction of the frame's short side (the dataset's 0.22-0.45)
