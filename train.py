@@ -48,7 +48,7 @@ if str(ROOT) not in sys.path:
 
 import utils.evolve as evo  # noqa: E402
 import utils.loss  # noqa: E402  (module attribute lookups: tests may wrap the loss classes)
-from models.common import set_fold_pointwise, set_memory_lean  # noqa: E402
+from models.branch_sum import set_fold_pointwise, set_memory_lean  # noqa: E402
 from models.experimental import attempt_load  # noqa: E402
 from models.yolo import Model  # noqa: E402
 from test import test as run_test  # noqa: E402  (this repository's test.py, not the stdlib package)

@@ -82,7 +82,7 @@ def run_row(args: argparse.Namespace) -> dict:
     import torch
     import yaml
 
-    from models.common import set_fold_pointwise, set_memory_lean
+    from models.branch_sum import set_fold_pointwise, set_memory_lean
     from models.yolo import Model
     from utils.data.config import check_dataset
     from utils.data.loader import create_dataloader

@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 from model_checks import TRAIN_BRANCHES, randomize_weights, rel_err
 
+from models.branch_sum import fold_pointwise, memory_lean, set_fold_pointwise, set_memory_lean
 from models.common import (
     MP,
     SP,
@@ -16,16 +17,12 @@ from models.common import (
     Conv,
     ImplicitA,
     ImplicitM,
-    MobileOne,
     MobileOneBlock,
+    MobileOneStage,
     RepConv,
     SEBlock,
     autopad,
-    fold_pointwise,
-    memory_lean,
     reparameterize_model,
-    set_fold_pointwise,
-    set_memory_lean,
 )
 
 
@@ -144,7 +141,7 @@ def test_se_block_any_size_and_value():
 
 
 def test_mobileone_stage_structure_and_se_placement():
-    st = MobileOne(16, 32, num_blocks_per_stage=3, num_conv_branches=2, use_se=True, num_se=1)
+    st = MobileOneStage(16, 32, num_blocks_per_stage=3, num_conv_branches=2, use_se=True, num_se=1)
     blocks = list(st.stage)
     assert len(blocks) == 6
     strides = [b.stride for b in blocks]
@@ -156,18 +153,18 @@ def test_mobileone_stage_structure_and_se_placement():
     x = torch.randn(1, 16, 16, 16)
     assert st(x).shape == (1, 32, 8, 8)
     # use_se False disables SE even with num_se > 0 (reference semantics)
-    st2 = MobileOne(16, 32, 2, use_se=False, num_se=2)
+    st2 = MobileOneStage(16, 32, 2, use_se=False, num_se=2)
     assert not any(isinstance(b.se, SEBlock) for b in st2.stage)
 
 
 def test_mobileone_stage_too_many_se_blocks():
     with pytest.raises(ValueError, match=r"\(3\).*\(2\)"):
-        MobileOne(8, 16, num_blocks_per_stage=2, use_se=True, num_se=3)
+        MobileOneStage(8, 16, num_blocks_per_stage=2, use_se=True, num_se=3)
 
 
 def test_reparameterize_model_returns_copy_and_is_exact():
     net = nn.Sequential(MobileOneBlock(3, 16, 3, stride=2, padding=1, num_conv_branches=4),
-                        MobileOne(16, 32, 2, num_conv_branches=4, use_se=True, num_se=1),
+                        MobileOneStage(16, 32, 2, num_conv_branches=4, use_se=True, num_se=1),
                         RepConv(32, 32, 3, 1))
     randomize(net).eval()
     x = torch.randn(1, 3, 32, 32)
@@ -214,7 +211,7 @@ def test_fused_state_dict_loads_into_blocks_built_fused():
 
 def test_all_batchnorms_use_yolov7_settings():
     mods = [Conv(3, 8, 3), RepConv(8, 8), MobileOneBlock(8, 8, 3, padding=1, num_conv_branches=2),
-            MobileOne(8, 16, 2, num_conv_branches=4), SPPCSPC(16, 16)]
+            MobileOneStage(8, 16, 2, num_conv_branches=4), SPPCSPC(16, 16)]
     bns = [m for mod in mods for m in mod.modules() if isinstance(m, nn.BatchNorm2d)]
     assert len(bns) > 10
     assert all(b.eps == 1e-3 and b.momentum == 0.03 for b in bns)
@@ -355,7 +352,7 @@ def test_memory_lean_block_is_exact_in_outputs_gradients_and_running_stats(lean_
 
 def test_memory_lean_stage_with_inplace_relu_and_partial_grads(lean_switch):
     net = nn.Sequential(MobileOneBlock(3, 16, 3, stride=2, padding=1, num_conv_branches=4),
-                        MobileOne(16, 24, 2, num_conv_branches=4, use_se=True, num_se=1))
+                        MobileOneStage(16, 24, 2, num_conv_branches=4, use_se=True, num_se=1))
     for mod in net.modules():  # as in a Model: in-place activations
         if isinstance(mod, nn.ReLU):
             mod.inplace = True
@@ -500,7 +497,7 @@ def test_folded_pointwise_block_equals_branch_by_branch(fold_switch, variant, dt
 def test_folded_pointwise_stage_trains_like_branch_by_branch(fold_switch):
     """A stage (depthwise blocks plain, 1x1 blocks folded) with in-place ReLU and a frozen branch, fp64."""
     net = nn.Sequential(MobileOneBlock(3, 16, 3, stride=2, padding=1, num_conv_branches=4),
-                        MobileOne(16, 24, 2, num_conv_branches=4, use_se=True, num_se=1)).double()
+                        MobileOneStage(16, 24, 2, num_conv_branches=4, use_se=True, num_se=1)).double()
     for mod in net.modules():
         if isinstance(mod, nn.ReLU):
             mod.inplace = True
@@ -555,15 +552,15 @@ def test_folded_pointwise_precise_bn_statistics_equal_branch_by_branch(fold_swit
     """Precise BN (cumulative averages, no autograd) over a stage: the folded 1x1 blocks give every
     BatchNorm the running statistics and batch count of the branch-by-branch path, and the block's
     train-mode output under no_grad is the same function."""
-    import models.common as common
+    import models.branch_sum as branch_sum
     from utils.train_steps import update_bn_stats
     folded_calls = []
-    forward = common._FoldedPointwiseSum.forward
-    monkeypatch.setattr(common._FoldedPointwiseSum, "forward",
+    forward = branch_sum._FoldedPointwiseSum.forward
+    monkeypatch.setattr(branch_sum._FoldedPointwiseSum, "forward",
                         staticmethod(lambda ctx, *a: folded_calls.append(1) or forward(ctx, *a)))
     torch.manual_seed(0)
     net = nn.Sequential(MobileOneBlock(3, 16, 3, stride=2, padding=1, num_conv_branches=4),
-                        MobileOne(16, 24, 2, num_conv_branches=4)).to(memory_format=layout)
+                        MobileOneStage(16, 24, 2, num_conv_branches=4)).to(memory_format=layout)
     batches = [torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8) for _ in range(3)]
     states, outs = [], []
     for fold in (False, True):
