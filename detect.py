@@ -31,16 +31,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
-# Idle OpenMP workers sleep instead of spinning: spinning threads collapse latency when another
-# process competes for the cores. Must be set before torch loads; the environment wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+if __name__ == "__main__":  # before torch loads (utils/openmp.py: the rule and why)
+    from utils.openmp import apply_wait_policy
+
+    apply_wait_policy()
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402

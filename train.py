@@ -15,20 +15,15 @@ datasets pass YOLOv7's usual values (e.g. ``--img-size 640 --epochs 300``).
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import shutil
 import sys
 import time
 
-# CPU training keeps libgomp's default wait (threads spin ~300,000 times before they sleep): a training step
-# is thousands of short parallel regions, and sleeping after each (OMP_WAIT_POLICY=PASSIVE) made training
-# 12-20 % slower on an idle 2-core VM (interleaved 3-epoch runs). Spinning threads collapse when processes
-# oversubscribe the cores
-# (two such trainings on 2 cores: 30x slower steps), so several torchrun processes sleep, and so should a
-# run on a machine busy with other work: OMP_WAIT_POLICY=PASSIVE in the environment wins (docs/benchmarks.md).
-if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+if __name__ == "__main__":  # before torch loads (utils/openmp.py: the rule and why)
+    from utils.openmp import apply_wait_policy
+
+    apply_wait_policy(training=True)
 from collections import deque  # noqa: E402
 from copy import deepcopy  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
@@ -51,7 +46,6 @@ import utils.loss  # noqa: E402  (module attribute lookups: tests may wrap the l
 from models.branch_sum import set_fold_pointwise, set_memory_lean  # noqa: E402
 from models.experimental import attempt_load  # noqa: E402
 from models.yolo import Model  # noqa: E402
-from test import test as run_test  # noqa: E402  (this repository's test.py, not the stdlib package)
 from utils.allocator import retain_freed_memory  # noqa: E402
 from utils.atomic import clean_stale_temps, copy_file, write_text  # noqa: E402
 from utils.autoanchor import check_anchors  # noqa: E402
@@ -72,6 +66,7 @@ from utils.distributed import (  # noqa: E402
     init_distributed,
     torch_distributed_zero_first,
 )
+from utils.evaluate import evaluate_model  # noqa: E402
 from utils.hyp import load_hyp  # noqa: E402,F401  (train.load_hyp: kept importable)
 from utils.log import LOGGER, colorstr, set_logging  # noqa: E402
 from utils.loggers import NonFiniteLossError, TrainLog, check_finite_loss  # noqa: E402
@@ -463,8 +458,8 @@ def validate(run: Run, final: bool) -> tuple:
     took 0.17 s per batch against 0.52 s unfused, plus 0.20 s to copy and fuse (idle 2-core Xeon).
     """
     model = deepcopy(run.ema.ema).fuse()
-    results, run.maps, _ = run_test(
-        run.data, batch_size=run.opt.batch_size * 2, imgsz=run.imgsz_test, model=model,
+    results, run.maps, _ = evaluate_model(
+        model, run.data, batch_size=run.opt.batch_size * 2, imgsz=run.imgsz_test,
         single_cls=run.opt.single_cls, dataloader=run.val_loader, save_dir=run.save_dir,
         verbose=final, plots=final, compute_loss=run.compute_loss, names=run.names,
         v5_metric=run.opt.v5_metric)
@@ -535,8 +530,8 @@ def finish_run(run: Run, t0: float) -> tuple:
         run.log.info(f"\nValidating {run.best}...")
         with quiet_logs():  # the layer table was printed when training started
             model = attempt_load(run.best, map_location=run.device, fuse=True)
-        final, _, _ = run_test(
-            run.data, batch_size=run.opt.batch_size * 2, imgsz=run.imgsz_test, model=model,
+        final, _, _ = evaluate_model(
+            model, run.data, batch_size=run.opt.batch_size * 2, imgsz=run.imgsz_test,
             single_cls=run.opt.single_cls, dataloader=run.val_loader, save_dir=run.save_dir, verbose=True,
             plots=False, names=run.names, v5_metric=run.opt.v5_metric)
     mp, mr, map50, map_ = final[:4]

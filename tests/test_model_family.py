@@ -7,7 +7,8 @@ import torch
 from model_checks import fuse_twice, randomize_weights, rel_err
 
 from models.common import MobileOneBlock, MobileOneStage, SEBlock
-from models.yolo import Model, check_model_size, load_model_yaml
+from models.model_yaml import load_model_yaml
+from models.yolo import Model, check_model_size
 
 #: yaml -> (parameters at nc=80, stage0..stage4 widths, conv branches of stages 1-4, SE blocks of stages 3, 4)
 FAMILY = {

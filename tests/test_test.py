@@ -13,6 +13,7 @@ import yaml
 from model_checks import micro_cfg
 
 import test as evaluator
+from utils.coco_eval import class_to_category, image_id
 from utils.log import LOGGER
 
 
@@ -78,11 +79,11 @@ def logs():
 
 # --------------------------------------------------------------------------- helpers
 def test_image_id_and_category_mapping():
-    assert evaluator.image_id("/a/b/000000000042.jpg") == 42
-    assert evaluator.image_id("x/img_a.png") == "img_a"
-    assert evaluator.class_to_category({"coco": True}, 80)[:12] == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13]
-    assert evaluator.class_to_category({"category_ids": [5, 9]}, 2) == [5, 9]
-    assert evaluator.class_to_category({}, 3) == [0, 1, 2]
+    assert image_id("/a/b/000000000042.jpg") == 42
+    assert image_id("x/img_a.png") == "img_a"
+    assert class_to_category({"coco": True}, 80)[:12] == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13]
+    assert class_to_category({"category_ids": [5, 9]}, 2) == [5, 9]
+    assert class_to_category({}, 3) == [0, 1, 2]
 
 
 # --------------------------------------------------------------------------- CLI
@@ -216,7 +217,7 @@ def test_coco128_agreement_with_pycocotools(coco128_dir, tmp_path):
     assert abs(report["map50"] - coco[1]) <= 0.002, (report["map50"], coco[1])
     assert abs(report["map"] - coco[0]) <= 0.002, (report["map"], coco[0])
     preds = json.loads(Path(report["pred_json"]).read_text())
-    assert {p["category_id"] for p in preds} <= set(evaluator.class_to_category({"coco": True}, 80))
+    assert {p["category_id"] for p in preds} <= set(class_to_category({"coco": True}, 80))
     assert all(isinstance(p["image_id"], int) for p in preds)
 
 

@@ -9,17 +9,16 @@ import pytest
 import torch
 import yaml
 
-from models.yolo import (
+from models.model_yaml import (
     MAX_BLOCKS,
     MAX_CHANNELS,
     MAX_PARAMS,
     MAX_YAML_BYTES,
     MAX_YAML_NODES,
-    Model,
     ModelConfigError,
-    check_model_size,
     load_model_yaml,
 )
+from models.yolo import Model, check_model_size
 from utils.safe_yaml import YamlError, check_data_size, parse_yaml
 
 ANCHORS = [[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119], [116, 90, 156, 198, 373, 326]]

@@ -11,7 +11,8 @@ import torch
 import torch.nn as nn
 from model_checks import fuse_twice, randomize_weights, rel_err
 
-from models.yolo import Detect, IDetect, Model, ModelConfigError, load_model_yaml, parse_arg
+from models.model_yaml import ModelConfigError, load_model_yaml, parse_arg
+from models.yolo import Detect, IDetect, Model
 from utils.log import LOGGER
 
 CFGS = ["yolov7-tiny-ms0.yaml", "yolov7-tiny.yaml", "yolov7.yaml"]
