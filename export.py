@@ -77,6 +77,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from models.experimental import attempt_load, fused_checkpoint  # noqa: E402
+from models.yolo import layer_input  # noqa: E402
 from utils.atomic import atomic_dir, atomic_path, write_text  # noqa: E402
 from utils.boxes import xywh2xyxy  # noqa: E402
 from utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
@@ -191,9 +192,7 @@ class HeadMaps(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         layers, head, y = self.model.model, detect_head(self.model), []
         for m in layers[:-1]:  # Model's forward, stopping before the Detect layer
-            if m.f != -1:
-                x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
-            x = m(x)
+            x = m(layer_input(m, x, y))
             y.append(x if m.i in self.model.save else None)
         xs = [x if j == -1 else y[j] for j in head.f]
         return tuple(head._head(i, xi) for i, xi in enumerate(xs))

@@ -29,7 +29,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from utils.boxes import non_max_suppression
+from utils.boxes import decode_level, non_max_suppression
 from utils.cli import UserError
 from utils.log import LOGGER
 from utils.names import names_list
@@ -67,21 +67,10 @@ def set_threads(n: Optional[int] = None) -> int:
 def decode_raw(outputs: Sequence[torch.Tensor], anchors: torch.Tensor, strides: Sequence[float]) -> torch.Tensor:
     """Decoded (B, N, no) from raw per-level head outputs (B, na, ny, nx, no) (export ``--no-grid``).
 
-    ``anchors`` (nl, na, 2) in pixels. Same formula as the Detect head: xy = (2 sigmoid - 0.5 +
-    grid) * stride, wh = (2 sigmoid)^2 * anchor, scores sigmoided.
+    ``anchors`` (nl, na, 2) in pixels; the Detect head's own formula (:func:`utils.boxes.decode_level`).
     """
-    z = []
-    for i, p in enumerate(outputs):
-        p = p.float()
-        bs, na, ny, nx, no = p.shape
-        yv, xv = torch.meshgrid(torch.arange(ny, device=p.device, dtype=p.dtype),
-                                torch.arange(nx, device=p.device, dtype=p.dtype), indexing="ij")
-        grid = torch.stack((xv, yv), 2).view(1, 1, ny, nx, 2)
-        y = p.sigmoid()
-        xy = (y[..., 0:2] * 2.0 - 0.5 + grid) * float(strides[i])
-        wh = (y[..., 2:4] * 2) ** 2 * anchors[i].to(p).view(1, na, 1, 1, 2)
-        z.append(torch.cat((xy, wh, y[..., 4:]), -1).view(bs, -1, no))
-    return torch.cat(z, 1)
+    levels = [decode_level(p.float(), anchors[i].to(p.device), float(strides[i])) for i, p in enumerate(outputs)]
+    return torch.cat(levels, 1)
 
 
 def end2end_to_detections(out: Sequence[torch.Tensor], conf_thres: float = 0.0,
@@ -401,10 +390,10 @@ def _load_one(path: Path, device: torch.device, threads: Optional[int], fuse: bo
                 raise FileNotFoundError(2, "weights not found", str(path))
             return cls(path, device, threads=threads, fuse=fuse, half=half)
     raise UserError(f"{path}: unsupported weights format; expected .pt/.pth, .torchscript.pt, .onnx"
-                    f"{''.join(', ' + n for n in extra_formatnames_list())}")
+                    f"{''.join(', ' + n for n in extra_format_names())}")
 
 
-def extra_formatnames_list() -> list[str]:
+def extra_format_names() -> list[str]:
     """Names of registered formats beyond the built-in ones (for messages)."""
     builtin = {TorchScriptBackend, OnnxBackend, PyTorchBackend}
     return [getattr(cls, "format", cls.__name__) for _, cls in BACKENDS if cls not in builtin]
@@ -507,8 +496,8 @@ class NCNNBackend(Backend):
         _apply_meta(self, meta, None)
         self._anchors = torch.tensor(meta["anchors"], dtype=torch.float32)
         self._strides = [float(s) for s in meta["strides"]]
-        self.input_name = self.net.inputnames_list()[0]
-        self.output_names = list(self.net.outputnames_list())
+        self.input_name = self.net.input_names()[0]
+        self.output_names = list(self.net.output_names())
         if len(self.output_names) != len(self._strides):
             raise UserError(f"{folder}: {len(self.output_names)} outputs but {len(self._strides)} levels in metadata")
 

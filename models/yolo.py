@@ -52,10 +52,19 @@ from models.model_yaml import (
     parse_arg,
 )
 from utils.autoanchor import check_anchor_order
+from utils.boxes import decode_level
 from utils.log import LOGGER
 from utils.safe_yaml import YamlError, check_data_size
 from utils.sizes import make_divisible
-from utils.torch_utils import initialize_weights, model_info, scale_img
+from utils.torch_utils import initialize_weights, model_info, scale_img, time_synchronized
+
+
+def layer_input(m: nn.Module, x: Any, y: list) -> Any:
+    """What layer ``m`` takes (YOLOv7's ``from``): the previous layer's output ``x`` for -1, else the saved
+    outputs ``y`` of the layers it names (a list when it names several)."""
+    if m.f == -1:
+        return x
+    return y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
 
 
 class Detect(nn.Module):
@@ -104,16 +113,8 @@ class Detect(nn.Module):
         return torch.cat([self._decode(i, p) for i, p in enumerate(raw)], 1)
 
     def _decode(self, i: int, p: torch.Tensor) -> torch.Tensor:
-        bs, _, ny, nx, _ = p.shape
-        yv, xv = torch.meshgrid(torch.arange(ny, device=p.device, dtype=p.dtype),
-                                torch.arange(nx, device=p.device, dtype=p.dtype), indexing="ij")
-        grid = torch.stack((xv, yv), 2).view(1, 1, ny, nx, 2)
-        s = self.stride[i].to(p.dtype)  # 0-dim tensor: a constant in traces, no Python float
-        y = p.sigmoid()
-        xy = (y[..., 0:2] * 2.0 - 0.5 + grid) * s
-        wh = (y[..., 2:4] * 2) ** 2 * self.anchor_grid[i].to(p.dtype)
-        y = torch.cat((xy, wh, y[..., 4:]), -1)
-        return y.view(bs, -1, self.no)
+        # the stride as a 0-dim tensor: a constant in traces, no Python float
+        return decode_level(p, self.anchor_grid[i], self.stride[i].to(p.dtype))
 
     def reparameterize(self) -> "Detect":
         """Nothing to fold in a plain Detect head (the re-parameterization protocol's no-op)."""
@@ -336,8 +337,7 @@ def _probe_layers(layers: nn.Sequential, save: list[int], ch: int, s: int = PROB
             m.train()
     x, y = torch.zeros(1, ch, s, s, device="meta"), []
     for m in layers:
-        if m.f != -1:
-            x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
+        x = layer_input(m, x, y)
         try:
             x = m(x)
         except (RuntimeError, ValueError, TypeError, IndexError, AttributeError) as e:
@@ -434,10 +434,8 @@ class Model(nn.Module):
     def _forward_once(self, x: torch.Tensor, profile: bool = False):
         y = []
         for m in self.model:
-            if m.f != -1:
-                x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
+            x = layer_input(m, x, y)
             if profile:
-                from utils.torch_utils import time_synchronized
                 t = time_synchronized()
                 for _ in range(10):
                     m(x)
@@ -457,9 +455,7 @@ class Model(nn.Module):
             yi = out[0] if isinstance(out, tuple) else out
             yi = yi.clone()
             yi[..., :4] /= si
-            if fi == 2:
-                yi[..., 1] = img_size[0] - yi[..., 1]
-            elif fi == 3:
+            if fi == 3:  # undo the left-right flip
                 yi[..., 0] = img_size[1] - yi[..., 0]
             y.append(yi)
         return torch.cat(y, 1), None

@@ -12,6 +12,7 @@ from deploy_utils import NAMES, make_checkpoint, make_image, make_model
 from models import backend as B
 from utils.cli import UserError
 from utils.data.augment import letterbox
+from utils.data.preprocess import preprocess, to_tensor
 
 SIZE = 64
 RTOL = 1e-3  # export.py's tolerance: max |a - b| / max |a|
@@ -37,7 +38,7 @@ def _input(model: B.Backend, img: Path) -> torch.Tensor:
     import cv2
 
     shape, auto = model.input_size(SIZE)
-    return B.to_tensor(B.preprocess(cv2.imread(str(img)), shape, model.stride, auto)[0])
+    return to_tensor(preprocess(cv2.imread(str(img)), shape, model.stride, auto)[0])
 
 
 def test_preprocess_is_the_old_letterbox_rgb_chw(exported):
@@ -45,12 +46,12 @@ def test_preprocess_is_the_old_letterbox_rgb_chw(exported):
 
     im = cv2.imread(str(exported["img"]))
     for auto in (True, False):
-        chw, info = B.preprocess(im, SIZE, 32, auto)
+        chw, info = preprocess(im, SIZE, 32, auto)
         old = np.ascontiguousarray(letterbox(im, SIZE, stride=32, auto=auto)[0][:, :, ::-1].transpose(2, 0, 1))
         assert chw.dtype == np.uint8 and chw.flags.c_contiguous and np.array_equal(chw, old)
         assert info.shape0 == (60, 80) and info.shape == chw.shape[1:]
-    assert B.preprocess(im, SIZE, 32, False)[0].shape == (3, SIZE, SIZE)
-    x = B.to_tensor([chw, chw])
+    assert preprocess(im, SIZE, 32, False)[0].shape == (3, SIZE, SIZE)
+    x = to_tensor([chw, chw])
     assert x.shape == (2, 3, SIZE, SIZE) and x.dtype == torch.float32 and float(x.max()) <= 1.0
     assert torch.equal(x[0], torch.from_numpy(chw).float() / 255)
 

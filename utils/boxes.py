@@ -110,6 +110,22 @@ def scale_coords(img1_shape: Sequence[int], coords: Array, img0_shape: Sequence[
 
 
 # --------------------------------------------------------------------------- IoU
+def decode_level(p: torch.Tensor, anchor_wh: torch.Tensor, stride: Union[float, torch.Tensor]) -> torch.Tensor:
+    """One detection level's raw logits (B, na, ny, nx, no) decoded as YOLOv7's head does, as (B, na*ny*nx, no):
+    xy = (2 sigmoid - 0.5 + cell) * stride and wh = (2 sigmoid)^2 * anchor in pixels, scores sigmoided.
+
+    ``anchor_wh``: the level's (na, 2) anchors in pixels (any shape with na * 2 elements); ``stride`` in pixels.
+    """
+    bs, na, ny, nx, no = p.shape
+    yv, xv = torch.meshgrid(torch.arange(ny, device=p.device, dtype=p.dtype),
+                            torch.arange(nx, device=p.device, dtype=p.dtype), indexing="ij")
+    grid = torch.stack((xv, yv), 2).view(1, 1, ny, nx, 2)
+    y = p.sigmoid()
+    xy = (y[..., 0:2] * 2.0 - 0.5 + grid) * stride
+    wh = (y[..., 2:4] * 2) ** 2 * anchor_wh.to(p.dtype).view(1, na, 1, 1, 2)
+    return torch.cat((xy, wh, y[..., 4:]), -1).view(bs, -1, no)
+
+
 def box_iou(box1: torch.Tensor, box2: torch.Tensor) -> torch.Tensor:
     """Pairwise IoU of xyxy boxes: (N, 4) x (M, 4) -> (N, M)."""
     return torchvision.ops.box_iou(box1, box2)
