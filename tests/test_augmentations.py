@@ -19,6 +19,7 @@ import torch
 from utils.boxes import xywhn2xyxy
 from utils.data.augment import augment_hsv, box_candidates, check_hyp, flip_labels, letterbox, random_perspective
 from utils.data.dataset import LoadImagesAndLabels
+from utils.hyp import HypError
 from utils.log import LOGGER
 from utils.torch_utils import init_seeds
 
@@ -73,11 +74,11 @@ def test_check_hyp(capture_warnings):
     warned = [w for w in capture_warnings if w.startswith("WARNING")]
     assert not any("paste" in w for w in warned)  # segment-only keys: no-ops on boxes, not warnings
     assert "lr0" not in text.split("unknown hyp keys ignored:")[1]
-    with pytest.raises(ValueError, match="hyp 'mosaic' is a probability"):
+    with pytest.raises(HypError, match=r"hyp: mosaic: must be a finite number >= 0 and <= 1 \(got 1.5\)"):
         check_hyp({"mosaic": 1.5})
-    with pytest.raises(ValueError, match="hyp 'degrees' must be a finite number"):
+    with pytest.raises(HypError, match="hyp: degrees: must be a finite number"):
         check_hyp({"degrees": float("nan")})
-    with pytest.raises(ValueError, match="hyp 'scale' must be a number"):
+    with pytest.raises(HypError, match="hyp: scale: must be a finite number .* 'big'"):
         check_hyp({"scale": "big"})
 
 

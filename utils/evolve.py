@@ -22,6 +22,7 @@ import yaml
 
 from utils.atomic import write_text
 from utils.cli import UserError
+from utils.hyp import EVOLVE
 from utils.metrics import fitness
 
 PathLike = Union[str, Path]
@@ -30,17 +31,7 @@ NR = len(RESULT_NAMES)
 MUTATION_PROB, SIGMA, FACTOR_CLIP = 0.8, 0.2, (0.3, 3.0)
 TOP_N = 5  # parents are drawn from this many best rows
 
-# key: (mutation gain 0-1, lower limit, upper limit), YOLOv7's table
-META: dict[str, tuple[float, float, float]] = {
-    "lr0": (1, 1e-5, 1e-1), "lrf": (1, 0.01, 1.0), "momentum": (0.3, 0.6, 0.98),
-    "weight_decay": (1, 0.0, 0.001), "warmup_epochs": (1, 0.0, 5.0), "warmup_momentum": (1, 0.0, 0.95),
-    "warmup_bias_lr": (1, 0.0, 0.2), "box": (1, 0.02, 0.2), "cls": (1, 0.2, 4.0), "cls_pw": (1, 0.5, 2.0),
-    "obj": (1, 0.2, 4.0), "obj_pw": (1, 0.5, 2.0), "iou_t": (0, 0.1, 0.7), "anchor_t": (1, 2.0, 8.0),
-    "anchors": (2, 2.0, 10.0), "fl_gamma": (0, 0.0, 2.0), "hsv_h": (1, 0.0, 0.1), "hsv_s": (1, 0.0, 0.9),
-    "hsv_v": (1, 0.0, 0.9), "degrees": (1, 0.0, 45.0), "translate": (1, 0.0, 0.9), "scale": (1, 0.0, 0.9),
-    "shear": (1, 0.0, 10.0), "perspective": (0, 0.0, 0.001), "flipud": (1, 0.0, 1.0), "fliplr": (0, 0.0, 1.0),
-    "mosaic": (1, 0.0, 1.0), "mixup": (1, 0.0, 1.0), "copy_paste": (1, 0.0, 1.0), "paste_in": (1, 0.0, 1.0),
-}
+META = EVOLVE  # key -> (mutation gain, lower bound, upper bound), YOLOv7's table (utils.hyp.SPECS)
 
 
 class EvolveError(UserError, ValueError):

@@ -1,8 +1,10 @@
 """Hyperparameter files: safe yaml, ``base`` inheritance, and a check of every value before training.
 
-A hyp yaml is a flat mapping of YOLOv7's keys (``lr0``, ``momentum``, ``box``, ``mosaic``, ...) plus
-this project's ``optimizer``, ``nbs`` and ``loss_ota``. A file may name ``base: other.yaml``
-(relative to its own folder): the base is loaded first and the file's own keys override it.
+:data:`SPECS` is the one table of the rules (range, who reads the key, its evolution bounds); the loader's keys
+and ``--evolve``'s table are derived from it. A hyp yaml is a flat mapping of YOLOv7's keys (``lr0``,
+``momentum``, ``box``, ``mosaic``, ...) plus this project's ``optimizer``, ``nbs`` and ``loss_ota``. A file may
+name ``base: other.yaml`` (relative to its own folder): the base is loaded first and the file's own keys
+override it.
 
 Each value is checked for type, finiteness, sign and a sane range when the file is read, so a bad
 value ends in one line naming the file and the key, e.g.
@@ -35,7 +37,10 @@ class HypError(UserError, ValueError):
 
 @dataclass(frozen=True)
 class Spec:
-    """What one key accepts: ``kind`` 'float' | 'int' | 'flag' | 'choice'; bounds for numbers."""
+    """What one key accepts and who reads it: ``kind`` 'float' | 'int' | 'flag' | 'choice'; bounds for numbers;
+    ``off``: the value that turns a loader augmentation off (set for loader keys only); ``segments_only``: the
+    augmentation acts on segment labels (a no-op on boxes, as in YOLOv7); ``evolve``: YOLOv7's ``--evolve``
+    (mutation gain, lower bound, upper bound)."""
 
     kind: str
     lo: float = 0.0
@@ -43,58 +48,72 @@ class Spec:
     lo_open: bool = False  # lo itself is refused
     hi_open: bool = False  # hi itself is refused
     help: str = ""
+    off: Optional[float] = None
+    segments_only: bool = False
+    evolve: Optional[tuple[float, float, float]] = None
 
 
-def _f(lo: float, hi: float, help: str, lo_open: bool = False, hi_open: bool = False) -> Spec:
-    return Spec("float", lo, hi, lo_open, hi_open, help)
+def _f(lo: float, hi: float, help: str, lo_open: bool = False, hi_open: bool = False,
+       evolve: Optional[tuple[float, float, float]] = None) -> Spec:
+    return Spec("float", lo, hi, lo_open, hi_open, help, evolve=evolve)
 
 
-# Every key the project reads (train.py, utils/loss.py, utils/datasets.py, utils/augmentations.py,
-# utils/evolve.py). The ranges are "sane" limits that catch typos and nonsense, wider than YOLOv7's
-# evolution bounds (utils/evolve.META).
+def _aug(hi: float, help: str, evolve: tuple[float, float, float], hi_open: bool = False,
+         segments_only: bool = False) -> Spec:
+    """A loader augmentation: a number from 0 (its "off" value) to ``hi``."""
+    return Spec("float", 0.0, hi, False, hi_open, help, off=0.0, segments_only=segments_only, evolve=evolve)
+
+
+# The one table of hyperparameter rules: every key the project reads (train.py, utils/loss.py, the loader,
+# utils/evolve.py), in YOLOv7's order. The ranges are "sane" limits that catch typos and nonsense, wider than
+# YOLOv7's evolution bounds (``evolve``). The loader's keys (LOADER_KEYS) and the evolution table (EVOLVE) are
+# read from it.
 SPECS: dict[str, Spec] = {
     # optimiser and schedule (train.py)
-    "lr0": _f(0, 1, "initial learning rate", lo_open=True),
-    "lrf": _f(0, 1, "final learning rate as a fraction of lr0"),
-    "momentum": _f(0, 1, "SGD momentum / Adam beta1", hi_open=True),
-    "weight_decay": _f(0, 1, "optimizer weight decay"),
-    "warmup_epochs": _f(0, 1000, "warmup length in epochs"),
-    "warmup_momentum": _f(0, 1, "momentum at the start of warmup", hi_open=True),
-    "warmup_bias_lr": _f(0, 1, "bias learning rate at the start of warmup"),
+    "lr0": _f(0, 1, "initial learning rate", lo_open=True, evolve=(1, 1e-05, 0.1)),
+    "lrf": _f(0, 1, "final learning rate as a fraction of lr0", evolve=(1, 0.01, 1.0)),
+    "momentum": _f(0, 1, "SGD momentum / Adam beta1", hi_open=True, evolve=(0.3, 0.6, 0.98)),
+    "weight_decay": _f(0, 1, "optimizer weight decay", evolve=(1, 0.0, 0.001)),
+    "warmup_epochs": _f(0, 1000, "warmup length in epochs", evolve=(1, 0.0, 5.0)),
+    "warmup_momentum": _f(0, 1, "momentum at the start of warmup", hi_open=True, evolve=(1, 0.0, 0.95)),
+    "warmup_bias_lr": _f(0, 1, "bias learning rate at the start of warmup", evolve=(1, 0.0, 0.2)),
     "optimizer": Spec("choice", help="SGD or Adam"),
     "nbs": Spec("int", 1, 1 << 16, help="nominal batch size (images per optimizer step)"),
     # loss (utils/loss.py)
-    "box": _f(0, 1000, "box loss gain"),
-    "cls": _f(0, 1000, "class loss gain"),
-    "cls_pw": _f(0, 1000, "class BCE positive weight", lo_open=True),
-    "obj": _f(0, 1000, "objectness loss gain"),
-    "obj_pw": _f(0, 1000, "objectness BCE positive weight", lo_open=True),
-    "iou_t": _f(0, 1, "IoU training threshold"),
-    "anchor_t": _f(1, 100, "anchor-multiple threshold"),
-    "anchors": _f(0, 100, "anchors per output layer (0: keep the model's)"),
-    "fl_gamma": _f(0, 100, "focal loss gamma (0: plain BCE)"),
+    "box": _f(0, 1000, "box loss gain", evolve=(1, 0.02, 0.2)),
+    "cls": _f(0, 1000, "class loss gain", evolve=(1, 0.2, 4.0)),
+    "cls_pw": _f(0, 1000, "class BCE positive weight", lo_open=True, evolve=(1, 0.5, 2.0)),
+    "obj": _f(0, 1000, "objectness loss gain", evolve=(1, 0.2, 4.0)),
+    "obj_pw": _f(0, 1000, "objectness BCE positive weight", lo_open=True, evolve=(1, 0.5, 2.0)),
+    "iou_t": _f(0, 1, "IoU training threshold", evolve=(0, 0.1, 0.7)),
+    "anchor_t": _f(1, 100, "anchor-multiple threshold", evolve=(1, 2.0, 8.0)),
+    "anchors": _f(0, 100, "anchors per output layer (0: keep the model's)", evolve=(2, 2.0, 10.0)),
+    "fl_gamma": _f(0, 100, "focal loss gamma (0: plain BCE)", evolve=(0, 0.0, 2.0)),
     "label_smoothing": _f(0, 1, "label smoothing epsilon", hi_open=True),
     "loss_ota": Spec("flag", help="1: ComputeLossOTA, 0: plain ComputeLoss"),
     "ota_fixes": Spec("flag", help="1: OTA with one candidate per prediction and width/height box scaling "
                       "(0, default: YOLOv7's assignment as written)"),
     "distill": _f(0, 1000, "distillation loss gain (train.py --teacher; default 1)"),
-    # loader augmentations (utils/datasets.py, utils/augmentations.py)
-    "hsv_h": _f(0, 1, "HSV hue gain"),
-    "hsv_s": _f(0, 1, "HSV saturation gain"),
-    "hsv_v": _f(0, 1, "HSV value gain"),
-    "degrees": _f(0, 180, "rotation (+/- degrees)"),
-    "translate": _f(0, 1, "translation (+/- fraction)"),
-    "scale": _f(0, 1, "scale (+/- gain)"),
-    "shear": _f(0, 90, "shear (+/- degrees)", hi_open=True),
-    "perspective": _f(0, 0.1, "perspective (+/- fraction)"),
-    "flipud": _f(0, 1, "up-down flip probability"),
-    "fliplr": _f(0, 1, "left-right flip probability"),
-    "mosaic": _f(0, 1, "mosaic probability"),
-    "mixup": _f(0, 1, "mixup probability"),
-    "copy_paste": _f(0, 1, "segment copy-paste probability"),
-    "paste_in": _f(0, 1, "YOLOv7 paste-in probability"),
+    # loader augmentations (utils/data/dataset.py, utils/data/augment.py)
+    "hsv_h": _aug(1, "HSV hue gain", (1, 0.0, 0.1)),
+    "hsv_s": _aug(1, "HSV saturation gain", (1, 0.0, 0.9)),
+    "hsv_v": _aug(1, "HSV value gain", (1, 0.0, 0.9)),
+    "degrees": _aug(180, "rotation (+/- degrees)", (1, 0.0, 45.0)),
+    "translate": _aug(1, "translation (+/- fraction)", (1, 0.0, 0.9)),
+    "scale": _aug(1, "scale (+/- gain)", (1, 0.0, 0.9)),
+    "shear": _aug(90, "shear (+/- degrees)", (1, 0.0, 10.0), hi_open=True),
+    "perspective": _aug(0.1, "perspective (+/- fraction)", (0, 0.0, 0.001)),
+    "flipud": _aug(1, "up-down flip probability", (1, 0.0, 1.0)),
+    "fliplr": _aug(1, "left-right flip probability", (0, 0.0, 1.0)),
+    "mosaic": _aug(1, "mosaic probability", (1, 0.0, 1.0)),
+    "mixup": _aug(1, "mixup probability", (1, 0.0, 1.0)),
+    "copy_paste": _aug(1, "segment copy-paste probability", (1, 0.0, 1.0), segments_only=True),
+    "paste_in": _aug(1, "YOLOv7 paste-in probability", (1, 0.0, 1.0), segments_only=True),
 }
 KNOWN_KEYS = frozenset(SPECS) | {"base"}
+LOADER_KEYS: dict[str, float] = {k: s.off for k, s in SPECS.items() if s.off is not None}  # key -> its "off" value
+SEGMENT_ONLY_KEYS = tuple(k for k, s in SPECS.items() if s.segments_only)
+EVOLVE: dict[str, tuple[float, float, float]] = {k: s.evolve for k, s in SPECS.items() if s.evolve is not None}
 _warned_unknown: set[tuple[str, tuple[str, ...]]] = set()
 
 
@@ -225,4 +244,5 @@ def load_hyp(hyp: Union[str, Path, dict], source: str = "hyp") -> dict:
     return validate_hyp(d, str(path), required=True, warn_unknown=False)
 
 
-__all__ = ["HypError", "KNOWN_KEYS", "REQUIRED_KEYS", "SPECS", "check_value", "load_hyp", "validate_hyp"]
+__all__ = ["EVOLVE", "HypError", "KNOWN_KEYS", "LOADER_KEYS", "REQUIRED_KEYS", "SEGMENT_ONLY_KEYS", "SPECS",
+           "check_value", "load_hyp", "validate_hyp"]

@@ -13,48 +13,31 @@ from typing import Optional, Sequence
 import cv2
 import numpy as np
 
-from utils.hyp import KNOWN_KEYS
+from utils.hyp import KNOWN_KEYS, LOADER_KEYS, SEGMENT_ONLY_KEYS, check_value
 from utils.log import LOGGER
 
-# hyp keys the loader acts on, with the value meaning "off"
-LOADER_HYP_KEYS = {
-    "hsv_h": 0.0, "hsv_s": 0.0, "hsv_v": 0.0,
-    "degrees": 0.0, "translate": 0.0, "scale": 0.0, "shear": 0.0, "perspective": 0.0,
-    "flipud": 0.0, "fliplr": 0.0, "mosaic": 0.0, "mixup": 0.0,
-    "copy_paste": 0.0, "paste_in": 0.0,
-}
-# loader keys that act on segment labels only (YOLOv7): with box labels they do nothing
-UNSUPPORTED_HYP_KEYS = ("copy_paste", "paste_in")
-PROBABILITY_KEYS = ("flipud", "fliplr", "mosaic", "mixup", "copy_paste", "paste_in")
+LOADER_HYP_KEYS = LOADER_KEYS  # hyp keys the loader acts on, with the value meaning "off" (utils.hyp.SPECS)
 
 
 def check_hyp(hyp: dict | None, prefix: str = "") -> dict:
-    """Validate the loader's hyp keys; return a dict with every loader key set.
+    """Validate the loader's hyp keys by the rules of :data:`utils.hyp.SPECS`; return a dict with every loader
+    key set.
 
-    Missing loader keys are set to their "off" value with a warning; unknown keys are
-    warned about (every key of :data:`utils.hyp.KNOWN_KEYS` is known); ``copy_paste`` /
-    ``paste_in`` act on segment labels only, so with box labels they are set to 0 (an info
-    line); out-of-range values raise ``ValueError`` naming the key.
+    Missing loader keys are set to their "off" value with a warning; unknown keys are warned about (every key
+    of :data:`utils.hyp.KNOWN_KEYS` is known); segment-only keys (``copy_paste``, ``paste_in``) are set to 0
+    with box labels (an info line); a bad value raises :class:`utils.hyp.HypError` naming the key.
     """
     hyp = dict(hyp or {})
     out = {}
-    missing = [k for k in LOADER_HYP_KEYS if k not in hyp]
+    missing = [k for k in LOADER_KEYS if k not in hyp]
     if missing:
         LOGGER.warning(f"{prefix}WARNING: hyp has no {', '.join(missing)}: that augmentation is off")
-    unknown = [k for k in hyp if k not in LOADER_HYP_KEYS and k not in KNOWN_KEYS]
+    unknown = [k for k in hyp if k not in KNOWN_KEYS]
     if unknown:
         LOGGER.warning(f"{prefix}WARNING: unknown hyp keys ignored: {', '.join(unknown)}")
-    for k, off in LOADER_HYP_KEYS.items():
-        v = hyp.get(k, off)
-        try:
-            v = float(v)
-        except (TypeError, ValueError):
-            raise ValueError(f"hyp '{k}' must be a number, got {v!r}") from None
-        if not math.isfinite(v) or v < 0:
-            raise ValueError(f"hyp '{k}' must be a finite number >= 0, got {v}")
-        if k in PROBABILITY_KEYS and v > 1:
-            raise ValueError(f"hyp '{k}' is a probability and must be in [0, 1], got {v}")
-        if k in UNSUPPORTED_HYP_KEYS and v > 0:  # as in YOLOv7, these act on segments only: no-ops on boxes
+    for k, off in LOADER_KEYS.items():
+        v = float(check_value(k, hyp.get(k, off), f"{prefix}hyp"))
+        if k in SEGMENT_ONLY_KEYS and v > 0:  # as in YOLOv7, these act on segments only: no-ops on boxes
             LOGGER.info(f"{prefix}hyp '{k}: {v}' needs segment labels and has no effect on box labels")
             v = 0.0
         out[k] = v
