@@ -49,7 +49,16 @@ from models.yolo import Model  # noqa: E402
 from utils.allocator import retain_freed_memory  # noqa: E402
 from utils.atomic import clean_stale_temps, copy_file, write_text  # noqa: E402
 from utils.autoanchor import check_anchors  # noqa: E402
-from utils.checkpoint import CheckpointError, load_checkpoint, nonfinite_tensors, save_checkpoint, strip_optimizer  # noqa: E402
+from utils.checkpoint import (  # noqa: E402
+    CheckpointError,
+    float_state_dict,
+    load_checkpoint,
+    nonfinite_tensors,
+    save_checkpoint,
+    strip_optimizer,
+    to_plain,
+    training_checkpoint,
+)
 from utils.cli import UserError, fail, require, run_cli  # noqa: E402
 from utils.data.augment import LOADER_HYP_KEYS  # noqa: E402
 from utils.data.config import check_dataset  # noqa: E402
@@ -75,16 +84,8 @@ from utils.plots import plot_images, plot_labels, plot_results, safe_plot  # noq
 from utils.recipe import RunFacts, choose_recipe  # noqa: E402
 from utils.runs import find_resume_checkpoint, increment_path, resume_candidates, resume_save_dir  # noqa: E402
 from utils.sizes import check_img_size  # noqa: E402
-from utils.torch_utils import (  # noqa: E402
-    ModelEMA,
-    de_parallel,
-    float_state_dict,
-    init_seeds,
-    intersect_dicts,
-    select_device,
-    to_channels_last,
-)
-from utils.train_steps import (  # noqa: E402,F401
+from utils.torch_utils import ModelEMA, de_parallel, init_seeds, intersect_dicts, select_device, to_channels_last  # noqa: E402
+from utils.train_steps import (  # noqa: E402
     EMA_ATTRS,
     NBS,
     build_optimizer,
@@ -94,8 +95,6 @@ from utils.train_steps import (  # noqa: E402,F401
     multi_scale,
     quiet_logs,
     scale_loss_gains,
-    to_plain,
-    training_checkpoint,
     update_bn_stats,
     warmup_iterations,
     warmup_step,

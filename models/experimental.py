@@ -15,10 +15,10 @@ import torch
 
 from models.common import reparameterize_model
 from models.yolo import Model
-from utils.checkpoint import FORMAT, CheckpointError, load_checkpoint
+from utils.checkpoint import CheckpointError, float_state_dict, load_checkpoint, model_checkpoint
 from utils.log import LOGGER
 from utils.names import names_list
-from utils.torch_utils import de_parallel, float_state_dict
+from utils.torch_utils import de_parallel
 
 
 def attempt_load(weights: Union[str, Path], map_location: Union[str, torch.device] = "cpu",
@@ -78,15 +78,7 @@ def attempt_load(weights: Union[str, Path], map_location: Union[str, torch.devic
 
 
 def fused_checkpoint(model: torch.nn.Module) -> dict[str, Any]:
-    """The fused-checkpoint dict of ``model``: a fused copy's CPU state dict plus cfg, names, nc,
-    stride, ``fused: True`` and ``format``. ``model`` itself is left untouched."""
+    """The fused-checkpoint dict of ``model`` (:func:`utils.checkpoint.model_checkpoint` of a fused float32 copy);
+    ``model`` itself is left untouched."""
     m = reparameterize_model(copy.deepcopy(de_parallel(model)).float().eval(), inplace=True)
-    return {
-        "cfg": copy.deepcopy(m.yaml),
-        "state_dict": {k: v.detach().cpu().clone() for k, v in m.state_dict().items()},
-        "names": list(m.names),
-        "nc": int(m.nc),
-        "stride": m.stride.detach().cpu().float().clone(),
-        "fused": True,
-        "format": FORMAT,
-    }
+    return model_checkpoint(m, fused=True)

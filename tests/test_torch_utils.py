@@ -9,11 +9,11 @@ import torch
 import torch.nn as nn
 from model_checks import rel_err
 
+from utils.checkpoint import float_state_dict
 from utils.torch_utils import (
     ModelEMA,
     count_flops,
     de_parallel,
-    float_state_dict,
     fuse_bn_tensor,
     fuse_conv_and_bn,
     initialize_weights,

@@ -401,9 +401,9 @@ def hand_checkpoint(tmp_path: Path, data: Path, epoch: int = 0, epochs: int = 2)
     """A resumable checkpoint (epoch ``epoch`` of ``epochs`` done) made without training, as train.py saves it."""
     import train
     from models.yolo import Model
-    from utils.checkpoint import save_checkpoint
+    from utils.checkpoint import save_checkpoint, training_checkpoint
     from utils.torch_utils import ModelEMA
-    from utils.train_steps import build_optimizer, training_checkpoint
+    from utils.train_steps import build_optimizer
     opt = train.parse_opt(base_args(tmp_path, data, "--noautoanchor", epochs=epochs))
     opt.img_size, opt.total_batch_size, opt.save_dir = opt.img_size[:2], opt.batch_size, str(tmp_path / "gone")
     hyp = yaml.safe_load(HYP.read_text())

@@ -1,4 +1,9 @@
-"""Checkpoint files: plain dicts of tensors and data, written atomically, read without pickle code.
+"""Checkpoint files, the one owner of their format: plain dicts of tensors and data, written atomically, read
+without pickle code.
+
+What a file holds is built here too: :func:`training_checkpoint` (train.py's last.pt / best.pt: model, EMA,
+optimizer, epoch, hyp, opt), :func:`model_checkpoint` (weights only, e.g. a fused model), both stamped with
+:data:`FORMAT`; :func:`float_state_dict` widens stored weights before loading.
 
 Every loader in the project goes through :func:`load_checkpoint`, which uses
 ``torch.load(..., weights_only=True)``: a file holding pickled objects (e.g. an official
@@ -16,9 +21,11 @@ import math
 import pickletools
 import zipfile
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
+import numpy as np
 import torch
+import torch.nn as nn
 
 from utils.atomic import WriteError, atomic_write
 from utils.cli import UserError
@@ -311,3 +318,69 @@ def strip_optimizer(src: PathLike, dst: Optional[PathLike] = None) -> Path:
 
 __all__ = ["FORMAT", "CheckpointError", "CorruptCheckpointError", "PickledCheckpointError", "WriteError",
            "load_checkpoint", "nonfinite_tensors", "save_checkpoint", "strip_optimizer"]
+
+
+# --------------------------------------------------------------------------- what a checkpoint holds
+def to_plain(x: Any) -> Any:
+    """Options/hyp values as plain yaml/pickle-free data (Path -> str, tuples -> lists, numpy -> python)."""
+    if isinstance(x, dict):
+        return {str(k): to_plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [to_plain(v) for v in x]
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    if x is None or isinstance(x, (bool, int, float, str)):
+        return x
+    return str(x)  # Path and anything else a yaml/weights-only file cannot hold as such
+
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached CPU copy of the state dict, NCHW (a channels-last training run saves plain tensors)."""
+    return {k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in model.state_dict().items()}
+
+
+
+def training_checkpoint(model: nn.Module, ema: Any, optimizer: torch.optim.Optimizer, epoch: int,
+                        best_fitness: float, hyp: dict, opt: dict, names: Sequence[str]) -> dict[str, Any]:
+    """The dict train.py saves as last.pt/best.pt: tensors and plain data only (loads with weights_only=True).
+
+    ``model`` is the bare (not DDP-wrapped) model; ``ema`` a :class:`utils.torch_utils.ModelEMA`.
+    """
+    sd = optimizer.state_dict()
+    sd["param_groups"] = [to_plain(g) for g in sd["param_groups"]]
+    return {
+        "cfg": to_plain(model.yaml),
+        "state_dict": _cpu_state(model),
+        "ema": _cpu_state(ema.ema),
+        "updates": int(ema.updates),
+        "optimizer": sd,
+        "epoch": int(epoch),
+        "best_fitness": float(best_fitness),
+        "hyp": to_plain(hyp),
+        "opt": to_plain(opt),
+        "names": list(names),
+        "nc": len(names),
+        "fused": False,
+        "format": FORMAT,
+    }
+
+
+def model_checkpoint(model: nn.Module, fused: bool) -> dict[str, Any]:
+    """The weights-only checkpoint of ``model`` (a fused model for ``fused``, as export.py and the hub write):
+    cfg, CPU state dict, names, nc, stride, ``fused`` and ``format``."""
+    return {
+        "cfg": to_plain(model.yaml),
+        "state_dict": _cpu_state(model),
+        "names": list(model.names),
+        "nc": int(model.nc),
+        "stride": model.stride.detach().cpu().float().clone(),
+        "fused": bool(fused),
+        "format": FORMAT,
+    }
+
+
+def float_state_dict(sd: dict[str, Any]) -> dict[str, Any]:
+    """``sd`` with floating-point tensors as float32 (checkpoints may hold fp16 weights); other
+    entries unchanged. The one place checkpoint weights are widened before loading."""
+    return {k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in sd.items()}

@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from utils.batchnorm import ChannelsLastBatchNorm2d, is_channels_last
+from utils.checkpoint import float_state_dict
 from utils.log import LOGGER
 
 
@@ -181,12 +182,6 @@ def to_channels_last(model: nn.Module) -> bool:
         if type(m) is nn.BatchNorm2d:
             m.__class__ = ChannelsLastBatchNorm2d
     return True
-
-
-def float_state_dict(sd: dict[str, Any]) -> dict[str, Any]:
-    """``sd`` with floating-point tensors as float32 (checkpoints may hold fp16 weights); other
-    entries unchanged. The one place checkpoint weights are widened before loading."""
-    return {k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in sd.items()}
 
 
 # --------------------------------------------------------------------------- info / FLOPs

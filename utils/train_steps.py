@@ -10,7 +10,7 @@ import contextlib
 import logging
 import math
 import random
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -18,7 +18,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.optim import SGD, Adam
 
-from utils.checkpoint import FORMAT
 from utils.cli import UserError
 from utils.log import LOGGER, colorstr
 
@@ -162,19 +161,6 @@ def memory_str(device: torch.device) -> str:
         return "-"
 
 
-def to_plain(x: Any) -> Any:
-    """Options/hyp values as plain yaml/pickle-free data (Path -> str, tuples -> lists, numpy -> python)."""
-    if isinstance(x, dict):
-        return {str(k): to_plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [to_plain(v) for v in x]
-    if isinstance(x, (np.floating, np.integer)):
-        return x.item()
-    if x is None or isinstance(x, (bool, int, float, str)):
-        return x
-    return str(x)  # Path and anything else a yaml/weights-only file cannot hold as such
-
-
 @torch.no_grad()
 def update_bn_stats(model: nn.Module, batches: Iterable[torch.Tensor], device: torch.device) -> int:
     """Precise BN: recompute every BatchNorm's running mean/var of ``model`` as plain averages over ``batches``.
@@ -205,36 +191,6 @@ def update_bn_stats(model: nn.Module, batches: Iterable[torch.Tensor], device: t
             bn.momentum = mom
         model.train(was_training)
     return len(batches)
-
-
-def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """A detached CPU copy of the state dict, NCHW (a channels-last training run saves plain tensors)."""
-    return {k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in model.state_dict().items()}
-
-
-def training_checkpoint(model: nn.Module, ema: Any, optimizer: torch.optim.Optimizer, epoch: int,
-                        best_fitness: float, hyp: dict, opt: dict, names: Sequence[str]) -> dict[str, Any]:
-    """The dict train.py saves as last.pt/best.pt: tensors and plain data only (loads with weights_only=True).
-
-    ``model`` is the bare (not DDP-wrapped) model; ``ema`` a :class:`utils.torch_utils.ModelEMA`.
-    """
-    sd = optimizer.state_dict()
-    sd["param_groups"] = [to_plain(g) for g in sd["param_groups"]]
-    return {
-        "cfg": to_plain(model.yaml),
-        "state_dict": _cpu_state(model),
-        "ema": _cpu_state(ema.ema),
-        "updates": int(ema.updates),
-        "optimizer": sd,
-        "epoch": int(epoch),
-        "best_fitness": float(best_fitness),
-        "hyp": to_plain(hyp),
-        "opt": to_plain(opt),
-        "names": list(names),
-        "nc": len(names),
-        "fused": False,
-        "format": FORMAT,
-    }
 
 
 @contextlib.contextmanager
