@@ -118,7 +118,7 @@ class VideoSaver:
 
 
 @dataclass
-class Tally:
+class RunRecord:
     """What a run produced: per-source detection counts, saved files, timings, skipped inputs."""
     detections: dict[str, int] = field(default_factory=dict)
     saved: list[str] = field(default_factory=list)
@@ -137,13 +137,13 @@ def _name(names: Sequence[str], c: Union[int, float, torch.Tensor]) -> str:
     return str(names[c]) if 0 <= c < len(names) else str(c)
 
 
-def make_sources(source: str, imgsz: list[int], stride: int, auto: bool, tally: Tally) -> list[Any]:
+def make_sources(source: str, imgsz: list[int], stride: int, auto: bool, record: RunRecord) -> list[Any]:
     """The datasets to iterate: a .txt list is split per line into local files and streams."""
     if source.endswith(".txt") and Path(source).is_file() and not source.isnumeric():
         files, streams, problems = split_sources(source)
         for entry, why in problems:
             LOGGER.warning(f"WARNING: {why}")
-            tally.skipped[entry] = why
+            record.skipped[entry] = why
         require(files or streams, f"--source {source}: no usable entries")
         out: list[Any] = [LoadImages(files, imgsz, stride, auto)] if files else []
         return out + ([LoadStreams(streams, imgsz, stride, auto)] if streams else [])
@@ -153,7 +153,7 @@ def make_sources(source: str, imgsz: list[int], stride: int, auto: bool, tally: 
 
 
 @torch.no_grad()
-def infer(model: Backend, img: np.ndarray, opt: dict, tally: Tally) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def infer(model: Backend, img: np.ndarray, opt: dict, record: RunRecord) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Batch tensor and per-image detections (n, 6) of one dataset item, timed by stage."""
     t1 = time_synchronized()
     im = to_tensor(img, model.device, model.fp16)
@@ -169,8 +169,8 @@ def infer(model: Backend, img: np.ndarray, opt: dict, tally: Tally) -> tuple[tor
                                    agnostic=opt["agnostic_nms"], max_det=opt["max_det"])
         t4 = time_synchronized()
     for k, v in enumerate((t2 - t1, t3 - t2, t4 - t3)):
-        tally.dt[k] += v
-    tally.last_ms = (1e3 * (t3 - t2), 1e3 * (t4 - t3))
+        record.dt[k] += v
+    record.last_ms = (1e3 * (t3 - t2), 1e3 * (t4 - t3))
     return im, pred
 
 
@@ -186,7 +186,7 @@ def label_lines(det: torch.Tensor, shape0: Sequence[int], save_conf: bool) -> st
 
 
 def handle_image(det: torch.Tensor, im_shape: Sequence[int], im0: np.ndarray, where: dict, names: Sequence[str],
-                 opt: dict, tally: Tally, videos: VideoSaver) -> None:
+                 opt: dict, record: RunRecord, videos: VideoSaver) -> None:
     """Scale one image's boxes to its original, then log, draw, and save image/video/labels."""
     det = det.detach().cpu().float().clone()
     s = where["info"] + "%gx%g " % tuple(im_shape)
@@ -194,7 +194,7 @@ def handle_image(det: torch.Tensor, im_shape: Sequence[int], im0: np.ndarray, wh
         det[:, :4] = scale_coords(im_shape, det[:, :4], im0.shape).round()
     ids = None
     if opt["track"] is not None:
-        det, ids = track_image(det, im0, where, opt, tally)
+        det, ids = track_image(det, im0, where, opt, record)
     if len(det):
         for c in det[:, 5].unique():
             n = int((det[:, 5] == c).sum())
@@ -205,29 +205,29 @@ def handle_image(det: torch.Tensor, im_shape: Sequence[int], im0: np.ndarray, wh
             draw_boxes(im0, det, ids, names, opt["line_thickness"])
     else:
         s += "(no detections), " if ids is None else "(no tracks), "
-    tally.detections[where["key"]] = len(det)
-    extra = f", ({tally.track_ms:.1f}ms) tracking" if ids is not None else ""
-    LOGGER.info(f"{s}Done. ({tally.last_ms[0]:.1f}ms) Inference, ({tally.last_ms[1]:.1f}ms) NMS{extra}")
-    show(where["name"], im0, tally)
+    record.detections[where["key"]] = len(det)
+    extra = f", ({record.track_ms:.1f}ms) tracking" if ids is not None else ""
+    LOGGER.info(f"{s}Done. ({record.last_ms[0]:.1f}ms) Inference, ({record.last_ms[1]:.1f}ms) NMS{extra}")
+    show(where["name"], im0, record)
     if opt["save_img"]:
         if where["video"]:
             videos.write(where["i"], where["save"], im0, where["fps"])
         else:
             with atomic_path(where["save"]) as tmp:
                 require(cv2.imwrite(str(tmp), im0), f"{where['save']}: could not write the image")
-            tally.saved.append(where["save"])
+            record.saved.append(where["save"])
 
 
 def track_image(det: torch.Tensor, im0: np.ndarray, where: dict, opt: dict,
-                tally: Tally) -> tuple[torch.Tensor, np.ndarray]:
+                record: RunRecord) -> tuple[torch.Tensor, np.ndarray]:
     """Run the sequence's tracker on one image's detections (original pixels): (tracked boxes (m, 6), ids (m,)).
 
     With ``--save-txt`` the tracks are appended to the sequence's MOTChallenge file.
     """
     t0 = time.perf_counter()
     frame_no, tracked = opt["track"].step(where["seq"], where["frame_no"], det.numpy(), im0, where["fps"])
-    tally.track_ms = 1e3 * (time.perf_counter() - t0)
-    tally.dt[3] += tally.track_ms / 1e3
+    record.track_ms = 1e3 * (time.perf_counter() - t0)
+    record.dt[3] += record.track_ms / 1e3
     if opt["save_txt"]:
         opt["mot"].write(where["i"], where["mot"], mot_rows(frame_no, tracked))
     return torch.from_numpy(tracked[:, :6]).float(), tracked[:, 6].astype(np.int64)
@@ -245,16 +245,16 @@ def draw_boxes(im0: np.ndarray, det: torch.Tensor, ids: Optional[np.ndarray], na
         plot_one_box(xyxy, im0, color=colour, label=label, line_thickness=line_thickness)
 
 
-def show(name: str, im0: np.ndarray, tally: Tally) -> None:
+def show(name: str, im0: np.ndarray, record: RunRecord) -> None:
     """--view-img: show the frame; a headless OpenCV turns it off with one warning."""
-    if not tally.view:
+    if not record.view:
         return
     try:
         cv2.imshow(name, im0)
         cv2.waitKey(1)
     except cv2.error as e:
         LOGGER.warning(f"WARNING: --view-img unavailable here (headless OpenCV?): {str(e).splitlines()[0]}")
-        tally.view = False
+        record.view = False
 
 
 def item_places(dataset: Any, path: Any, i: int, info: str, save_dir: Path, vid_cap: Any,
@@ -275,32 +275,32 @@ def item_places(dataset: Any, path: Any, i: int, info: str, save_dir: Path, vid_
             "seq": seq, "frame_no": frame_no, "mot": save_dir / "labels" / f"{seq_name}.txt"}
 
 
-def process(dataset: Any, model: Backend, opt: dict, save_dir: Path, tally: Tally) -> None:
+def process(dataset: Any, model: Backend, opt: dict, save_dir: Path, record: RunRecord) -> None:
     """Run the model over one dataset, saving what ``opt`` asks for."""
     stream = isinstance(dataset, LoadStreams)
     videos = VideoSaver(len(dataset.sources) if stream else 1)
     frames = folder_frame_numbers(dataset) if opt["track"] is not None else {}
     try:
         for path, img, im0s, vid_cap, info in dataset:
-            im, pred = infer(model, img, opt, tally)
+            im, pred = infer(model, img, opt, record)
             for i, det in enumerate(pred):
                 where = item_places(dataset, path, i, info, save_dir, vid_cap, frames)
-                tally.images += 1
-                tally.seen.add(where["src"])
+                record.images += 1
+                record.seen.add(where["src"])
                 im0 = (im0s[i] if stream else im0s).copy()
-                handle_image(det, im.shape[2:], im0, where, model.names, opt, tally, videos)
+                handle_image(det, im.shape[2:], im0, where, model.names, opt, record, videos)
     finally:
         videos.close()
         if opt["mot"] is not None:
             opt["mot"].close()
         if stream:
             dataset.close()
-    tally.saved.extend(videos.saved)
-    tally.frames_written.update(videos.frames_written)
+    record.saved.extend(videos.saved)
+    record.frames_written.update(videos.frames_written)
     if not stream:
         for f in dataset.files:
-            if f not in tally.seen:
-                tally.skipped.setdefault(f, dataset.skipped.get(f, "not read"))
+            if f not in record.seen:
+                record.skipped.setdefault(f, dataset.skipped.get(f, "not read"))
 
 
 def update_weights(weights: Sequence[Union[str, Path]]) -> None:
@@ -318,13 +318,13 @@ def update_weights(weights: Sequence[Union[str, Path]]) -> None:
             LOGGER.info(f"--update: stripped optimizer state from {w} ({w.stat().st_size / 1e6:.1f} MB)")
 
 
-def finish(tally: Tally, save_dir: Path, imgsz: Sequence[int], opt: dict, t0: float) -> dict[str, Any]:
+def finish(record: RunRecord, save_dir: Path, imgsz: Sequence[int], opt: dict, t0: float) -> dict[str, Any]:
     """Report skipped inputs, speed and where results went; the summary dict ``run`` returns."""
-    skipped = list(tally.skipped)
+    skipped = list(record.skipped)
     if skipped:
-        lines = [why if why.startswith(f) else f"{f}: {why}" for f, why in tally.skipped.items()]
+        lines = [why if why.startswith(f) else f"{f}: {why}" for f, why in record.skipped.items()]
         LOGGER.warning(f"WARNING: {len(skipped)} input(s) skipped:\n" + "\n".join("  " + ln for ln in lines))
-    speeds = tuple(1e3 * x / max(tally.images, 1) for x in tally.dt)
+    speeds = tuple(1e3 * x / max(record.images, 1) for x in record.dt)
     tracks = opt["track"].counts() if opt["track"] is not None else {}
     extra = ", %.1fms tracking" % speeds[3] if opt["track"] is not None else ""
     LOGGER.info(f"Speed: %.1fms pre-process, %.1fms inference, %.1fms NMS{extra} per image at shape "
@@ -337,8 +337,8 @@ def finish(tally: Tally, save_dir: Path, imgsz: Sequence[int], opt: dict, t0: fl
         extra = f"\n{n_lb} labels saved to {save_dir / 'labels'}" if opt["save_txt"] else ""
         LOGGER.info(f"Results saved to {colorstr('bold', str(save_dir))}{extra}")
     LOGGER.info(f"Done. ({time.time() - t0:.3f}s)")
-    return {"save_dir": save_dir, "detections": tally.detections, "skipped": skipped, "saved": tally.saved,
-            "frames_written": tally.frames_written, "speed_ms": speeds[:3], "images": tally.images,
+    return {"save_dir": save_dir, "detections": record.detections, "skipped": skipped, "saved": record.saved,
+            "frames_written": record.frames_written, "speed_ms": speeds[:3], "images": record.images,
             "tracks": tracks, "track_ms": speeds[3]}
 
 
@@ -378,8 +378,8 @@ def run(weights: WeightsArg = "best.pt", source: str = "data/images", img_size: 
     imgsz, auto = model.input_size(img_size)
     if not auto and list(imgsz) != [int(img_size)] * 2:
         LOGGER.info(f"{wlist[0]}: fixed input {imgsz[0]}x{imgsz[1]}; using it")
-    tally = Tally(view=view_img)
-    datasets = make_sources(source, imgsz, model.stride, auto, tally)
+    record = RunRecord(view=view_img)
+    datasets = make_sources(source, imgsz, model.stride, auto, record)
     for ds in datasets:  # a static-batch file must fit the source before anything is written
         model.check_batch(len(ds.sources) if isinstance(ds, LoadStreams) else 1)
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)
@@ -391,10 +391,10 @@ def run(weights: WeightsArg = "best.pt", source: str = "data/images", img_size: 
                track=TrackSession(tracker) if tracker is not None else None,
                mot=MotFiles() if tracker is not None and save_txt else None)
     for dataset in datasets:
-        process(dataset, model, opt, save_dir, tally)
+        process(dataset, model, opt, save_dir, record)
     if update:
         update_weights(wlist)
-    return finish(tally, save_dir, imgsz, opt, t0)
+    return finish(record, save_dir, imgsz, opt, t0)
 
 
 def parse_opt(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

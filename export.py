@@ -80,8 +80,8 @@ from models.experimental import attempt_load, fused_checkpoint  # noqa: E402
 from models.yolo import layer_input  # noqa: E402
 from utils.atomic import atomic_dir, atomic_path, write_text  # noqa: E402
 from utils.boxes import xywh2xyxy  # noqa: E402
-from utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
-from utils.cli import run_cli  # noqa: E402
+from utils.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from utils.cli import RunFailed, run_cli  # noqa: E402
 from utils.log import LOGGER, colorstr, set_logging  # noqa: E402
 from utils.sizes import check_img_size  # noqa: E402
 from utils.torch_utils import model_info, select_device  # noqa: E402
@@ -97,8 +97,8 @@ METADATA = "metadata.yaml"
 FIXED_SIZE_FORMATS = ("torchscript", "onnx", "openvino", "onnx_int8", "openvino_int8")  # HxW set unless --dynamic
 
 
-class ExportError(RuntimeError):
-    """An export could not be made or does not reproduce the PyTorch model."""
+class ExportError(RunFailed, RuntimeError):
+    """An export could not be made or does not reproduce the PyTorch model (one line, exit code 1)."""
 
 
 # --------------------------------------------------------------------------- comparison helpers
@@ -999,11 +999,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     opt = vars(parse_opt(argv))
     opt.pop("verbose")
     t = time.time()
-    try:
-        results = run(**opt)
-    except (ExportError, CheckpointError, FileNotFoundError) as e:
-        print(f"export.py: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
-        return 1
+    results = run(**opt)  # errors end in one line through run_cli (bad input exit 2, a failed check 1)
     files = results["files"]
     LOGGER.info(f"\nExport complete ({time.time() - t:.1f}s), all checks passed: "
                 + ", ".join(f"{k} -> {v}" for k, v in files.items()))

@@ -96,10 +96,14 @@ def test_fused_checkpoint_round_trip(ckpt, fused_model):
 
 def test_export_cli_fails_beyond_tolerance(ckpt, capsys):
     # the fused float32 model differs from float64 by rounding (> 0), so a zero tolerance must fail with exit 1
-    assert export.main(["--weights", str(ckpt), "--img-size", "64", "--include", "fused", "--rtol", "0",
-                        "--rtol-factor", "0"]) == 1
+    from utils.cli import run_cli
+    assert run_cli(export.main, ["--weights", str(ckpt), "--img-size", "64", "--include", "fused", "--rtol", "0",
+                                 "--rtol-factor", "0"], prog="export.py") == 1
     assert "exceeds the tolerance 0 = max(--rtol 0, 0 x float32 error" in capsys.readouterr().err
-    assert export.main(["--weights", str(ckpt.parent / "missing.pt"), "--include", "fused"]) == 1
+    assert run_cli(export.main, ["--weights", str(ckpt.parent / "missing.pt"), "--include", "fused"],
+                   prog="export.py") == 2  # bad input: the project's exit code 2, one line
+    errors = [ln for ln in capsys.readouterr().err.splitlines() if "error:" in ln]
+    assert len(errors) == 1 and errors[0].startswith("export.py: error: ") and "missing.pt" in errors[0]
 
 
 def test_export_rejects_bad_options(ckpt):

@@ -161,24 +161,24 @@ class Settings:
 
 
 
-def resolve_dataset(cfg: Settings, data: Any, task: str, names: Any, runner: Runner, is_coco: bool) -> None:
-    """Load the data yaml into ``cfg``: the split to score, nc, class names and json category ids."""
+def resolve_dataset(settings: Settings, data: Any, task: str, names: Any, runner: Runner, is_coco: bool) -> None:
+    """Load the data yaml into ``settings``: the split to score, nc, class names and json category ids."""
     from utils.data.config import check_dataset
 
     split = task if task in ("train", "val", "test") else "val"
     data = check_dataset(data, require=(split,))
     where = data.get("yaml_file") or "the data"
     require(bool(data.get(split)), f"{where}: has no '{split}' split to evaluate")
-    nc = 1 if cfg.single_cls else int(data["nc"])
-    if not cfg.single_cls and runner.nc and runner.nc != nc:
+    nc = 1 if settings.single_cls else int(data["nc"])
+    if not settings.single_cls and runner.nc and runner.nc != nc:
         raise ValueError(f"the model predicts nc={runner.nc} classes but {where} has nc={nc}; "
                          f"evaluate with the matching data yaml (or --single-cls)")
     if names is None:
-        names = ["item"] if cfg.single_cls else (data.get("names") or runner.names)
+        names = ["item"] if settings.single_cls else (data.get("names") or runner.names)
     names = names_dict(names)
     names.update({i: str(i) for i in range(nc) if i not in names})
-    cfg.data, cfg.split, cfg.nc, cfg.names = data, split, nc, names
-    cfg.cat_ids = class_to_category(data, nc, bool(is_coco or data.get("coco")))
+    settings.data, settings.split, settings.nc, settings.names = data, split, nc, names
+    settings.cat_ids = class_to_category(data, nc, bool(is_coco or data.get("coco")))
 
 
 
@@ -194,7 +194,7 @@ def letterbox_note(runner: Runner, imgsz: int, rect: bool) -> str:
 
 
 
-def build_loader(cfg: Settings, runner: Runner, imgsz: int, batch_size: int, workers: int, no_rect: bool = False):
+def build_loader(settings: Settings, runner: Runner, imgsz: int, batch_size: int, workers: int, no_rect: bool = False):
     """The split's dataloader: rectangular batches at ``imgsz``, or square ``imgsz`` x ``imgsz``
     (``no_rect``); a fixed-size file gets its own size (square) and batch."""
     from utils.data.loader import create_dataloader
@@ -214,9 +214,10 @@ def build_loader(cfg: Settings, runner: Runner, imgsz: int, batch_size: int, wor
     if runner.device.type == "cuda":  # warm up kernels before timing
         runner(torch.zeros(runner.batch or 1, 3, imgsz, imgsz, device=runner.device,
                            dtype=torch.float16 if runner.half else torch.float32))
-    loader = create_dataloader(cfg.data[cfg.split], imgsz, batch_size, runner.stride, single_cls=cfg.single_cls,
-                               pad=0.5, rect=rect, workers=workers, prefix=colorstr(f"{cfg.split}: "),
-                               nc=cfg.data["nc"])[0]
+    loader = create_dataloader(settings.data[settings.split], imgsz, batch_size, runner.stride,
+                               single_cls=settings.single_cls,
+                               pad=0.5, rect=rect, workers=workers, prefix=colorstr(f"{settings.split}: "),
+                               nc=settings.data["nc"])[0]
     LOGGER.info(letterbox_note(runner, imgsz, rect))
     return loader, imgsz, batch_size
 
@@ -282,39 +283,39 @@ def save_txt(predn: torch.Tensor, shape0, path: Path, save_conf: bool) -> None:
 
 
 
-def record_image(pred: torch.Tensor, labels: torch.Tensor, path: Path, shape_info, img_hw, cfg: Settings,
+def record_image(pred: torch.Tensor, labels: torch.Tensor, path: Path, shape_info, img_hw, settings: Settings,
                  tally: Tally) -> None:
     """Everything one image contributes: match statistics, confusion matrix, txt and json rows."""
-    if cfg.single_cls:
+    if settings.single_cls:
         pred[:, 5] = 0
     predn, labelsn, shape0, stat = match_image(pred, labels, img_hw, shape_info, tally.iouv)
     tally.seen += 1
     tally.stats.append(stat)
     tally.ids.append(image_id(path))
-    if cfg.plots:
+    if settings.plots:
         tally.confusion.process_batch(predn, labelsn)
-    if cfg.save_txt:
-        save_txt(predn, shape0, cfg.save_dir / "labels" / f"{path.stem}.txt", cfg.save_conf)
+    if settings.save_txt:
+        save_txt(predn, shape0, settings.save_dir / "labels" / f"{path.stem}.txt", settings.save_conf)
         tally.n_txt += 1
-    if cfg.save_json:
-        tally.jdict += to_json(predn, image_id(path), cfg.cat_ids)
+    if settings.save_json:
+        tally.jdict += to_json(predn, image_id(path), settings.cat_ids)
 
 
 
 # --------------------------------------------------------------------------- per batch
-def plot_batch(batch_i: int, img: torch.Tensor, targets: torch.Tensor, out: list, paths, cfg: Settings,
+def plot_batch(batch_i: int, img: torch.Tensor, targets: torch.Tensor, out: list, paths, settings: Settings,
                tally: Tally) -> None:
     """val_batch{i}_labels/_pred.jpg of the first three batches, drawn in background threads."""
     im_cpu, tg_cpu, pr_cpu = img.detach().cpu(), targets.detach().cpu(), output_to_target(out)
     for suffix, tg in (("labels", tg_cpu), ("pred", pr_cpu)):
-        f = cfg.save_dir / f"val_batch{batch_i}_{suffix}.jpg"
-        th = threading.Thread(target=safe_plot, args=(plot_images, im_cpu, tg, paths, f, cfg.names), daemon=True)
+        f = settings.save_dir / f"val_batch{batch_i}_{suffix}.jpg"
+        th = threading.Thread(target=safe_plot, args=(plot_images, im_cpu, tg, paths, f, settings.names), daemon=True)
         th.start()
         tally.plot_threads.append(th)
 
 
 
-def run_batch(batch_i: int, batch, runner: Runner, cfg: Settings, tally: Tally, timers: Timers,
+def run_batch(batch_i: int, batch, runner: Runner, settings: Settings, tally: Tally, timers: Timers,
               compute_loss=None) -> None:
     """Preprocess, infer, (loss), NMS, then record every image of one batch."""
     img, targets, paths, shapes = batch
@@ -330,30 +331,30 @@ def run_batch(batch_i: int, batch, runner: Runner, cfg: Settings, tally: Tally, 
     targets[:, 2:] *= torch.tensor([width, height, width, height], device=targets.device)  # to pixels
     with timers("nms"):
         if not runner.end2end:
-            lb = [targets[targets[:, 0] == i, 1:] for i in range(nb)] if cfg.save_hybrid else []
-            out = non_max_suppression(out, cfg.conf_thres, cfg.iou_thres, labels=lb, multi_label=True,
-                                      agnostic=cfg.single_cls, max_det=MAX_DET)
+            lb = [targets[targets[:, 0] == i, 1:] for i in range(nb)] if settings.save_hybrid else []
+            out = non_max_suppression(out, settings.conf_thres, settings.iou_thres, labels=lb, multi_label=True,
+                                      agnostic=settings.single_cls, max_det=MAX_DET)
     with timers("metrics"):
         for si, pred in enumerate(out):
             record_image(pred, targets[targets[:, 0] == si, 1:], Path(paths[si]), shapes[si], img.shape[2:],
-                         cfg, tally)
-    if cfg.plots and batch_i < 3:
+                         settings, tally)
+    if settings.plots and batch_i < 3:
         with timers("plots"):
-            plot_batch(batch_i, img, targets, out, paths, cfg, tally)
+            plot_batch(batch_i, img, targets, out, paths, settings, tally)
 
 
 
-def run_batches(loader, runner: Runner, cfg: Settings, tally: Tally, timers: Timers, compute_loss=None,
+def run_batches(loader, runner: Runner, settings: Settings, tally: Tally, timers: Timers, compute_loss=None,
                 progress: bool = True) -> None:
     """All batches of ``loader``, behind a tqdm progress bar (train.py's validation shows it too)."""
-    it = iter(tqdm(loader, desc=HEADER, disable=not progress, leave=not cfg.training))
+    it = iter(tqdm(loader, desc=HEADER, disable=not progress, leave=not settings.training))
     batch_i = 0
     while True:
         with timers("load"):
             batch = next(it, None)  # None once the loader (and the bar) is done
         if batch is None:
             break
-        run_batch(batch_i, batch, runner, cfg, tally, timers, compute_loss)
+        run_batch(batch_i, batch, runner, settings, tally, timers, compute_loss)
         batch_i += 1
 
 
@@ -385,68 +386,71 @@ class Summary:
 
 
 
-def summarise(tally: Tally, cfg: Settings) -> tuple[Summary, list]:
+def summarise(tally: Tally, settings: Settings) -> tuple[Summary, list]:
     """AP per class at the ten IoU thresholds, P and R at the max-F1 confidence; also the joined stats."""
     # images in COCO's order (sorted ids), so score ties across images break as in COCOeval
     order = sorted(range(len(tally.stats)), key=lambda k: (isinstance(tally.ids[k], str), tally.ids[k]))
     stats = [np.concatenate(x, 0) for x in zip(*[tally.stats[k] for k in order])] if tally.stats else []
-    nt = np.zeros(cfg.nc, dtype=int)
+    nt = np.zeros(settings.nc, dtype=int)
     empty = np.zeros(0)
     if not (stats and len(stats[3])):
         return Summary(empty, empty, empty, empty, np.zeros(0, dtype=int), nt), stats
-    nt = np.bincount(stats[3].astype(int), minlength=cfg.nc)
-    p, r, ap, _, ap_class = ap_per_class(*stats, plot=False, save_dir=cfg.save_dir, names=cfg.names,
-                                         v5_metric=cfg.v5_metric)
+    nt = np.bincount(stats[3].astype(int), minlength=settings.nc)
+    p, r, ap, _, ap_class = ap_per_class(*stats, plot=False, save_dir=settings.save_dir, names=settings.names,
+                                         v5_metric=settings.v5_metric)
     return Summary(p, r, ap[:, 0], ap.mean(1), ap_class, nt), stats
 
 
 
-def print_results(s: Summary, cfg: Settings, seen: int) -> None:
+def print_results(s: Summary, settings: Settings, seen: int) -> None:
     """The 'all' row, and per class when asked (``verbose``) or outside training for nc < 50 (YOLOv7's rule)."""
     LOGGER.info(HEADER)
     LOGGER.info(ROW % ("all", seen, s.nt.sum(), *s.means))
     if not s.nt.sum():
-        LOGGER.warning(f"WARNING: no labels found in the {cfg.split} split: mAP cannot be computed (reported as 0)")
-    if (cfg.verbose or (cfg.nc < 50 and not cfg.training)) and cfg.nc > 1 and len(s.ap):
+        LOGGER.warning(f"WARNING: no labels found in the {settings.split} split: mAP cannot be computed "
+                       f"(reported as 0)")
+    if (settings.verbose or (settings.nc < 50 and not settings.training)) and settings.nc > 1 and len(s.ap):
         for i, c in enumerate(s.ap_class):
-            LOGGER.info(ROW % (cfg.names.get(int(c), str(c)), seen, s.nt[c], s.p[i], s.r[i], s.ap50[i], s.ap[i]))
+            LOGGER.info(ROW % (settings.names.get(int(c), str(c)), seen, s.nt[c], s.p[i], s.r[i], s.ap50[i], s.ap[i]))
 
 
 
-def finish_plots(stats: list, cfg: Settings, tally: Tally) -> None:
+def finish_plots(stats: list, settings: Settings, tally: Tally) -> None:
     """PR/F1/P/R curves and the confusion matrix; waits for the batch mosaics."""
     if stats and len(stats[3]):
-        safe_plot(ap_per_class, *stats, plot=True, save_dir=cfg.save_dir, names=cfg.names, v5_metric=cfg.v5_metric)
-    tally.confusion.plot(save_dir=cfg.save_dir, names=[cfg.names[i] for i in range(cfg.nc)])
+        safe_plot(ap_per_class, *stats, plot=True, save_dir=settings.save_dir, names=settings.names,
+                  v5_metric=settings.v5_metric)
+    tally.confusion.plot(save_dir=settings.save_dir, names=[settings.names[i] for i in range(settings.nc)])
     for th in tally.plot_threads:
         th.join()
 
 
 
-def ground_truth_json(cfg: Settings, dataset, nt_sum: int) -> Optional[Union[str, Path]]:
+def ground_truth_json(settings: Settings, dataset, nt_sum: int) -> Optional[Union[str, Path]]:
     """The annotation json to score against: the yaml's ``coco_json`` (val) or one built from the labels."""
-    anno = cfg.data.get("coco_json") if cfg.split == "val" else None  # the yaml's json describes val
+    anno = settings.data.get("coco_json") if settings.split == "val" else None  # the yaml's json describes val
     if anno:
         LOGGER.info(f"Evaluating pycocotools mAP with {anno}...")
         return anno
     if not nt_sum:
-        LOGGER.info(f"No labels in the {cfg.split} split: predictions saved for submission, pycocotools skipped")
+        LOGGER.info(f"No labels in the {settings.split} split: predictions saved for submission, pycocotools skipped")
         return None
-    anno = cfg.save_dir / f"{Path(str(cfg.data.get('yaml_file') or 'data')).stem}_{cfg.split}_gt.json"
-    write_text(anno, json.dumps(labels_to_coco_json(dataset, [cfg.names[i] for i in range(cfg.nc)], cfg.cat_ids)))
+    anno = settings.save_dir / f"{Path(str(settings.data.get('yaml_file') or 'data')).stem}_{settings.split}_gt.json"
+    names = [settings.names[i] for i in range(settings.nc)]
+    write_text(anno, json.dumps(labels_to_coco_json(dataset, names, settings.cat_ids)))
     LOGGER.info(f"Evaluating pycocotools mAP with ground truth built from the YOLO labels: {anno}")
     return anno
 
 
 
-def coco_eval(cfg: Settings, tally: Tally, dataset, weights: Any, nt_sum: int,
+def coco_eval(settings: Settings, tally: Tally, dataset, weights: Any, nt_sum: int,
               report: Optional[dict]) -> Optional[np.ndarray]:
     """Write ``<weights>_predictions.json`` and score it with pycocotools; None when it cannot be scored."""
     w = weights[0] if isinstance(weights, (list, tuple)) and weights else weights
-    pred_json = cfg.save_dir / f"{Path(w).stem if w is not None else ''}_predictions.json"
+    pred_json = settings.save_dir / f"{Path(w).stem if w is not None else ''}_predictions.json"
     write_text(pred_json, json.dumps(tally.jdict))
     LOGGER.info(f"Saved {len(tally.jdict)} detections to {pred_json}")
-    anno = ground_truth_json(cfg, dataset, nt_sum)
+    anno = ground_truth_json(settings, dataset, nt_sum)
     if not anno:
         return None
     if not tally.jdict:
@@ -478,45 +482,45 @@ def evaluate(runner: Runner, data: Union[str, Path, dict], batch_size: int = 32,
     check_settings(imgsz, batch_size, conf_thres, iou_thres)
     timers = timers or Timers()
     timers.device = runner.device
-    cfg = Settings(Path(save_dir), conf_thres, iou_thres, single_cls, save_txt, save_conf, save_hybrid, save_json,
+    settings = Settings(Path(save_dir), conf_thres, iou_thres, single_cls, save_txt, save_conf, save_hybrid, save_json,
                    plots, v5_metric, verbose, training=training)
-    resolve_dataset(cfg, data, task, names, runner, is_coco)
+    resolve_dataset(settings, data, task, names, runner, is_coco)
     if dataloader is None:
-        dataloader, imgsz, batch_size = build_loader(cfg, runner, imgsz, batch_size, workers, no_rect)
+        dataloader, imgsz, batch_size = build_loader(settings, runner, imgsz, batch_size, workers, no_rect)
     if plots or save_json or save_txt:
-        (cfg.save_dir / "labels" if save_txt else cfg.save_dir).mkdir(parents=True, exist_ok=True)
+        (settings.save_dir / "labels" if save_txt else settings.save_dir).mkdir(parents=True, exist_ok=True)
     iouv = IOU_THRESHOLDS.to(runner.device) if runner.device.type != "mps" else IOU_THRESHOLDS
-    tally = Tally(ConfusionMatrix(nc=cfg.nc), torch.zeros(3, device=runner.device), iouv)
+    tally = Tally(ConfusionMatrix(nc=settings.nc), torch.zeros(3, device=runner.device), iouv)
 
-    run_batches(dataloader, runner, cfg, tally, timers, compute_loss, progress)
+    run_batches(dataloader, runner, settings, tally, timers, compute_loss, progress)
     with timers("metrics"):
-        summary, stats = summarise(tally, cfg)
+        summary, stats = summarise(tally, settings)
     mp, mr, map50, map_ = summary.means
     if report is not None:
         report.update(map50=map50, map=map_, images=tally.seen)
-    print_results(summary, cfg, tally.seen)
+    print_results(summary, settings, tally.seen)
     times = timers.per_image_ms(("preprocess", "inference", "nms"), tally.seen) + (imgsz, imgsz, batch_size)
-    if not cfg.training:
+    if not settings.training:
         LOGGER.info("Speed: %.1f/%.1f/%.1f ms pre-process/inference/NMS per %gx%g image at batch-size %g" % times)
     if plots:
         with timers("plots"):
-            finish_plots(stats, cfg, tally)
+            finish_plots(stats, settings, tally)
     if save_json and tally.seen:
         with timers("json"):
-            cstats = coco_eval(cfg, tally, dataloader.dataset, weights, int(summary.nt.sum()), report)
+            cstats = coco_eval(settings, tally, dataloader.dataset, weights, int(summary.nt.sum()), report)
         if cstats is not None:
             LOGGER.info(f"pycocotools mAP@.5:.95 {cstats[0]:.4f} mAP@.5 {cstats[1]:.4f} "
                         f"(this evaluator: {map_:.4f} {map50:.4f})")
             map_, map50 = float(cstats[0]), float(cstats[1])
-    if not cfg.training:
+    if not settings.training:
         if save_txt:
-            LOGGER.info(f"{tally.n_txt} label files saved to {cfg.save_dir / 'labels'}")
-        LOGGER.info(f"Results saved to {colorstr('bold', cfg.save_dir)}")
+            LOGGER.info(f"{tally.n_txt} label files saved to {settings.save_dir / 'labels'}")
+        LOGGER.info(f"Results saved to {colorstr('bold', settings.save_dir)}")
     runner.restore()
     if report is not None:
         report["timings"] = timers.report()
     val_loss = (tally.loss.cpu() / max(len(dataloader), 1)).tolist()
-    return (mp, mr, map50, map_, *val_loss), summary.maps(cfg.nc, map_), times
+    return (mp, mr, map50, map_, *val_loss), summary.maps(settings.nc, map_), times
 
 
 def evaluate_model(model: torch.nn.Module, data: Union[str, Path, dict], half_precision: bool = True,
