@@ -2,8 +2,8 @@
 
 A training step allocates and frees the same large activation tensors every iteration. glibc's
 malloc serves blocks above its mmap threshold (at most 32 MB) with fresh ``mmap`` calls and returns
-them to the kernel on ``free``, so every step faults in (and zeroes) gigabytes of new pages again;
-on a 2-core machine that was 15-20 % of a yolov7-tiny-ms0 step at 320 px (docs/benchmarks.md).
+them to the kernel on ``free``, so every step faults in (and zeroes) gigabytes of new pages again, a
+visible share of a CPU training step (measured in docs/benchmarks.md).
 :func:`retain_freed_memory` makes malloc keep freed memory for reuse instead: no ``mmap`` for
 large blocks, no trimming of the heap. Peak memory is unchanged (the same tensors are live at the
 peak); the process simply does not hand memory back between steps.

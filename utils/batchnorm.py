@@ -1,10 +1,10 @@
 """Train-mode BatchNorm for channels-last CPU training with batch statistics as accurate as NCHW's.
 
-torch 2.14's CPU BatchNorm computes the batch mean and variance of a channels-last (NHWC) tensor with
-plain float32 running sums: on one 16x64x32x32 batch, 8x the output error of its NCHW kernel (pairwise
-sums), 25x when a channel's mean is 60x its spread. A MobileOne network compounds that through ~150
-BatchNorms: at 128 px the per-parameter float32 gradients of yolov7-tiny-ms0 were 2.85 % (median) from
-the float64 ones, against 0.66 % in NCHW (docs/benchmarks.md). Here the statistics come from two passes
+torch's CPU BatchNorm (2.14; remove this module when its channels-last kernel reduces pairwise as the NCHW one
+does) computes the batch mean and variance of a channels-last (NHWC) tensor with plain float32 running sums,
+which lose precision with the number of pixels and with a channel's mean against its spread. A MobileOne
+network compounds that through ~150 BatchNorms, so its float32 gradients drift several times further from
+float64 than in NCHW (figures in docs/benchmarks.md). Here the statistics come from two passes
 of torch's pairwise reductions over the (N*H*W, C) view of the tensor (no copy); normalization and
 backward stay torch's own kernels.
 """

@@ -19,8 +19,8 @@ effect of each choice is in docs/benchmarks.md):
   logit step times stride/4 pixels. Every node after the neck is excluded (:func:`tail_nodes`
   with ``keep_head``); the three 1x1 head convs are a small share of the FLOPs;
 * the stem conv (the one that reads the image) stays in float in the ONNX Runtime model: with 3
-  input channels its int8 GEMM has a depth of 27 and ran slower than the fp32 conv (6.6 vs 3.6 ms at
-  640 px on a VNNI Xeon), and its input, the image, needs no quantize step then (:func:`stem_convs`);
+  input channels its int8 GEMM has a depth of only 27, too short for the int8 kernels to beat the fp32
+  conv, and its input, the image, needs no quantize step then (:func:`stem_convs`);
 * signed int8 weights, uint8 activations (the u8s8 kernels of x86 VNNI); ``reduce_range`` only on
   CPUs without VNNI, where the u8s8 dot product can saturate.
 """

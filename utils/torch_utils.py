@@ -145,8 +145,9 @@ def fuse_conv_and_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     return conv_like(conv, *fuse_bn_tensor(conv.weight, bn, conv.bias))
 
 
-# torch 2.14 on CPU (oneDNN): the weight gradient of a dense 1x1 stride-2 conv over fewer than 16 input
-# channels corrupts the heap in channels-last (reproduced on an AVX-512 Xeon; 16 and more are fine).
+# Workaround for torch 2.14 on CPU (oneDNN, seen with AVX-512): the weight gradient of a dense 1x1 stride-2 conv
+# over fewer than 16 input channels corrupts the heap in channels-last (16 and more are fine). Remove it when
+# tests/test_torch_utils.py's channels-last step passes with the guard off on a torch that fixes it.
 _CL_MIN_SAFE_CHANNELS = 16
 
 
@@ -158,7 +159,7 @@ def _channels_last_unsafe(m: nn.Module) -> bool:
 def to_channels_last(model: nn.Module) -> bool:
     """Put a YOLO ``Model``'s weights in channels-last (NHWC) memory format for training; True if done.
 
-    Convolutions (depthwise ones most: 2-4x in forward + backward on CPU) run faster on NHWC tensors,
+    Convolutions (depthwise ones most) run faster on NHWC tensors on CPU (docs/benchmarks.md),
     and a conv's output follows its weights' format, so images may stay NCHW. One kind of conv keeps
     NCHW weights: a 1x1 stride-2 conv over fewer than 16 channels, whose oneDNN weight gradient is broken
     in NHWC (the MobileOne stem's scale branch). It runs in NCHW only while its input is NCHW too, so

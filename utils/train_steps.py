@@ -67,9 +67,9 @@ def build_optimizer(model: nn.Module, hyp: dict, adam: bool) -> torch.optim.Opti
                 g_w.append(p)
             else:  # any other free parameter (e.g. anchors-like scales): no decay
                 g_bn.append(p)
-    # the fused (one-kernel) update, same formula: an Adam step over yolov7-tiny-ms0's 754 tensors took
-    # 16.5 ms against 45.3 ms multi-tensor (2.7x, interleaved, idle 2-core Xeon); devices without a
-    # fused kernel keep torch's default
+    # the fused (one-kernel) update, same formula: one pass over the model's hundreds of small tensors instead
+    # of a loop of kernels per tensor group (docs/benchmarks.md); devices without a fused kernel keep torch's
+    # default
     fused = {"fused": True} if all(p.device.type in ("cpu", "cuda") and p.is_floating_point()
                                    for p in g_bn + g_w + g_b) else {}
     if adam:
