@@ -72,11 +72,6 @@ from utils.tracking import MotFiles, TrackerConfig, TrackSession, load_tracker_c
 WeightsArg = Union[str, Path, Sequence[Union[str, Path]]]
 
 
-def _is_stream(source: str) -> bool:
-    """Webcam index, stream URL, or a .txt list of only those (see ``utils.data.sources.is_stream``)."""
-    return is_stream(source)
-
-
 class VideoSaver:
     """One video writer per output stream: opened when a stream's output path changes, each file
     written to a temp name and renamed into place when it is complete (``utils.atomic``)."""
@@ -147,7 +142,7 @@ def make_sources(source: str, imgsz: list[int], stride: int, auto: bool, record:
         require(files or streams, f"--source {source}: no usable entries")
         out: list[Any] = [LoadImages(files, imgsz, stride, auto)] if files else []
         return out + ([LoadStreams(streams, imgsz, stride, auto)] if streams else [])
-    if _is_stream(source):
+    if is_stream(source):
         return [LoadStreams(source, imgsz, stride, auto)]
     return [LoadImages(source, imgsz, stride, auto)]
 

@@ -42,7 +42,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import utils.evolve as evo  # noqa: E402
-import utils.loss  # noqa: E402  (module attribute lookups: tests may wrap the loss classes)
 from models.branch_sum import set_fold_pointwise, set_memory_lean  # noqa: E402
 from models.experimental import attempt_load  # noqa: E402
 from models.yolo import Model  # noqa: E402
@@ -76,9 +75,10 @@ from utils.distributed import (  # noqa: E402
     torch_distributed_zero_first,
 )
 from utils.evaluate import evaluate_model  # noqa: E402
-from utils.hyp import load_hyp  # noqa: E402,F401  (train.load_hyp: kept importable)
+from utils.hyp import load_hyp  # noqa: E402
 from utils.log import LOGGER, colorstr, set_logging  # noqa: E402
 from utils.loggers import NonFiniteLossError, TrainLog, check_finite_loss  # noqa: E402
+from utils.loss import ComputeLoss, ComputeLossOTA  # noqa: E402
 from utils.metrics import fitness  # noqa: E402
 from utils.plots import plot_images, plot_labels, plot_results, safe_plot  # noqa: E402
 from utils.recipe import RunFacts, choose_recipe  # noqa: E402
@@ -323,8 +323,8 @@ def setup_loss(run: Run) -> None:
     m.nc, m.hyp, m.gr, m.names = run.nc, hyp, 1.0, run.names
     m.class_weights = labels_to_class_weights(run.dataset.labels, run.nc).to(run.device) * run.nc
     run.maps = np.zeros(run.nc)
-    run.compute_loss = utils.loss.ComputeLoss(m)
-    run.compute_loss_ota = utils.loss.ComputeLossOTA(m) if bool(hyp.get("loss_ota", 1)) else None
+    run.compute_loss = ComputeLoss(m)
+    run.compute_loss_ota = ComputeLossOTA(m) if bool(hyp.get("loss_ota", 1)) else None
     run.teacher = load_teacher(run) if opt.teacher else None
     run.nw = warmup_iterations(hyp["warmup_epochs"], run.nb, opt.epochs)
     run.last_opt_step = run.nb * run.start_epoch - 1

@@ -11,6 +11,7 @@ from deploy_utils import NAMES, count_frames, make_checkpoint, make_image, make_
 
 import detect
 from utils.cli import run_cli
+from utils.data.sources import is_stream
 
 CONF = 0.3  # the test model's confidences lie around 0.25-0.4 (see deploy_utils)
 
@@ -136,9 +137,9 @@ def test_list_and_glob_sources(ckpt, folder, tmp_path):
 
 
 def test_stream_source_detection():
-    assert detect._is_stream("0") and detect._is_stream("rtsp://example.com/live")
-    assert detect._is_stream("HTTP://example.com/a.mjpg")
-    assert not detect._is_stream("images/") and not detect._is_stream("a.jpg")
+    assert is_stream("0") and is_stream("rtsp://example.com/live")
+    assert is_stream("HTTP://example.com/a.mjpg")
+    assert not is_stream("images/") and not is_stream("a.jpg")
 
 
 def test_cli_errors_are_reported(ckpt, tmp_path, capsys):
@@ -167,7 +168,7 @@ def test_cli_errors_are_reported(ckpt, tmp_path, capsys):
 def test_stream_branch_on_a_video_file(ckpt, tmp_path, monkeypatch):
     """The webcam/stream code path (LoadStreams, batched frames, per-stream video) on a local file."""
     src = make_video(tmp_path / "cam.avi", frames=4)
-    monkeypatch.setattr(detect, "_is_stream", lambda s: True)
+    monkeypatch.setattr(detect, "is_stream", lambda s: True)
     res = detect.run(weights=ckpt, source=str(src), img_size=128, conf_thres=CONF, save_txt=True,
                      project=tmp_path / "runs", name="stream")
     assert res["images"] >= 1 and res["skipped"] == []
@@ -211,7 +212,7 @@ def test_hostile_inputs_are_named_and_skipped(ckpt, folder, tmp_path):
     (bad / "huge.png").write_bytes(_png_header(20000, 20000))
     lst = tmp_path / "list.txt"
     lst.write_text(f"{folder / 'a.jpg'}\n{tmp_path / 'gone.jpg'}\n{bad}\n{folder / 'b.png'}\n")
-    assert not detect._is_stream(str(lst))
+    assert not is_stream(str(lst))
     records = _Records()
     LOGGER.addHandler(records)
     try:

@@ -377,7 +377,7 @@ def test_detect_track_folder_of_frames_with_a_damaged_one(ckpt, tmp_path):
 
 
 def test_detect_track_on_the_stream_path(ckpt, clip, tmp_path, monkeypatch):
-    monkeypatch.setattr(detect, "_is_stream", lambda s: True)
+    monkeypatch.setattr(detect, "is_stream", lambda s: True)
     res = detect.run(weights=ckpt, source=str(clip), img_size=128, save_txt=True, track=_for_test_model("botsort"),
                      project=tmp_path / "r")
     rows = read_mot(res["save_dir"] / "labels" / "clip.txt")

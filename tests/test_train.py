@@ -110,7 +110,7 @@ def test_results_csv_keeps_one_row_per_epoch(tmp_path):
 
 
 def test_warmup_is_capped_for_short_runs():
-    from train import warmup_iterations
+    from utils.train_steps import warmup_iterations
     assert warmup_iterations(3, nb=1000, epochs=300) == 3000     # normal run: warmup_epochs * nb
     assert warmup_iterations(3, nb=10, epochs=300) == 100         # floor of 100 iterations
     assert warmup_iterations(3, nb=25, epochs=6) == 50            # short run: at most 1/3 of 150 iterations
@@ -119,7 +119,7 @@ def test_warmup_is_capped_for_short_runs():
 
 
 def test_hyp_base_inheritance_and_default_hyp(tmp_path):
-    from train import load_hyp
+    from utils.hyp import load_hyp
     h = load_hyp(ROOT / "data" / "hyp.shapes.yaml")
     base = yaml.safe_load(HYP.read_text())
     own = yaml.safe_load((ROOT / "data" / "hyp.shapes.yaml").read_text())
@@ -138,8 +138,9 @@ def test_hyp_base_inheritance_and_default_hyp(tmp_path):
 
 def test_shipped_hyps_give_no_false_warnings():
     """The main job's hyp: no 'unknown key' warning for keys train.py uses, no 'refused' paste_in."""
-    from train import load_hyp, loader_hyp
+    from train import loader_hyp
     from utils.data.augment import check_hyp
+    from utils.hyp import load_hyp
     from utils.log import LOGGER
     seen = []
     handler = logging.Handler()
@@ -161,12 +162,13 @@ def test_best_moves_only_on_improvement_and_nan_is_never_saved(tmp_path):
     from utils.checkpoint import CheckpointError
     from utils.loggers import TrainLog
     from utils.torch_utils import ModelEMA
+    from utils.train_steps import build_optimizer
     opt = train.parse_opt(["--project", str(tmp_path), "--device", "cpu"])
     hyp = yaml.safe_load(HYP.read_text())
     run = train.Run(opt, hyp, dict(hyp), torch.device("cpu"), TrainLog(-1, None), tmp_path / "exp",
                     names=["a", "b", "c", "d"], nc=4)
     run.model = Model(str(CFG), nc=4)
-    run.ema, run.optimizer = ModelEMA(run.model), train.build_optimizer(run.model, hyp, adam=False)
+    run.ema, run.optimizer = ModelEMA(run.model), build_optimizer(run.model, hyp, adam=False)
 
     def epochs():
         return [torch.load(f, weights_only=True)["epoch"] for f in (run.last, run.best)]
@@ -238,7 +240,7 @@ def test_resume_falls_back_to_what_exists(tmp_path):
 
 def test_optimizer_groups_and_lr_schedule():
     from models.yolo import Model
-    from train import build_optimizer, lr_lambda
+    from utils.train_steps import build_optimizer, lr_lambda
     model = Model(str(CFG), nc=4)
     hyp = yaml.safe_load(HYP.read_text())
     opt = build_optimizer(model, hyp, adam=False)
@@ -264,7 +266,7 @@ def test_optimizer_groups_and_lr_schedule():
 def test_fused_optimizer_steps_as_the_multi_tensor_one(adam):
     """build_optimizer uses torch's fused update on CPU: same steps as the default (foreach) update."""
     from models.yolo import Model
-    from train import build_optimizer
+    from utils.train_steps import build_optimizer
     torch.manual_seed(0)
     model = Model(str(CFG), nc=4)
     ref = copy.deepcopy(model)
