@@ -53,6 +53,7 @@ if str(ROOT) not in sys.path:
 from models.backend import Backend, load_backend  # noqa: E402
 from utils.atomic import atomic_path, write_text  # noqa: E402
 from utils.boxes import non_max_suppression, scale_coords, xyxy2xywh  # noqa: E402
+from utils.checkpoint import load_checkpoint, strip_optimizer  # noqa: E402
 from utils.cli import fail, require, run_cli  # noqa: E402
 from utils.data.preprocess import to_tensor  # noqa: E402
 from utils.data.sources import (  # noqa: E402
@@ -300,7 +301,6 @@ def process(dataset: Any, model: Backend, opt: dict, save_dir: Path, record: Run
 
 def update_weights(weights: Sequence[Union[str, Path]]) -> None:
     """--update (YOLOv7): strip optimizer state from each training checkpoint given as weights."""
-    from utils.checkpoint import load_checkpoint, strip_optimizer
 
     for w in weights:
         w = Path(w)

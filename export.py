@@ -75,244 +75,45 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from models.backend import NCNNBackend, OpenVINOBackend, load_backend, ort_session_options  # noqa: E402
 from models.experimental import attempt_load, fused_checkpoint  # noqa: E402
-from models.yolo import layer_input  # noqa: E402
+from models.export_graphs import (  # noqa: E402
+    MAX_WH,
+    BoxesScores,
+    DecodedHead,
+    End2End,
+    End2EndORT,
+    HeadMaps,
+    RawHead,
+    decoded,
+    detect_head,
+)
 from utils.atomic import atomic_dir, atomic_path, write_text  # noqa: E402
-from utils.boxes import xywh2xyxy  # noqa: E402
+from utils.boxes import non_max_suppression  # noqa: E402
 from utils.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from utils.cli import RunFailed, run_cli  # noqa: E402
+from utils.cli import run_cli  # noqa: E402
+from utils.data.preprocess import preprocess, to_tensor  # noqa: E402
+from utils.export_checks import ExportError, Tolerance, _as_list, fp32_tolerance, worst_rel_error  # noqa: E402
 from utils.log import LOGGER, colorstr, set_logging  # noqa: E402
+from utils.quantize import (  # noqa: E402
+    calibration_images,  # noqa: E402
+    load_images,
+    pick_evenly,
+    quantize_onnx,  # noqa: E402
+    quantize_openvino,  # noqa: E402
+    split_images,
+)
 from utils.sizes import check_img_size  # noqa: E402
 from utils.torch_utils import model_info, select_device  # noqa: E402
 
 INCLUDE_CHOICES = ("torchscript", "onnx", "openvino", "ncnn", "fused")
 DEFAULT_INCLUDE = ("torchscript", "onnx", "fused")
-MAX_WH = 4096  # class offset of class-aware NMS in the end2end graph (pixels), as YOLOv7
 FP16_RTOL = 1e-2
 RTOL_FLOOR = 1e-4  # --rtol: accepted whatever the float32 error (e32 can be ~0 where outputs round exactly)
 RTOL_FACTOR = 10.0  # --rtol-factor: multiples of the float32 unfused model's own error (worst seen: 6.6x)
 END2END_LAYOUTS = ("end2end", "end2end_ort")
 METADATA = "metadata.yaml"
 FIXED_SIZE_FORMATS = ("torchscript", "onnx", "openvino", "onnx_int8", "openvino_int8")  # HxW set unless --dynamic
-
-
-class ExportError(RunFailed, RuntimeError):
-    """An export could not be made or does not reproduce the PyTorch model (one line, exit code 1)."""
-
-
-# --------------------------------------------------------------------------- comparison helpers
-def rel_error(ref: torch.Tensor | np.ndarray, out: torch.Tensor | np.ndarray) -> tuple[float, float]:
-    """(max |ref - out|, max |ref - out| / max |ref|) of one output tensor, in float64."""
-    ref = torch.as_tensor(ref).detach().cpu().double()
-    out = torch.as_tensor(out).detach().cpu().double()
-    if ref.shape != out.shape:
-        raise ExportError(f"output shape {tuple(out.shape)} differs from PyTorch's {tuple(ref.shape)}")
-    if ref.numel() == 0:
-        return 0.0, 0.0
-    diff = float((ref - out).abs().max())
-    return diff, diff / max(float(ref.abs().max()), 1e-12)
-
-
-def _as_list(y: Any) -> list[torch.Tensor]:
-    return list(y) if isinstance(y, (list, tuple)) else [y]
-
-
-def worst_rel_error(refs: Sequence[torch.Tensor], outs: Sequence[Any]) -> tuple[float, float]:
-    """(max abs diff, max relative error) over paired outputs, each by :func:`rel_error`."""
-    worst_abs, worst_rel = 0.0, 0.0
-    for r, o in zip(refs, outs):
-        a, rel = rel_error(r, o)
-        worst_abs, worst_rel = max(worst_abs, a), max(worst_rel, rel)
-    return worst_abs, worst_rel
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """The largest relative error a file may have against the float64 reference, and how it was set."""
-
-    value: float
-    why: str
-
-    def __str__(self) -> str:
-        return f"{self.value:.3g} = {self.why}"
-
-
-def fp32_tolerance(e32: float, floor: float, factor: float) -> Tolerance:
-    """``max(floor, factor * e32)``: a float32 file may be ``factor`` times as far from float64 as the
-    float32 unfused model is on the same input (``e32``), and always ``floor``."""
-    return Tolerance(max(floor, factor * e32), f"max(--rtol {floor:g}, {factor:g} x float32 error {e32:.3g})")
-
-
-# --------------------------------------------------------------------------- model wrappers
-def detect_head(model: nn.Module) -> nn.Module:
-    """The Detect / IDetect module (last layer of ``Model.model``)."""
-    return model.model[-1]
-
-
-@torch.no_grad()
-def decoded(model: nn.Module, img: torch.Tensor) -> torch.Tensor:
-    """Decoded predictions (B, N, 5 + nc) of an eval-mode model (either output convention)."""
-    y = model(img)
-    return y[0] if isinstance(y, (list, tuple)) else y
-
-
-class RawHead(nn.Module):
-    """Returns the raw per-level head outputs (B, na, ny, nx, no) of an eval-mode model.
-
-    YOLOv7 exports these when ``--grid`` is off: the Detect layer runs its training branch (no
-    sigmoid, no grid), every other layer stays in eval mode.
-    """
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        head = detect_head(self.model)
-        was = head.training
-        head.training = True
-        try:
-            return tuple(self.model(x))
-        finally:
-            head.training = was
-
-
-class HeadMaps(nn.Module):
-    """The head convs' outputs (B, na * no, ny, nx) per level: 4-D maps, no reshape or decode.
-
-    The NCNN export (ncnn blobs are at most 4-D; batch 1) ends here; the runtime decodes with
-    the anchors and strides stored beside it, exactly as the Detect head does.
-    """
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        layers, head, y = self.model.model, detect_head(self.model), []
-        for m in layers[:-1]:  # Model's forward, stopping before the Detect layer
-            x = m(layer_input(m, x, y))
-            y.append(x if m.i in self.model.save else None)
-        xs = [x if j == -1 else y[j] for j in head.f]
-        return tuple(head._head(i, xi) for i, xi in enumerate(xs))
-
-
-class DecodedHead(nn.Module):
-    """Returns only the decoded predictions (B, N, 5 + nc), whatever the Detect convention."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.model(x)
-        return y[0] if isinstance(y, (list, tuple)) else y
-
-
-class BoxesScores(nn.Module):
-    """YOLOv7's ``include_nms`` outputs: boxes (B, N, 4) pixel xyxy, scores (B, N, nc) = obj * cls."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = DecodedHead(model)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        p = self.model(x)
-        return xywh2xyxy(p[..., :4]), p[..., 5:] * p[..., 4:5]
-
-
-class ORTNonMaxSuppression(torch.autograd.Function):
-    """ONNX ``NonMaxSuppression`` (opset >= 11) with a real PyTorch forward (torchvision NMS).
-
-    Inputs follow the ONNX op: ``boxes`` (B, N, 4) xyxy, ``scores`` (B, C, N), 1-element tensors
-    ``max_output_boxes_per_class`` (int64), ``iou_threshold`` and ``score_threshold`` (float32).
-    Returns selected indices (K, 3) int64 rows ``[batch, class, box]``. Scores must be strictly
-    greater than the threshold to be kept, as in ONNX Runtime.
-    """
-
-    @staticmethod
-    def forward(ctx, boxes, scores, max_output_boxes_per_class, iou_threshold, score_threshold):
-        max_out = int(max_output_boxes_per_class.reshape(-1)[0])
-        iou, thr = float(iou_threshold.reshape(-1)[0]), float(score_threshold.reshape(-1)[0])
-        rows = []
-        for b in range(scores.shape[0]):
-            for c in range(scores.shape[1]):
-                s = scores[b, c]
-                cand = torch.nonzero(s > thr).flatten()
-                keep = cand[torchvision.ops.nms(boxes[b, cand].float(), s[cand].float(), iou)[:max_out]]
-                rows.append(torch.stack((torch.full_like(keep, b), torch.full_like(keep, c), keep), 1))
-        if not rows:
-            return torch.zeros((0, 3), dtype=torch.int64, device=boxes.device)
-        return torch.cat(rows, 0)
-
-    @staticmethod
-    def symbolic(g, boxes, scores, max_output_boxes_per_class, iou_threshold, score_threshold):
-        return g.op("NonMaxSuppression", boxes, scores, max_output_boxes_per_class, iou_threshold,
-                    score_threshold, center_point_box_i=0)
-
-
-class _NMSGraph(nn.Module):
-    """Shared part of the end2end graphs: decoded boxes, best class and score, NMS selection."""
-
-    def __init__(self, model: nn.Module, topk_all: int, iou_thres: float, conf_thres: float,
-                 agnostic: bool, max_wh: int):
-        super().__init__()
-        self.model = DecodedHead(model)
-        self.topk_all = int(topk_all)
-        self.agnostic = agnostic
-        self.max_wh = int(max_wh)
-        self.register_buffer("max_out", torch.tensor([int(topk_all)], dtype=torch.int64), persistent=False)
-        self.register_buffer("iou_thres", torch.tensor([float(iou_thres)]), persistent=False)
-        self.register_buffer("conf_thres", torch.tensor([float(conf_thres)]), persistent=False)
-
-    def select(self, x: torch.Tensor):
-        """(p, boxes xyxy, score (B, N, 1), cls (B, N, 1), selected (K, 3) [batch, class, box])."""
-        p = self.model(x).float()  # (B, N, 5 + nc)
-        boxes = xywh2xyxy(p[..., :4])
-        obj = p[..., 4:5]
-        scores = obj if p.shape[2] == 6 else p[..., 5:] * obj
-        score, cls = scores.max(2, keepdim=True)  # (B, N, 1)
-        nms_boxes = boxes if self.agnostic else boxes + cls.to(boxes.dtype) * self.max_wh
-        sel = ORTNonMaxSuppression.apply(nms_boxes, score.transpose(1, 2), self.max_out,
-                                         self.iou_thres, self.conf_thres)
-        return p, boxes, score, cls, sel
-
-
-class End2End(_NMSGraph):
-    """Model + NMS in one graph: returns (num_dets, det_boxes, det_scores, det_classes).
-
-    Same selection as ``utils.general.non_max_suppression(pred, conf_thres, iou_thres,
-    max_det=topk_all)``: score = obj * cls (obj for nc == 1), best class per box, class-aware NMS
-    through a per-class coordinate offset of ``MAX_WH`` pixels (``agnostic`` drops it).
-    """
-
-    def __init__(self, model: nn.Module, topk_all: int = 100, iou_thres: float = 0.45,
-                 conf_thres: float = 0.25, agnostic: bool = False):
-        super().__init__(model, topk_all, iou_thres, conf_thres, agnostic, MAX_WH)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        p, boxes, score, cls, sel = self.select(x)
-        keep = torch.zeros_like(score[..., 0])  # (B, N): 1 where NMS kept the box
-        keep[sel[:, 0], sel[:, 2]] = 1.0
-        k = min(self.topk_all, int(p.shape[1]))  # a constant in exported graphs
-        masked = score[..., 0] * keep + (keep - 1.0)  # kept scores, -1 elsewhere
-        vals, idx = masked.topk(k, dim=1)
-        valid = keep.gather(1, idx)  # (B, k)
-        num_dets = valid.sum(1, keepdim=True).to(torch.int32)
-        det_boxes = boxes.gather(1, idx.unsqueeze(-1).expand(-1, -1, 4)) * valid.unsqueeze(-1)
-        det_scores = vals * valid
-        det_classes = (cls[..., 0].gather(1, idx).to(torch.int32) + 1) * valid.to(torch.int32) - 1
-        return num_dets, det_boxes, det_scores, det_classes
-
-
-class End2EndORT(_NMSGraph):
-    """YOLOv7's ONNX Runtime end2end graph (``--end2end --max-wh N``): one (K, 7) output of rows
-    [batch_id, x0, y0, x1, y1, cls, score], at most ``topk_all`` boxes per class and image."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _, boxes, score, cls, sel = self.select(x)
-        b, i = sel[:, 0], sel[:, 2]
-        return torch.cat((b.unsqueeze(1).float(), boxes[b, i, :], cls[b, i, :].float(), score[b, i, :]), 1)
 
 
 # --------------------------------------------------------------------------- options and context
@@ -400,7 +201,6 @@ def verify_image(o: Options, source: Optional[str]) -> Optional[str]:
     """The real image the checks run on: ``--source``, else the first val image of ``--data``."""
     if source or not o.data:
         return source
-    from utils.quantize import split_images
 
     return sorted(split_images(o.data, "val"))[0]
 
@@ -412,7 +212,6 @@ def make_input(img_size: Sequence[int], batch_size: int, stride: int, device: to
     if source:
         import cv2
 
-        from utils.data.preprocess import preprocess, to_tensor
         im0 = cv2.imread(str(source))
         if im0 is None:
             raise ExportError(f"--source {source}: not a readable image")
@@ -681,7 +480,6 @@ def _ort_outputs(f: Path, img: torch.Tensor, threads: Optional[int]) -> list[np.
     """Every output of the ONNX file as ONNX Runtime computes it (any layout, with the runtime's settings)."""
     import onnxruntime as ort
 
-    from models.backend import ort_session_options
 
     sess = ort.InferenceSession(str(f), sess_options=ort_session_options(threads), providers=["CPUExecutionProvider"])
     return sess.run(None, {sess.get_inputs()[0].name: img.detach().cpu().numpy()})
@@ -745,7 +543,6 @@ def export_openvino(ctx: Context, o: Options, src_onnx: Path) -> Path:
     """``<stem>_openvino_model/``: OpenVINO IR (.xml/.bin, fp32 or fp16 weights) plus metadata.yaml."""
     import openvino as ov
 
-    from models.backend import OpenVINOBackend
 
     t, d = time.time(), Path(f"{ctx.stem}_openvino_model")
     ov_model = ov.convert_model(str(src_onnx))
@@ -777,7 +574,6 @@ def run_pnnx(ts_file: Path, img: torch.Tensor, stride: int, out: Path, fp16: boo
 
 def export_ncnn(ctx: Context, o: Options) -> Path:
     """``<stem>_ncnn_model/``: ncnn .param/.bin of the head maps (pnnx) plus metadata.yaml."""
-    from models.backend import NCNNBackend
 
     t, d = time.time(), Path(f"{ctx.stem}_ncnn_model")
     net = HeadMaps(ctx.model).eval()
@@ -800,7 +596,6 @@ def export_onnx_int8(ctx: Context, o: Options, src_onnx: Path, calib: list) -> P
     """``<stem>-int8.onnx``: ONNX Runtime static QDQ quantization of the decoded fp32 graph."""
     import onnx
 
-    from utils.quantize import quantize_onnx
 
     f = Path(f"{ctx.stem}-int8.onnx")
     info = quantize_onnx(src_onnx, f, calib, method=o.calib_method, keep_head=not o.quantize_head)
@@ -816,7 +611,6 @@ def export_openvino_int8(ctx: Context, o: Options, src_onnx: Path, calib: list) 
     import onnx
     import openvino as ov
 
-    from utils.quantize import quantize_openvino
 
     d = Path(f"{ctx.stem}_int8_openvino_model")
     qmodel, info = quantize_openvino(ov.convert_model(str(src_onnx)), onnx.load(str(src_onnx)), calib,
@@ -830,7 +624,6 @@ def export_openvino_int8(ctx: Context, o: Options, src_onnx: Path, calib: list) 
 def verify_int8(ctx: Context, o: Options, path: Path, src_onnx: Path) -> dict:
     """mAP@.5 and mAP@.5:.95 of ``path`` and of the fp32 graph ``src_onnx`` on the val split (test.py), plus
     detection agreement on val images; a mAP@.5 drop beyond ``--int8-max-drop`` removes the file."""
-    from models.backend import load_backend
     from test import test as evaluate
 
     common = dict(batch_size=1, imgsz=max(o.img_size), plots=False, device="cpu", workers=0, threads=o.threads,
@@ -852,7 +645,6 @@ def verify_int8(ctx: Context, o: Options, path: Path, src_onnx: Path) -> dict:
 
 def val_images(ctx: Context, o: Options, n: int = 20) -> list[torch.Tensor]:
     """Up to ``n`` val images of ``--data`` letterboxed to the export size (agreement check)."""
-    from utils.quantize import load_images, pick_evenly, split_images
 
     ims = load_images(pick_evenly(split_images(o.data, "val"), n), o.img_size, int(ctx.meta["stride"]))
     return [torch.from_numpy(x) for x in ims]
@@ -863,7 +655,6 @@ def detection_agreement(model: nn.Module, backend: Any, images: Sequence[torch.T
                         iou: float = 0.5) -> float:
     """Share of detections (conf >= ``conf`` after NMS) of either model that the other one also
     makes: same class and IoU >= ``iou``. 1.0 when neither detects anything."""
-    from utils.boxes import non_max_suppression
 
     found, total = 0, 0
     for x in images:
@@ -884,7 +675,6 @@ def ctx_device(model: nn.Module) -> torch.device:
 
 def export_int8(ctx: Context, o: Options, src_onnx: Path) -> None:
     """INT8 ONNX and/or OpenVINO from the decoded fp32 graph, calibrated on ``--data``'s train images."""
-    from utils.quantize import calibration_images
 
     calib = calibration_images(o.data, o.calib_images, o.img_size, int(ctx.meta["stride"]))
     for fmt, fn in (("onnx", export_onnx_int8), ("openvino", export_openvino_int8)):

@@ -32,20 +32,23 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from models.backend import load_backend, set_threads  # noqa: E402
 from utils.atomic import write_text
 from utils.cli import require, run_cli
 from utils.evaluate import Runner, Timers, check_settings, evaluate, runner_from_model
 from utils.log import LOGGER, colorstr, set_logging
 from utils.names import names_dict
-from utils.plots import safe_plot
+from utils.plots import (
+    plot_study,  # noqa: E402
+    safe_plot,
+)
 from utils.runs import increment_path
+from utils.torch_utils import select_device  # noqa: E402
 
 
 def runner_from_files(weights: Any, device: Union[str, torch.device], threads: Optional[int],
                       half_precision: bool, augment: bool) -> Runner:
     """Load one file (or several: an ensemble) of any supported format through models/backend.py."""
-    from models.backend import load_backend, set_threads
-    from utils.torch_utils import select_device
 
     paths = [weights] if isinstance(weights, (str, Path)) else list(weights or [])
     require(len(paths) > 0, "test(): give weights= (one or more model files) or model=")
@@ -164,7 +167,6 @@ def run_folder(path: Path, exist_ok: bool) -> Iterator[Path]:
 
 def study(opt: argparse.Namespace, save_dir: Path, common: dict) -> Path:
     """``--task study``: mAP and speed against image size, a table and study.png per weights file."""
-    from utils.plots import plot_study
 
     save_dir.mkdir(parents=True, exist_ok=True)
     sizes = list(range(256, 1536 + 128, 128))

@@ -29,11 +29,14 @@ from typing import Any, Callable, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from models.experimental import attempt_load
 from utils.boxes import decode_level, non_max_suppression
 from utils.cli import UserError
 from utils.log import LOGGER
 from utils.names import names_list
+from utils.safe_yaml import load_yaml
 from utils.sizes import check_img_size
+from utils.torch_utils import select_device
 
 PathLike = Union[str, Path]
 Weights = Union[PathLike, Sequence[PathLike]]
@@ -158,7 +161,6 @@ class PyTorchBackend(Backend):
                  model: Optional[torch.nn.Module] = None, **_: Any):
         super().__init__(path, device)
         if model is None:
-            from models.experimental import attempt_load
 
             model = attempt_load(path, map_location=device, fuse=fuse)
         elif fuse:
@@ -378,7 +380,6 @@ def register(matcher: Matcher, cls: type, first: bool = True) -> None:
 def _device(device: Union[str, torch.device]) -> torch.device:
     if isinstance(device, torch.device):
         return device
-    from utils.torch_utils import select_device
 
     return select_device(str(device))
 
@@ -422,7 +423,6 @@ def load_backend(weights: Weights, device: Union[str, torch.device] = "cpu", thr
 # --------------------------------------------------------------------------- folder formats (OpenVINO, NCNN)
 def read_folder_meta(folder: Path) -> dict[str, Any]:
     """The ``metadata.yaml`` export.py writes into an OpenVINO or NCNN folder (names, stride, size)."""
-    from utils.safe_yaml import load_yaml
 
     f = folder / "metadata.yaml"
     if not f.is_file():

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from utils.data.config import check_dataset
+from utils.data.dataset import LoadImagesAndLabels
 from utils.log import LOGGER, colorstr
 
 PREFIX = "autoanchor: "
@@ -114,8 +116,6 @@ def kmean_anchors(dataset: Any, n: int = 9, img_size: int = 640, thr: float = 4.
     from scipy.cluster.vq import kmeans
 
     if isinstance(dataset, (str, Path)):  # a dataset yaml, as YOLOv7 allows: its train split
-        from utils.data.config import check_dataset
-        from utils.data.dataset import LoadImagesAndLabels
         data = check_dataset(dataset)
         dataset = LoadImagesAndLabels(data["train"], img_size, rect=True, nc=int(data["nc"]))
     inv_thr = 1 / thr

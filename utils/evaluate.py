@@ -27,6 +27,8 @@ from utils.atomic import write_text
 from utils.boxes import non_max_suppression, scale_coords, xywh2xyxy, xyxy2xywh
 from utils.cli import require
 from utils.coco_eval import class_to_category, coco_evaluate, image_id, labels_to_coco_json, to_json
+from utils.data.config import check_dataset
+from utils.data.loader import create_dataloader
 from utils.log import LOGGER, colorstr
 from utils.metrics import IOU_THRESHOLDS, ConfusionMatrix, ap_per_class, match_detections
 from utils.names import names_dict
@@ -163,7 +165,6 @@ class Settings:
 
 def resolve_dataset(settings: Settings, data: Any, task: str, names: Any, runner: Runner, is_coco: bool) -> None:
     """Load the data yaml into ``settings``: the split to score, nc, class names and json category ids."""
-    from utils.data.config import check_dataset
 
     split = task if task in ("train", "val", "test") else "val"
     data = check_dataset(data, require=(split,))
@@ -197,7 +198,6 @@ def letterbox_note(runner: Runner, imgsz: int, rect: bool) -> str:
 def build_loader(settings: Settings, runner: Runner, imgsz: int, batch_size: int, workers: int, no_rect: bool = False):
     """The split's dataloader: rectangular batches at ``imgsz``, or square ``imgsz`` x ``imgsz``
     (``no_rect``); a fixed-size file gets its own size (square) and batch."""
-    from utils.data.loader import create_dataloader
 
     rect = not no_rect
     if runner.imgsz is not None:

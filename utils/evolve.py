@@ -24,6 +24,7 @@ from utils.atomic import write_text
 from utils.cli import UserError
 from utils.hyp import EVOLVE
 from utils.metrics import fitness
+from utils.plots import _figure, _save_figure
 
 PathLike = Union[str, Path]
 RESULT_NAMES = ("P", "R", "mAP@.5", "mAP@.5:.95", "val_box", "val_obj", "val_cls")
@@ -210,7 +211,6 @@ def _density(x: np.ndarray, y: np.ndarray, n: int = 20) -> np.ndarray:
 
 def plot_evolve(evolve_txt: PathLike, out: Optional[PathLike] = None, keys: Optional[Sequence[str]] = None) -> Path:
     """evolve.png beside evolve.txt: fitness against each hyperparameter, best value marked and in the title."""
-    from utils.plots import _figure, _save_figure
 
     table = read_evolve(evolve_txt, keys=keys)
     if not len(table.rows):

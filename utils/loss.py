@@ -34,6 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from utils.boxes import bbox_iou
+from utils.torch_utils import de_parallel
 
 Level = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -91,7 +92,6 @@ class FocalLoss(nn.Module):
 def _unwrap(model: nn.Module) -> nn.Module:
     """The bare model behind DDP / DataParallel wrappers."""
     try:
-        from utils.torch_utils import de_parallel
         model = de_parallel(model)
     except ImportError:
         pass

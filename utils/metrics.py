@@ -22,6 +22,7 @@ import torch
 from utils.boxes import box_iou
 from utils.log import LOGGER
 from utils.names import names_dict
+from utils.plots import plot_confusion_matrix, plot_mc_curve, plot_pr_curve
 
 IOU_THRESHOLDS = torch.linspace(0.5, 0.95, 10, dtype=torch.float64)  # COCO's 0.50:0.05:0.95 (np.linspace)
 REC_THRESHOLDS = np.linspace(0.0, 1.0, 101)  # COCO's 101 recall points
@@ -204,7 +205,6 @@ def ap_per_class(tp: np.ndarray, conf: np.ndarray, pred_cls: np.ndarray, target_
     f1 = 2 * p * r / (p + r + 1e-16)
     names = names_dict(names)
     if plot and nc:
-        from utils.plots import plot_mc_curve, plot_pr_curve  # plotting is optional at import time
         sub = {int(c): names.get(int(c), str(int(c))) for c in unique_classes}
         save_dir = Path(save_dir)
         plot_pr_curve(px, np.stack(py, 1), ap, save_dir / "PR_curve.png", sub)
@@ -267,7 +267,6 @@ class ConfusionMatrix:
     def plot(self, normalize: bool = True, save_dir: Union[str, Path] = "", names: Sequence[str] = ()) -> None:
         """Write confusion_matrix.png (column-normalised by default) to ``save_dir``."""
         try:
-            from utils.plots import plot_confusion_matrix
             plot_confusion_matrix(self.matrix, Path(save_dir) / "confusion_matrix.png", names, normalize)
         except Exception as e:  # a failed plot must never fail an evaluation
             LOGGER.warning(f"WARNING: ConfusionMatrix plot failure: {e}")

@@ -36,6 +36,9 @@ import numpy as np
 
 from utils.atomic import atomic_path
 from utils.cli import UserError, require
+from utils.data.config import check_dataset
+from utils.data.files import list_image_files
+from utils.data.preprocess import preprocess, to_tensor
 from utils.log import LOGGER
 
 PathLike = Union[str, Path]
@@ -49,8 +52,6 @@ RECIPE: dict[str, Any] = {"method": "minmax", "moving_average": True, "keep_head
 # --------------------------------------------------------------------------- calibration data
 def split_images(data: Any, split: str = "train") -> list[str]:
     """Image files of ``data``'s ``split`` (a dataset yaml path or a checked dict)."""
-    from utils.data.config import check_dataset
-    from utils.data.files import list_image_files
 
     d = check_dataset(data, require=(split,))
     require(bool(d.get(split)), f"{d.get('yaml_file') or 'data'}: has no '{split}' split for calibration")
@@ -73,7 +74,6 @@ def load_images(files: Sequence[str], img_size: Sequence[int], stride: int) -> l
     """(1, 3, H, W) float32 0..1 arrays: each file letterboxed to ``img_size`` (h, w) exactly."""
     import cv2
 
-    from utils.data.preprocess import preprocess, to_tensor
 
     out = []
     for f in files:

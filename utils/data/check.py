@@ -7,15 +7,16 @@ import argparse
 from typing import Any, Optional, Sequence
 
 from utils.data.cache import NoUsableImagesError, scan_dataset
+from utils.data.config import DatasetConfigError, check_dataset
 
 # --------------------------------------------------------------------------- inference sources
 from utils.data.sources import LoadImages, LoadStreams  # noqa: F401,E402
+from utils.safe_yaml import YamlError
 
 
 # --------------------------------------------------------------------------- check CLI
 def check_splits(data: Any, img_size: int = 640) -> tuple[bool, list[str]]:
     """Verify every split of a dataset yaml; (ok, report lines)."""
-    from utils.data.config import check_dataset
     d = check_dataset(data)
     ok, out = True, [f"dataset {d.get('yaml_file') or 'dict'}: nc={d['nc']} ({', '.join(d['names'][:10])}"
                      f"{', ...' if d['nc'] > 10 else ''}), img-size {img_size}"]
@@ -35,8 +36,6 @@ def check_splits(data: Any, img_size: int = 640) -> tuple[bool, list[str]]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from utils.data.config import DatasetConfigError
-    from utils.safe_yaml import YamlError
     ap = argparse.ArgumentParser(description="Check a YOLO dataset yaml: every image and label of every split")
     ap.add_argument("--data", required=True, help="dataset yaml")
     ap.add_argument("--img-size", type=int, default=640, help="image size (reported)")

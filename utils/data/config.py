@@ -22,6 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable, Union
 
+from utils.data.shapes import ensure_shapes
 from utils.log import LOGGER
 from utils.names import names_list
 from utils.safe_yaml import load_yaml
@@ -165,7 +166,6 @@ def check_dataset(data: DataArg, require: Iterable[str] = SPLITS) -> dict:
             raise DatasetConfigError(f"{where}: unknown 'builtin' dataset {builtin!r} (known: shapes)")
         if root is None:
             raise DatasetConfigError(f"{where}: 'builtin: shapes' needs a 'path' to generate it under")
-        from utils.data.shapes import ensure_shapes
         ensure_shapes(root)
 
     bases = [root] if root is not None else [b for b in (yaml_dir, Path.cwd()) if b is not None]
