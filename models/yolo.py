@@ -51,7 +51,7 @@ from models.model_yaml import (
     load_model_yaml,
     parse_arg,
 )
-from utils.autoanchor import check_anchor_order
+from utils.anchors import check_anchor_order
 from utils.boxes import decode_level
 from utils.log import LOGGER
 from utils.safe_yaml import YamlError, check_data_size

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from models.yolo import Model
-from utils.autoanchor import anchor_metrics, check_anchor_order, check_anchors, kmean_anchors
+from utils.anchors import check_anchor_order
+from utils.autoanchor import anchor_metrics, check_anchors, kmean_anchors
 from utils.torch_utils import init_seeds
 
 YOLOV7_ANCHORS = torch.tensor([[10, 13], [16, 30], [33, 23], [30, 61], [62, 45], [59, 119],

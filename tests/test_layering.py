@@ -1,5 +1,6 @@
-"""The project's layering, read from the source: ``utils/`` never imports ``models/``, no two project modules import
-each other (directly or round a loop), and library modules and functions stay small enough to read.
+"""The project's layering, read from the source: ``utils/`` never imports ``models/``, ``models/`` never reaches the
+data code, no two project modules import each other (directly or round a loop), and library modules and functions
+stay small enough to read.
 
 Every import counts, including those inside function bodies: a late import hides a cycle, it does not remove it.
 """
@@ -91,6 +92,24 @@ def test_utils_never_imports_models():
     edges = [f"{m} -> {d}" for m, deps in import_graph().items() if m.startswith("utils")
              for d in sorted(deps) if d.startswith("models")]
     assert not edges, "utils/ imports models/: " + ", ".join(edges)
+
+
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for d in graph.get(todo.pop(), ()):
+            if d not in seen:
+                seen.add(d)
+                todo.append(d)
+    return seen
+
+
+def test_models_never_lean_on_the_data_code():
+    """Building, loading and running a model needs no dataset code (not even through a utils module)."""
+    graph = import_graph()
+    found = {m: sorted(d for d in reachable(graph, m) if d.startswith("utils.data") or d == "utils.datasets")
+             for m in graph if m.startswith("models")}
+    assert not any(found.values()), {m: d for m, d in found.items() if d}
 
 
 def test_no_import_cycle_between_project_modules():

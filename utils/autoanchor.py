@@ -17,27 +17,15 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from utils.anchors import PREFIX, check_anchor_order
 from utils.data.config import check_dataset
 from utils.data.dataset import LoadImagesAndLabels
 from utils.log import LOGGER, colorstr
-
-PREFIX = "autoanchor: "
 
 
 def _detect(model: nn.Module) -> nn.Module:
     m = model.module if hasattr(model, "module") and not hasattr(model, "model") else model
     return m.model[-1]
-
-
-def check_anchor_order(m: nn.Module) -> None:
-    """Flip the anchors of Detect layer ``m`` when their size order disagrees with the stride order."""
-    area = m.anchor_grid.prod(-1).view(-1)  # anchor areas, level-major
-    da = area[-1] - area[0]
-    ds = m.stride[-1] - m.stride[0]
-    if da.sign() != ds.sign() and float(da) != 0.0:
-        LOGGER.info(f"{colorstr(PREFIX)}Reversing anchor order")
-        m.anchors[:] = m.anchors.flip(0)
-        m.anchor_grid[:] = m.anchor_grid.flip(0)
 
 
 def _label_wh(dataset: Any, img_size: int, scale: np.ndarray | None = None) -> np.ndarray:
