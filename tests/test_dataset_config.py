@@ -109,14 +109,14 @@ def test_yaml_cannot_run_code(tmp_path):
 
 
 def test_builtin_hook_and_coco_keys(tmp_path, monkeypatch):
-    import utils.data.shapes
+    import utils.data.config
     calls = []
 
     def fake_ensure(root):
         calls.append(Path(root))
         _tree(Path(root))
 
-    monkeypatch.setattr(utils.data.shapes, "ensure_shapes", fake_ensure)
+    monkeypatch.setattr(utils.data.config, "ensure_shapes", fake_ensure)
     y = _yaml(tmp_path / "data" / "s.yaml", {"builtin": "shapes", "path": "../gen/shapes", "train": "images/train",
                                            "val": "images/val", "names": ["a", "b"], "coco": True,
                                            "coco_json": "ann.json", "category_ids": {0: 3, 1: 7}})

@@ -180,8 +180,9 @@ def test_check_dataset_generates_builtin(tmp_path, monkeypatch):
     """A 'builtin: shapes' yaml makes the dataset check generate the data under its 'path'."""
     import functools
 
+    import utils.data.config
     from utils.data.config import check_dataset
-    monkeypatch.setattr(shapes, "ensure_shapes", functools.partial(ensure_shapes, **SMALL))  # small and fast
+    monkeypatch.setattr(utils.data.config, "ensure_shapes", functools.partial(ensure_shapes, **SMALL))  # small
     y = tmp_path / "cfg" / "shapes.yaml"
     y.parent.mkdir()
     cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "data" / "shapes.yaml").read_text())
