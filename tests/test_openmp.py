@@ -35,13 +35,11 @@ def test_each_cli_applies_it_before_torch_loads(script, world, preset, expected)
     code = (f"import runpy, sys, os; sys.argv = [{script!r}, '--help']\n"
             "import builtins; real = builtins.__import__\n"
             "def spy(name, *a, **k):\n"
-            "    if name == 'torch' and 'seen' not in os.environ:\n"
-            "        os.environ['seen'] = str(os.environ.get('OMP_WAIT_POLICY'))\n"
+            "    if name == 'torch':  # the policy must be in place by now; stop before torch loads\n"
+            "        print('POLICY', os.environ.get('OMP_WAIT_POLICY'), flush=True); os._exit(0)\n"
             "    return real(name, *a, **k)\n"
             "builtins.__import__ = spy\n"
-            f"try: runpy.run_path({script!r}, run_name='__main__')\n"
-            "except SystemExit: pass\n"
-            "print('POLICY', os.environ.get('seen'))")
+            f"runpy.run_path({script!r}, run_name='__main__')\n")
     env = _clean_env(**({"WORLD_SIZE": world} if world else {}), **preset)
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
