@@ -37,9 +37,9 @@ from PIL import Image
 from utils.atomic import WriteError
 from utils.boxes import xyxy2xywhn
 from utils.cli import one_line, run_cli
+from utils.data.files import IMG_FORMATS  # the formats training reads
 from utils.log import LOGGER, set_logging
 
-IMG_FORMATS = ("bmp", "dng", "jpeg", "jpg", "mpo", "png", "tif", "tiff", "webp")
 _LOG_LIMIT = 100  # issues logged one by one; all of them always go to OUT/report.txt
 
 
