@@ -1,6 +1,7 @@
 """One runtime for every model file the project writes: load by suffix or folder, run, get predictions.
 
-    from models.backend import load_backend, preprocess, to_tensor
+    from models.backend import load_backend
+    from utils.data.preprocess import preprocess, to_tensor
     model = load_backend("best.pt")                  # or best.torchscript.pt, best.onnx, [a.pt, b.pt]
     chw, info = preprocess(bgr, 640, model.stride, auto=model.imgsz is None)
     x = to_tensor(chw, model.device, model.fp16)     # (1, 3, H, W) float in 0..1

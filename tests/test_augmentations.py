@@ -1,4 +1,4 @@
-"""Tests for utils/augmentations.py: letterbox, hyp checks, and boxes that stay on their objects.
+"""Tests for utils/data/augment.py: letterbox, hyp checks, and boxes that stay on their objects.
 
 The box-consistency tests draw solid boxes of distinct colours (one class per colour),
 augment (mosaic, perspective, flips) and check that each returned box is the tight box of

@@ -1,4 +1,4 @@
-"""Tests for utils/dataset_config.py: names/nc, path resolution, clear errors, built-in hook, shipped yamls."""
+"""Tests for utils/data/config.py: names/nc, path resolution, clear errors, built-in hook, shipped yamls."""
 from __future__ import annotations
 
 import os

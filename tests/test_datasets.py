@@ -1,4 +1,5 @@
-"""Tests for utils/datasets.py: verification messages, label cache, loaders, inference sources, check CLI.
+"""Tests for utils/data/ (through YOLOv7's utils.datasets path): verification messages, label cache, loaders,
+inference sources, check CLI.
 
 Every dataset here is generated in tmp_path (small images); the coco128 test skips when
 ../shared is absent.

@@ -1,7 +1,7 @@
 """Post-training INT8 quantization of exported detectors: calibration images, ONNX Runtime, NNCF.
 
 Both quantizers see the same calibration batches: images of the dataset's train split, letterboxed
-to the export size by :func:`models.backend.preprocess` (the inference preprocessing), as
+to the export size by :func:`utils.data.preprocess.preprocess` (the inference preprocessing), as
 (1, 3, H, W) float32 in 0..1.
 
 What the re-parameterized model needs to keep its accuracy in INT8 (:data:`RECIPE`; the measured
