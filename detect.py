@@ -301,7 +301,6 @@ def process(dataset: Any, model: Backend, opt: dict, save_dir: Path, record: Run
 
 def update_weights(weights: Sequence[Union[str, Path]]) -> None:
     """--update (YOLOv7): strip optimizer state from each training checkpoint given as weights."""
-
     for w in weights:
         w = Path(w)
         if w.suffix.lower() not in (".pt", ".pth") or w.name.endswith(".torchscript.pt"):

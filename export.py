@@ -574,7 +574,6 @@ def run_pnnx(ts_file: Path, img: torch.Tensor, stride: int, out: Path, fp16: boo
 
 def export_ncnn(ctx: Context, o: Options) -> Path:
     """``<stem>_ncnn_model/``: ncnn .param/.bin of the head maps (pnnx) plus metadata.yaml."""
-
     t, d = time.time(), Path(f"{ctx.stem}_ncnn_model")
     net = HeadMaps(ctx.model).eval()
     img1 = ctx.img[:1]
@@ -645,7 +644,6 @@ def verify_int8(ctx: Context, o: Options, path: Path, src_onnx: Path) -> dict:
 
 def val_images(ctx: Context, o: Options, n: int = 20) -> list[torch.Tensor]:
     """Up to ``n`` val images of ``--data`` letterboxed to the export size (agreement check)."""
-
     ims = load_images(pick_evenly(split_images(o.data, "val"), n), o.img_size, int(ctx.meta["stride"]))
     return [torch.from_numpy(x) for x in ims]
 
@@ -655,7 +653,6 @@ def detection_agreement(model: nn.Module, backend: Any, images: Sequence[torch.T
                         iou: float = 0.5) -> float:
     """Share of detections (conf >= ``conf`` after NMS) of either model that the other one also
     makes: same class and IoU >= ``iou``. 1.0 when neither detects anything."""
-
     found, total = 0, 0
     for x in images:
         r = non_max_suppression(decoded(model, x.to(ctx_device(model))).cpu(), conf, 0.45)[0]
@@ -675,7 +672,6 @@ def ctx_device(model: nn.Module) -> torch.device:
 
 def export_int8(ctx: Context, o: Options, src_onnx: Path) -> None:
     """INT8 ONNX and/or OpenVINO from the decoded fp32 graph, calibrated on ``--data``'s train images."""
-
     calib = calibration_images(o.data, o.calib_images, o.img_size, int(ctx.meta["stride"]))
     for fmt, fn in (("onnx", export_onnx_int8), ("openvino", export_openvino_int8)):
         if fmt in o.include:

@@ -49,7 +49,6 @@ from utils.torch_utils import select_device  # noqa: E402
 def runner_from_files(weights: Any, device: Union[str, torch.device], threads: Optional[int],
                       half_precision: bool, augment: bool) -> Runner:
     """Load one file (or several: an ensemble) of any supported format through models/backend.py."""
-
     paths = [weights] if isinstance(weights, (str, Path)) else list(weights or [])
     require(len(paths) > 0, "test(): give weights= (one or more model files) or model=")
     for w in paths:
@@ -104,10 +103,12 @@ def test(data: Union[str, Path, dict], weights=None, batch_size: int = 32, imgsz
         set_logging()
     runner = (runner_from_model(model, half_precision, augment) if model is not None
               else runner_from_files(weights, device, threads, half_precision, augment))
-    return evaluate(runner, data, batch_size, imgsz, conf_thres, iou_thres, save_json, single_cls, verbose,
-                    dataloader, save_dir, save_txt, save_hybrid, save_conf, plots, compute_loss, is_coco, v5_metric,
-                    names, task, workers, report, progress, no_rect, training=model is not None, weights=weights,
-                    timers=timers)
+    return evaluate(runner, data, batch_size=batch_size, imgsz=imgsz, conf_thres=conf_thres, iou_thres=iou_thres,
+                    save_json=save_json, single_cls=single_cls, verbose=verbose, dataloader=dataloader,
+                    save_dir=save_dir, save_txt=save_txt, save_hybrid=save_hybrid, save_conf=save_conf, plots=plots,
+                    compute_loss=compute_loss, is_coco=is_coco, v5_metric=v5_metric, names=names, task=task,
+                    workers=workers, report=report, progress=progress, no_rect=no_rect,
+                    training=model is not None, weights=weights, timers=timers)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -167,7 +168,6 @@ def run_folder(path: Path, exist_ok: bool) -> Iterator[Path]:
 
 def study(opt: argparse.Namespace, save_dir: Path, common: dict) -> Path:
     """``--task study``: mAP and speed against image size, a table and study.png per weights file."""
-
     save_dir.mkdir(parents=True, exist_ok=True)
     sizes = list(range(256, 1536 + 128, 128))
     for w in opt.weights:

@@ -59,7 +59,6 @@ from utils.checkpoint import (  # noqa: E402
     training_checkpoint,
 )
 from utils.cli import UserError, fail, require, run_cli  # noqa: E402
-from utils.data.augment import LOADER_HYP_KEYS  # noqa: E402
 from utils.data.config import check_dataset  # noqa: E402
 from utils.data.files import list_image_files  # noqa: E402
 from utils.data.labels import labels_to_class_weights, labels_to_image_weights  # noqa: E402
@@ -75,7 +74,7 @@ from utils.distributed import (  # noqa: E402
     torch_distributed_zero_first,
 )
 from utils.evaluate import evaluate_model  # noqa: E402
-from utils.hyp import load_hyp  # noqa: E402
+from utils.hyp import LOADER_KEYS, load_hyp  # noqa: E402
 from utils.log import LOGGER, colorstr, set_logging  # noqa: E402
 from utils.loggers import NonFiniteLossError, TrainLog, check_finite_loss  # noqa: E402
 from utils.loss import ComputeLoss, ComputeLossOTA  # noqa: E402
@@ -259,7 +258,7 @@ def setup_optimizer(run: Run, ckpt: Optional[dict]) -> None:
 
 def loader_hyp(hyp: dict) -> dict:
     """The hyperparameters the data loader acts on (the others belong to the optimizer and the loss)."""
-    return {k: v for k, v in hyp.items() if k in LOADER_HYP_KEYS}
+    return {k: v for k, v in hyp.items() if k in LOADER_KEYS}
 
 
 def build_loaders(run: Run) -> None:

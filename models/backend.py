@@ -424,7 +424,6 @@ def load_backend(weights: Weights, device: Union[str, torch.device] = "cpu", thr
 # --------------------------------------------------------------------------- folder formats (OpenVINO, NCNN)
 def read_folder_meta(folder: Path) -> dict[str, Any]:
     """The ``metadata.yaml`` export.py writes into an OpenVINO or NCNN folder (names, stride, size)."""
-
     f = folder / "metadata.yaml"
     if not f.is_file():
         raise UserError(f"{folder}: no metadata.yaml (names, stride, image size); export it with export.py")

@@ -165,7 +165,6 @@ class Settings:
 
 def resolve_dataset(settings: Settings, data: Any, task: str, names: Any, runner: Runner, is_coco: bool) -> None:
     """Load the data yaml into ``settings``: the split to score, nc, class names and json category ids."""
-
     split = task if task in ("train", "val", "test") else "val"
     data = check_dataset(data, require=(split,))
     where = data.get("yaml_file") or "the data"
@@ -198,7 +197,6 @@ def letterbox_note(runner: Runner, imgsz: int, rect: bool) -> str:
 def build_loader(settings: Settings, runner: Runner, imgsz: int, batch_size: int, workers: int, no_rect: bool = False):
     """The split's dataloader: rectangular batches at ``imgsz``, or square ``imgsz`` x ``imgsz``
     (``no_rect``); a fixed-size file gets its own size (square) and batch."""
-
     rect = not no_rect
     if runner.imgsz is not None:
         h, w = runner.imgsz

@@ -211,7 +211,6 @@ def _density(x: np.ndarray, y: np.ndarray, n: int = 20) -> np.ndarray:
 
 def plot_evolve(evolve_txt: PathLike, out: Optional[PathLike] = None, keys: Optional[Sequence[str]] = None) -> Path:
     """evolve.png beside evolve.txt: fitness against each hyperparameter, best value marked and in the title."""
-
     table = read_evolve(evolve_txt, keys=keys)
     if not len(table.rows):
         raise EvolveError(f"{evolve_txt}: no generations to plot")

@@ -52,7 +52,6 @@ RECIPE: dict[str, Any] = {"method": "minmax", "moving_average": True, "keep_head
 # --------------------------------------------------------------------------- calibration data
 def split_images(data: Any, split: str = "train") -> list[str]:
     """Image files of ``data``'s ``split`` (a dataset yaml path or a checked dict)."""
-
     d = check_dataset(data, require=(split,))
     require(bool(d.get(split)), f"{d.get('yaml_file') or 'data'}: has no '{split}' split for calibration")
     files = list_image_files(d[split])[0]

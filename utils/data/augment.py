@@ -16,8 +16,6 @@ import numpy as np
 from utils.hyp import KNOWN_KEYS, LOADER_KEYS, SEGMENT_ONLY_KEYS, check_value
 from utils.log import LOGGER
 
-LOADER_HYP_KEYS = LOADER_KEYS  # hyp keys the loader acts on, with the value meaning "off" (utils.hyp.SPECS)
-
 
 def check_hyp(hyp: dict | None, prefix: str = "") -> dict:
     """Validate the loader's hyp keys by the rules of :data:`utils.hyp.SPECS`; return a dict with every loader
@@ -224,4 +222,4 @@ def flip_labels(labels: np.ndarray, img: np.ndarray, hyp: dict):
 
 
 __all__ = ["check_hyp", "letterbox", "augment_hsv", "random_perspective", "box_candidates", "mixup",
-           "flip_labels", "clipped_polygon_box", "LOADER_HYP_KEYS"]
+           "flip_labels", "clipped_polygon_box"]
