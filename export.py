@@ -106,14 +106,16 @@ from utils.quantize import (  # noqa: E402
 from utils.sizes import check_img_size  # noqa: E402
 from utils.torch_utils import model_info, select_device  # noqa: E402
 
-INCLUDE_CHOICES = ("torchscript", "onnx", "openvino", "ncnn", "fused")
+INCLUDE_CHOICES = ("torchscript", "onnx", "openvino", "ncnn", "tflite", "coreml", "executorch", "fused")
+PHONE_FORMATS = ("tflite", "coreml", "executorch")  # one image at the export size (fixed); models/export_mobile.py
 DEFAULT_INCLUDE = ("torchscript", "onnx", "fused")
 FP16_RTOL = 1e-2
 RTOL_FLOOR = 1e-4  # --rtol: accepted whatever the float32 error (e32 can be ~0 where outputs round exactly)
 RTOL_FACTOR = 10.0  # --rtol-factor: multiples of the float32 unfused model's own error (worst seen: 6.6x)
 END2END_LAYOUTS = ("end2end", "end2end_ort")
 METADATA = "metadata.yaml"
-FIXED_SIZE_FORMATS = ("torchscript", "onnx", "openvino", "onnx_int8", "openvino_int8")  # HxW set unless --dynamic
+FIXED_SIZE_FORMATS = ("torchscript", "onnx", "openvino", "onnx_int8", "openvino_int8")
+INT8_FORMATS = ("onnx", "openvino", "tflite", "coreml")  # HxW set unless --dynamic
 
 
 # --------------------------------------------------------------------------- options and context
@@ -190,8 +192,10 @@ def check_options(o: Options) -> None:
               (o.rtol_factor >= 0, f"--rtol-factor {o.rtol_factor}: must be >= 0"),
               (o.calib_images >= 1, f"--calib-images {o.calib_images}: must be at least 1"),
               (len(o.img_size) == 2 and min(o.img_size) > 0, f"--img-size {o.img_size}: one or two positive sizes"),
-              (not o.int8 or o.data, "--int8 needs --data (a dataset yaml: calibration and the mAP check)"),
-              (not o.int8 or {"onnx", "openvino"} & set(o.include), "--int8 applies to onnx and openvino: add one")]
+              (not o.int8 or o.data or not {"onnx", "openvino", "tflite"} & set(o.include),
+               "--int8 needs --data (a dataset yaml: calibration and the mAP check)"),
+              (not o.int8 or set(INT8_FORMATS) & set(o.include),
+               f"--int8 applies to {', '.join(INT8_FORMATS)}: add one")]
     for ok, msg in checks:
         if not ok:
             raise ExportError(msg)
@@ -293,12 +297,31 @@ def reference(ctx: Context, img: torch.Tensor, graph: Graph = DecodedHead, layou
 def verify_fp32(name: str, ctx: Context, o: Options, outs: Sequence[Any], img: Optional[torch.Tensor] = None,
                 graph: Graph = DecodedHead, layout: str = "decoded", fp16: bool = False) -> None:
     """The one check of every float file: ``outs`` (of ``graph`` on ``img``, default the export
-    input) against the float64 unfused model, within :func:`fp32_tolerance` (``fp16``: FP16_RTOL)."""
-    ref = reference(ctx, ctx.img if img is None else img, graph, layout)
-    tol = Tolerance(FP16_RTOL, "the fp16 tolerance") if fp16 else fp32_tolerance(ref.e32, o.rtol, o.rtol_factor)
+    input) against the float64 unfused model, within :func:`fp32_tolerance` (``fp16``: :func:`fp16_tolerance`)."""
+    img = ctx.img if img is None else img
+    ref = reference(ctx, img, graph, layout)
+    tol = fp16_tolerance(ctx, o, img, graph, ref) if fp16 else fp32_tolerance(ref.e32, o.rtol, o.rtol_factor)
     check = {"end2end": _end2end_check, "end2end_ort": _ort7_check}.get(layout, _check)
     check(name, ref.outputs, list(outs), tol, ctx.results)
     ctx.results[name].update(float32_error=ref.e32, tolerance=tol.value)
+
+
+@torch.no_grad()
+def fp16_tolerance(ctx: Context, o: Options, img: torch.Tensor, graph: Graph, ref: Reference) -> Tolerance:
+    """``max(FP16_RTOL, --rtol-factor x e16)``: e16 is the error of the fused model with its weights rounded
+    to float16 (what an fp16-weight file computes) against the float64 reference on the same input, so a
+    checkpoint whose activations are large gets the tolerance its own weights' rounding needs."""
+    key = ("fp16", id(img))
+    if key not in ctx.references:
+        model16 = copy.deepcopy(ctx.model).cpu().float()
+        for t in list(model16.parameters()) + list(model16.buffers()):
+            if t.is_floating_point():
+                t.copy_(t.half().float())
+        outs = [r.cpu() for r in _as_list(graph(model16).eval()(img.detach().cpu().float()))]
+        ctx.references[key] = (img, worst_rel_error(ref.outputs, outs)[1])
+    e16 = ctx.references[key][1]
+    return Tolerance(max(FP16_RTOL, o.rtol_factor * e16),
+                     f"max({FP16_RTOL:g}, --rtol-factor {o.rtol_factor:g} x float16-weight error {e16:.3g})")
 
 
 def _verdict(name: str, what: str, rel: float, tol: Tolerance) -> None:
@@ -627,11 +650,13 @@ def verify_int8(ctx: Context, o: Options, path: Path, src_onnx: Path) -> dict:
 
     common = dict(batch_size=1, imgsz=max(o.img_size), plots=False, device="cpu", workers=0, threads=o.threads,
                   progress=False, verbose=False)
-    if "fp32_map" not in ctx.results:  # the fp32 graph of the same input layout (static or dynamic)
-        ctx.results["fp32_map"] = tuple(evaluate(o.data, weights=str(src_onnx), **common)[0][2:4])
+    maps = ctx.results.setdefault("fp32_maps", {})  # per fp32 file of the same input layout
+    if str(src_onnx) not in maps:
+        maps[str(src_onnx)] = tuple(evaluate(o.data, weights=str(src_onnx), **common)[0][2:4])
+        ctx.results.setdefault("fp32_map", maps[str(src_onnx)])
     q50, q95 = evaluate(o.data, weights=str(path), **common)[0][2:4]
     agree = detection_agreement(ctx.model, load_backend(path, "cpu", threads=o.threads), val_images(ctx, o))
-    m50, m95 = ctx.results["fp32_map"]
+    m50, m95 = maps[str(src_onnx)]
     res = {"map50": q50, "map": q95, "fp32_map50": m50, "fp32_map": m95, "agreement": agree}
     LOGGER.info(f"{colorstr('verify:')} INT8 {path.name}: mAP@.5 {q50:.4f} (fp32 {m50:.4f}), mAP@.5:.95 "
                 f"{q95:.4f} (fp32 {m95:.4f}), detection agreement with PyTorch {agree:.3f}")
@@ -680,6 +705,97 @@ def export_int8(ctx: Context, o: Options, src_onnx: Path) -> None:
             ctx.results["files"][f"{fmt}_int8"] = str(path)
 
 
+# --------------------------------------------------------------------------- phones (models/export_mobile.py)
+def phone_input(ctx: Context, o: Options) -> torch.Tensor:
+    """One image at the export size: phone runtimes take single camera frames of a fixed size."""
+    if o.dynamic or o.batch_size > 1:
+        LOGGER.info(f"{colorstr('phones:')} tflite / coreml / executorch files take one {o.img_size[0]}x"
+                    f"{o.img_size[1]} image (--dynamic and --batch-size apply to the other formats)")
+    return ctx.img[:1].cpu()
+
+
+def phone_meta(ctx: Context, fmt: str, **extra: Any) -> dict:
+    return dict(ctx.meta, batch_size=1, dynamic=False, layout="decoded", format=fmt, **extra)
+
+
+def export_tflite(ctx: Context, o: Options, img: torch.Tensor) -> None:
+    """``<stem>_float32.tflite`` and ``<stem>_float16.tflite`` (and ``<stem>_int8.tflite`` with --int8),
+    NHWC float input; each run in LiteRT's interpreter and checked."""
+    from models.backend_mobile import TFLiteBackend
+    from models.export_mobile import write_tflite, write_tflite_fp16, write_tflite_int8
+
+    t, files = time.time(), ctx.results["files"]
+    f32, f16 = Path(f"{ctx.stem}_float32.tflite"), Path(f"{ctx.stem}_float16.tflite")
+    with atomic_path(f32) as tmp:
+        write_tflite(ctx.model, img, tmp, phone_meta(ctx, "tflite", precision="float32"))
+        _compare_phone(f"LiteRT {f32.name}", TFLiteBackend(tmp, ctx.device, threads=o.threads), ctx, o, img)
+    with atomic_path(f16) as tmp:
+        write_tflite_fp16(f32, tmp, phone_meta(ctx, "tflite", precision="float16"))
+        _compare_phone(f"LiteRT {f16.name}", TFLiteBackend(tmp, ctx.device, threads=o.threads), ctx, o, img,
+                       fp16=True)
+    files.update(tflite=str(f32), tflite_fp16=str(f16))
+    if o.int8:
+        f8 = Path(f"{ctx.stem}_int8.tflite")
+        calib = calibration_images(o.data, o.calib_images, o.img_size, int(ctx.meta["stride"]))
+        with atomic_path(f8) as tmp:
+            write_tflite_int8(f32, tmp, phone_meta(ctx, "tflite", precision="int8"), calib,
+                              keep_head=not o.quantize_head)
+        ctx.results["tflite_int8"] = verify_int8(ctx, o, f8, f32)
+        files["tflite_int8"] = str(f8)
+    LOGGER.info(f"{colorstr('LiteRT:')} saved {', '.join(Path(files[k]).name for k in files if k.startswith('tflite'))}"
+                f" ({f32.stat().st_size / 1e6:.1f} MB float32, {time.time() - t:.1f}s)")
+
+
+def export_executorch(ctx: Context, o: Options, img: torch.Tensor) -> None:
+    """``<stem>.pte``: ExecuTorch program with the XNNPACK delegate, run in ExecuTorch's runtime and checked."""
+    from models.backend_mobile import ExecuTorchBackend
+    from models.export_mobile import write_executorch
+
+    t, f = time.time(), Path(f"{ctx.stem}.pte")
+    with atomic_path(f) as tmp:
+        write_executorch(ctx.model, img, tmp, phone_meta(ctx, "executorch"))
+        _compare_phone(f"ExecuTorch {f.name}", ExecuTorchBackend(tmp, ctx.device), ctx, o, img)
+    ctx.results["files"]["executorch"] = str(f)
+    LOGGER.info(f"{colorstr('ExecuTorch:')} saved {f} ({f.stat().st_size / 1e6:.1f} MB, {time.time() - t:.1f}s)")
+
+
+def export_coreml(ctx: Context, o: Options, img: torch.Tensor) -> None:
+    """``<stem>.mlpackage``: Core ML ML Program. It cannot run off Apple platforms: what is checked here is
+    the program's input, output shape and op set, and its metadata."""
+    from models.export_mobile import write_coreml
+
+    t, d = time.time(), Path(f"{ctx.stem}.mlpackage")
+    expected = list(decoded(ctx.model, img.to(ctx.device)).shape)
+    with tempfile.TemporaryDirectory(prefix="moy-coreml-") as side, atomic_dir(d) as tmp:
+        pkg = Path(side) / d.name  # coremltools wants the .mlpackage name
+        summary = write_coreml(ctx.model, img, pkg, phone_meta(ctx, "coreml"), int8=o.int8)
+        tmp.rmdir()
+        shutil.move(str(pkg), str(tmp))
+        if summary["output_shape"] != expected or summary["inputs"] != ["image"]:
+            raise ExportError(f"Core ML {d.name}: output {summary['output_shape']} / inputs {summary['inputs']}, "
+                              f"expected output {expected} and input 'image'")
+    ctx.results["coreml"] = dict(summary, executed=False, weights="int8" if o.int8 else "fp16")
+    ctx.results["files"]["coreml"] = str(d)
+    LOGGER.info(f"{colorstr('Core ML:')} saved {d} ({len(summary['ops'])} op types, output {expected}; not run: "
+                f"Core ML predicts on macOS / iOS only, {time.time() - t:.1f}s)")
+
+
+def _compare_phone(name: str, backend: Any, ctx: Context, o: Options, img: torch.Tensor,
+                   fp16: bool = False) -> None:
+    with torch.no_grad():
+        out = backend(img)
+    verify_fp32(name, ctx, o, [out.cpu()], img=img.to(ctx.img.device), fp16=fp16)
+
+
+def export_phone_formats(ctx: Context, o: Options) -> None:
+    chosen = [f for f in PHONE_FORMATS if f in o.include]
+    if not chosen:
+        return
+    img = phone_input(ctx, o)
+    for fmt in chosen:
+        {"tflite": export_tflite, "executorch": export_executorch, "coreml": export_coreml}[fmt](ctx, o, img)
+
+
 # --------------------------------------------------------------------------- driver
 def run(weights: str | Path = "best.pt", img_size: Sequence[int] = (640, 640), batch_size: int = 1,
         device: str = "cpu", include: Sequence[str] = DEFAULT_INCLUDE, source: Optional[str] = None,
@@ -701,7 +817,7 @@ def run(weights: str | Path = "best.pt", img_size: Sequence[int] = (640, 640), b
         files["torchscript"] = str(export_torchscript(ctx, o))
     if "onnx" in o.include:
         files["onnx"] = str(export_onnx(ctx, o))
-    if "openvino" in o.include or o.int8:
+    if "openvino" in o.include or (o.int8 and {"onnx", "openvino"} & set(o.include)):
         with tempfile.TemporaryDirectory(prefix="moy-export-") as tmpd:
             src = plain_onnx(ctx, o, Path(tmpd))
             if "openvino" in o.include:
@@ -710,6 +826,7 @@ def run(weights: str | Path = "best.pt", img_size: Sequence[int] = (640, 640), b
                 export_int8(ctx, o, src)
     if "ncnn" in o.include:
         files["ncnn"] = str(export_ncnn(ctx, o))
+    export_phone_formats(ctx, o)
     ctx.results["fixed_size"] = [] if o.dynamic else [k for k in files if k in FIXED_SIZE_FORMATS]
     ctx.results["img_size"] = list(o.img_size)
     return ctx.results

@@ -45,7 +45,12 @@ FORMATS: dict[str, tuple[Optional[str], bool, str]] = {
     "openvino": ("openvino", False, "{stem}_openvino_model"),
     "openvino-int8": ("openvino", True, "{stem}_int8_openvino_model"),
     "ncnn": ("ncnn", False, "{stem}_ncnn_model"),
+    "tflite": ("tflite", False, "{stem}_float32.tflite"),
+    "tflite-fp16": ("tflite", False, "{stem}_float16.tflite"),
+    "executorch": ("executorch", False, "{stem}.pte"),
 }
+FIXED_SIZE = ("tflite", "tflite-fp16", "executorch")  # phone files: exported once per --img size
+DEFAULT_FORMATS = [f for f in FORMATS if f not in FIXED_SIZE]  # the phone formats need requirements-mobile.txt
 
 
 @dataclass
@@ -53,8 +58,8 @@ class Entry:
     """One format: its file, loaded runtime and measurements."""
 
     name: str
-    path: Path
-    backend: Any = None
+    paths: dict[int, Path]  # file per timed size (the same file for dynamic-size formats)
+    backends: dict[int, Any] = field(default_factory=dict)
     times: dict[int, list[float]] = field(default_factory=dict)
     map50: Optional[float] = None
 
@@ -62,33 +67,46 @@ class Entry:
 def runtime_header(threads: int) -> str:
     """The CPU line (benchmarks.cpu_info) plus threads and runtime versions."""
     versions = [f"torch {torch.__version__}"]
-    for mod in ("onnxruntime", "openvino", "ncnn"):
+    for mod in ("onnxruntime", "openvino", "ncnn", "ai_edge_litert", "executorch"):
         try:
-            versions.append(f"{mod} {__import__(mod).__version__}")
+            versions.append(f"{mod} {getattr(__import__(mod), '__version__', 'installed')}")
         except ImportError:
             versions.append(f"{mod} missing")
     return f"{cpu_header()}\nthreads: {threads}; {'; '.join(versions)}"
 
 
 def export_all(weights: Path, out: Path, formats: Sequence[str], data: Optional[str], img: int,
-               calib_images: int) -> dict[str, Path]:
-    """Run export.py once for every needed format (dynamic size); the path of each format's file."""
-    import shutil
-
+               calib_images: int, sizes: Sequence[int]) -> dict[str, dict[int, Path]]:
+    """Run export.py for every needed format: once with a dynamic size, and once per size in ``sizes`` for
+    the fixed-size phone formats (into ``out/<size>/``); format -> size -> file."""
     import export
 
-    out.mkdir(parents=True, exist_ok=True)
-    w = out / weights.name
-    if w.resolve() != weights.resolve():
-        shutil.copy2(weights, w)
-    include = sorted({FORMATS[f][0] for f in formats if FORMATS[f][0]})
+    dynamic = [f for f in formats if f not in FIXED_SIZE]
+    phone = [f for f in formats if f in FIXED_SIZE]
     int8 = any(FORMATS[f][1] for f in formats)
     require(not int8 or data, "INT8 formats need --data (calibration images)")
+    w = _copy_weights(weights, out)
+    include = sorted({FORMATS[f][0] for f in dynamic if FORMATS[f][0]})
     if include:
         export.run(w, img_size=[img], include=include, dynamic=True, int8=int8, data=data,
                    calib_images=calib_images, int8_max_drop=100.0)
-    stem = str(w.with_suffix(""))
-    return {f: Path(FORMATS[f][2].format(stem=stem)) for f in formats}
+    paths = {f: {s: Path(FORMATS[f][2].format(stem=w.with_suffix(""))) for s in sizes} for f in dynamic}
+    for s in sizes if phone else ():
+        ws = _copy_weights(weights, out / str(s))
+        export.run(ws, img_size=[s], include=sorted({FORMATS[f][0] for f in phone}))
+        for f in phone:
+            paths.setdefault(f, {})[s] = Path(FORMATS[f][2].format(stem=ws.with_suffix("")))
+    return paths
+
+
+def _copy_weights(weights: Path, folder: Path) -> Path:
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    w = folder / weights.name
+    if w.resolve() != weights.resolve():
+        shutil.copy2(weights, w)
+    return w
 
 
 def size_mb(path: Path) -> float:
@@ -106,21 +124,24 @@ def time_interleaved(entries: list[Entry], sizes: Sequence[int], warmup: int, ru
         e.times = {s: [] for s in sizes}
         for s in sizes:
             for _ in range(warmup):
-                e.backend(inputs[s])
+                e.backends[s](inputs[s])
     for _ in range(runs):
         for s in sizes:
             for e in entries:
                 t = time.perf_counter()
-                e.backend(inputs[s])
+                e.backends[s](inputs[s])
                 e.times[s].append((time.perf_counter() - t) * 1e3)
 
 
 def measure_map(entries: list[Entry], data: str, img: int, threads: int) -> None:
-    """mAP@.5 of each file with test.py (val split, batch 1)."""
+    """mAP@.5 of each file with test.py (val split, batch 1; a fixed-size file: the one exported at ``img``,
+    else none)."""
     from test import test as evaluate
 
     for e in entries:
-        e.map50 = float(evaluate(data, weights=str(e.path), batch_size=1, imgsz=img, plots=False, device="cpu",
+        if img not in e.paths:
+            continue
+        e.map50 = float(evaluate(data, weights=str(e.paths[img]), batch_size=1, imgsz=img, plots=False, device="cpu",
                                  workers=0, threads=threads, progress=False)[0][2])
 
 
@@ -135,7 +156,7 @@ def table(entries: list[Entry], sizes: Sequence[int]) -> str:
             ms = statistics.median(e.times[s])
             cells += [f"{ms:.1f}", f"{base[s] / ms:.2f}x"]
         m = f"{e.map50:.4f}" if e.map50 is not None else "-"
-        lines.append(f"| {e.name} | {size_mb(e.path):.1f} | " + " | ".join(cells) + f" | {m} |")
+        lines.append(f"| {e.name} | {size_mb(e.paths[max(sizes)]):.1f} | " + " | ".join(cells) + f" | {m} |")
     return "\n".join(lines)
 
 
@@ -144,7 +165,8 @@ def parse_opt(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--weights", default="best.pt", help="training or fused checkpoint")
     p.add_argument("--data", default=str(ROOT / "data" / "shapes.yaml"), help="dataset yaml (INT8, mAP)")
-    p.add_argument("--formats", nargs="+", default=list(FORMATS), choices=list(FORMATS), help="formats to compare")
+    p.add_argument("--formats", nargs="+", default=DEFAULT_FORMATS, choices=list(FORMATS),
+                   help="formats to compare (tflite, tflite-fp16 and executorch need requirements-mobile.txt)")
     p.add_argument("--img", nargs="+", type=int, default=[320, 640], help="square input sizes to time")
     p.add_argument("--map-img", type=int, default=None, help="test.py image size (default: the largest --img)")
     p.add_argument("--threads", type=int, default=2, help="threads of every runtime")
@@ -164,9 +186,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     formats = ["pytorch"] + [f for f in opt.formats if f != "pytorch"]  # the speed-up reference comes first
     out = Path(opt.out) if opt.out else weights.parent / f"{weights.stem}_deploy"
     # files are dynamic-size (one serves every --img); INT8 is calibrated and checked at the size mAP is measured
-    paths = export_all(weights, out, formats, opt.data, opt.map_img or max(opt.img), opt.calib_images)
+    paths = export_all(weights, out, formats, opt.data, opt.map_img or max(opt.img), opt.calib_images, opt.img)
     threads = set_threads(opt.threads)
-    entries = [Entry(f, paths[f], load_backend(paths[f], "cpu", threads=threads)) for f in formats]
+    entries = [Entry(f, paths[f], {s: load_backend(p, "cpu", threads=threads) for s, p in paths[f].items()})
+               for f in formats]
     time_interleaved(entries, opt.img, opt.warmup, opt.runs)
     if not opt.no_map:
         measure_map(entries, opt.data, opt.map_img or max(opt.img), threads)

@@ -13,7 +13,8 @@ Formats (first matching entry of :data:`BACKENDS` wins; add a format with :func:
 - ``*.onnx``: ONNX Runtime; decoded output, raw per-level outputs (decoded here from the file's
   ``anchors`` metadata) or end2end (NMS in the graph); fp32 or int8 QDQ alike;
 - ``*.pt`` / ``*.pth``: a training or fused checkpoint of this project (``attempt_load``, read with
-  ``weights_only=True``).
+  ``weights_only=True``);
+- ``*.tflite``, ``*.pte``, ``*.mlpackage``: the phone formats (:mod:`models.backend_mobile`).
 Several files make an :class:`Ensemble`: the predictions of all models concatenated, then one NMS.
 
 Threads: :func:`set_threads` sets PyTorch's intra-op threads; ONNX Runtime sessions get the same
@@ -21,8 +22,6 @@ count, sequential execution and no spinning, so a busy machine slows inference g
 """
 from __future__ import annotations
 
-import json
-import os
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
@@ -30,126 +29,24 @@ from typing import Any, Callable, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from models.backend_base import (
+    Backend,
+    PathLike,
+    Weights,
+    apply_meta,
+    decode_raw,
+    default_threads,
+    export_folder,
+    read_folder_meta,
+    read_meta,
+    set_threads,
+)
+from models.backend_mobile import CoreMLBackend, ExecuTorchBackend, TFLiteBackend, is_mlpackage, is_pte, is_tflite
 from models.experimental import attempt_load
-from utils.boxes import decode_level, non_max_suppression
 from utils.cli import UserError
 from utils.log import LOGGER
 from utils.names import names_list
-from utils.safe_yaml import load_yaml
-from utils.sizes import check_img_size
 from utils.torch_utils import select_device
-
-PathLike = Union[str, Path]
-Weights = Union[PathLike, Sequence[PathLike]]
-
-
-# --------------------------------------------------------------------------- threads
-def default_threads() -> int:
-    """The CPU cores this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def set_threads(n: Optional[int] = None) -> int:
-    """Use ``n`` (default: :func:`default_threads`) intra-op threads in PyTorch; returns ``n``.
-
-    Spinning OpenMP workers are what collapse latency when another process competes for the
-    cores; the CLIs set ``OMP_WAIT_POLICY=PASSIVE`` before torch loads, and ONNX Runtime sessions
-    made here never spin.
-    """
-    if n is not None and int(n) < 1:
-        raise UserError(f"--threads {n}: must be at least 1")
-    n = int(n) if n else default_threads()
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
-    return n
-
-
-# --------------------------------------------------------------------------- backends
-def decode_raw(outputs: Sequence[torch.Tensor], anchors: torch.Tensor, strides: Sequence[float]) -> torch.Tensor:
-    """Decoded (B, N, no) from raw per-level head outputs (B, na, ny, nx, no) (export ``--no-grid``).
-
-    ``anchors`` (nl, na, 2) in pixels; the Detect head's own formula (:func:`utils.boxes.decode_level`).
-    """
-    levels = [decode_level(p.float(), anchors[i].to(p.device), float(strides[i])) for i, p in enumerate(outputs)]
-    return torch.cat(levels, 1)
-
-
-def end2end_to_detections(out: Sequence[torch.Tensor], conf_thres: float = 0.0,
-                          classes: Optional[Sequence[int]] = None) -> list[torch.Tensor]:
-    """Per-image (n, 6) [x1, y1, x2, y2, conf, cls] from end2end outputs (num_dets, boxes, scores, classes)."""
-    num, boxes, scores, cls = out
-    dets = []
-    for i in range(boxes.shape[0]):
-        n = int(num[i].reshape(-1)[0])
-        d = torch.cat((boxes[i, :n].float(), scores[i, :n, None].float(), cls[i, :n, None].float()), 1)
-        keep = d[:, 4] > conf_thres
-        if classes is not None:
-            keep &= (d[:, 5:6] == torch.tensor(list(classes), dtype=d.dtype, device=d.device)).any(1)
-        dets.append(d[keep])
-    return dets
-
-
-class Backend:
-    """A loaded model of any format. ``__call__(x)`` takes (N, 3, H, W) float 0..1 and returns the
-    decoded predictions (N, anchors, 5 + nc) as the PyTorch model's inference output, without
-    gradients (end2end graphs return their four outputs instead; use :meth:`predict`)."""
-
-    format = "?"
-    end2end = False
-    supports_augment = False
-
-    def __init__(self, path: PathLike, device: torch.device):
-        self.path = Path(path)
-        self.device = device
-        self.names: list[str] = []
-        self.stride = 32
-        self.imgsz: Optional[tuple[int, int]] = None  # fixed (h, w) input of static-shape files
-        self.batch: Optional[int] = None  # fixed batch size, or None
-        self.fp16 = False
-        self.meta: dict[str, Any] = {}
-
-    @property
-    def nc(self) -> int:
-        return len(self.names)
-
-    def __call__(self, x: torch.Tensor, augment: bool = False) -> Any:
-        raise NotImplementedError
-
-    def input_size(self, img_size: Union[int, Sequence[int]]) -> tuple[list[int], bool]:
-        """([h, w], letterbox ``auto``) for a requested size: the file's own size when it is fixed."""
-        if self.imgsz is not None:
-            return list(self.imgsz), False
-        s = [img_size, img_size] if isinstance(img_size, int) else list(img_size) * (2 if len(img_size) == 1 else 1)
-        return [check_img_size(int(v), self.stride) for v in s[:2]], True
-
-    def check_batch(self, n: int) -> None:
-        """Refuse a batch size a static graph cannot take."""
-        if self.batch is not None and n != self.batch:
-            raise UserError(f"{self.path}: this {self.format} file takes batches of {self.batch}, got {n}; "
-                            f"re-export with --batch-size {n} or --dynamic")
-
-    @torch.no_grad()
-    def predict(self, x: torch.Tensor, conf_thres: float = 0.25, iou_thres: float = 0.45,
-                classes: Optional[Sequence[int]] = None, agnostic: bool = False, max_det: int = 300,
-                augment: bool = False) -> list[torch.Tensor]:
-        """Final per-image detections (n, 6) [x1, y1, x2, y2, conf, cls] in input pixels."""
-        if self.end2end:
-            return end2end_to_detections(self(x), conf_thres, classes)
-        out = self(x, augment=augment) if self.supports_augment else self(x)
-        return non_max_suppression(out, conf_thres, iou_thres, classes=classes, agnostic=agnostic, max_det=max_det)
-
-    @torch.no_grad()
-    def warmup(self, imgsz: Optional[Sequence[int]] = None) -> None:
-        """One forward on zeros so first-call costs (allocation, kernel selection) are not timed."""
-        h, w = self.imgsz or tuple(imgsz or (640, 640))
-        self(torch.zeros(self.batch or 1, 3, h, w, device=self.device,
-                         dtype=torch.half if self.fp16 else torch.float))
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.path}, format={self.format}, nc={self.nc}, stride={self.stride})"
 
 
 class PyTorchBackend(Backend):
@@ -186,22 +83,6 @@ class PyTorchBackend(Backend):
         return y[0] if isinstance(y, (list, tuple)) else y
 
 
-def _read_meta(items: dict[str, str]) -> dict[str, Any]:
-    meta = {}
-    for k, v in items.items():
-        try:
-            meta[k] = json.loads(v)
-        except (TypeError, ValueError):
-            meta[k] = v
-    return meta
-
-
-def _apply_meta(b: Backend, meta: dict[str, Any], nc_from_output: Optional[int]) -> None:
-    b.meta = meta
-    b.stride = int(meta.get("stride", 32))
-    b.names = names_list(meta.get("names"), meta.get("nc", nc_from_output))
-
-
 class TorchScriptBackend(Backend):
     """A ``torch.jit`` file written by export.py (decoded output, traced at a fixed size)."""
 
@@ -216,14 +97,14 @@ class TorchScriptBackend(Backend):
                 self.model = torch.jit.load(str(path), _extra_files=extra, map_location=device).eval()
             except RuntimeError as e:
                 raise UserError(f"{path}: not a readable TorchScript file ({str(e).splitlines()[0]})") from e
-        meta = _read_meta({"_": extra["config.txt"]}).get("_") or {}
+        meta = read_meta({"_": extra["config.txt"]}).get("_") or {}
         if not isinstance(meta, dict) or not meta:
             raise UserError(f"{path}: TorchScript file without export.py's config.txt (names, stride); "
                             f"export it with export.py")
         if not meta.get("grid", True):
             raise UserError(f"{path}: raw-output TorchScript (--no-grid) is not runnable here; "
                             f"re-export without --no-grid")
-        _apply_meta(self, meta, None)
+        apply_meta(self, meta, None)
         if not meta.get("dynamic") and meta.get("img_size"):
             self.imgsz = tuple(int(v) for v in meta["img_size"])
 
@@ -250,7 +131,7 @@ class OnnxBackend(Backend):
                                                 providers=providers)
         except Exception as e:  # onnxruntime raises its own exception types for damaged files
             raise UserError(f"{path}: not a loadable ONNX file ({str(e).splitlines()[0][:200]})") from e
-        meta = _read_meta(dict(self.session.get_modelmeta().custom_metadata_map))
+        meta = read_meta(dict(self.session.get_modelmeta().custom_metadata_map))
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.input_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
@@ -268,7 +149,7 @@ class OnnxBackend(Backend):
         nc_out = None
         if not self.end2end and isinstance(outs[0].shape[-1], int):
             nc_out = int(outs[0].shape[-1]) - 5
-        _apply_meta(self, meta, nc_out)
+        apply_meta(self, meta, nc_out)
         if self.raw:
             self._anchors = meta.get("anchors")
             self._strides = meta.get("strides")
@@ -421,23 +302,6 @@ def load_backend(weights: Weights, device: Union[str, torch.device] = "cpu", thr
     return model
 
 
-# --------------------------------------------------------------------------- folder formats (OpenVINO, NCNN)
-def read_folder_meta(folder: Path) -> dict[str, Any]:
-    """The ``metadata.yaml`` export.py writes into an OpenVINO or NCNN folder (names, stride, size)."""
-    f = folder / "metadata.yaml"
-    if not f.is_file():
-        raise UserError(f"{folder}: no metadata.yaml (names, stride, image size); export it with export.py")
-    return load_yaml(f, "export metadata")
-
-
-def _folder(path: Path, suffix: str) -> Path:
-    """The export folder of ``path`` (the folder itself, or the folder of a file inside it)."""
-    folder = path if path.is_dir() else path.parent
-    if not any(folder.glob(f"*{suffix}")):
-        raise UserError(f"{path}: no {suffix} file in {folder}")
-    return folder
-
-
 class OpenVINOBackend(Backend):
     """An OpenVINO IR folder written by export.py (fp32, fp16 or INT8), run on the CPU plugin.
 
@@ -451,7 +315,7 @@ class OpenVINOBackend(Backend):
         import openvino as ov
 
         super().__init__(path, device)
-        folder = _folder(self.path, ".xml")
+        folder = export_folder(self.path, ".xml")
         xml = self.path if self.path.suffix == ".xml" else sorted(folder.glob("*.xml"))[0]
         meta = read_folder_meta(folder)
         core = ov.Core()
@@ -467,7 +331,7 @@ class OpenVINOBackend(Backend):
         dims = [d.get_length() if d.is_static else None for d in shape]
         self.batch = dims[0]
         self.imgsz = tuple(dims[2:4]) if None not in dims[2:4] else None
-        _apply_meta(self, meta, None)
+        apply_meta(self, meta, None)
 
     def __call__(self, x: torch.Tensor, augment: bool = False) -> torch.Tensor:
         self.check_batch(int(x.shape[0]))
@@ -486,14 +350,14 @@ class NCNNBackend(Backend):
         import ncnn
 
         super().__init__(path, device)
-        folder = _folder(self.path, ".param")
+        folder = export_folder(self.path, ".param")
         meta = read_folder_meta(folder)
         self.net = ncnn.Net()
         self.net.opt.num_threads = int(threads or default_threads())
         param, weights = sorted(folder.glob("*.param"))[0], sorted(folder.glob("*.bin"))[0]
         if self.net.load_param(str(param)) != 0 or self.net.load_model(str(weights)) != 0:
             raise UserError(f"{folder}: not a readable ncnn model ({param.name}, {weights.name})")
-        _apply_meta(self, meta, None)
+        apply_meta(self, meta, None)
         self._anchors = torch.tensor(meta["anchors"], dtype=torch.float32)
         self._strides = [float(s) for s in meta["strides"]]
         self.input_name = self.net.input_names()[0]
@@ -528,3 +392,6 @@ class NCNNBackend(Backend):
 
 register(lambda p: p.name.lower().endswith("_openvino_model") or p.suffix.lower() == ".xml", OpenVINOBackend)
 register(lambda p: p.name.lower().endswith("_ncnn_model") or p.suffix.lower() == ".param", NCNNBackend)
+register(is_tflite, TFLiteBackend)
+register(is_pte, ExecuTorchBackend)
+register(is_mlpackage, CoreMLBackend)

@@ -8,11 +8,15 @@ NMS order).
 """
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
+import yaml
 
 NAMES = ["circle", "square", "triangle"]
 
@@ -81,3 +85,35 @@ def count_frames(path: Path) -> int:
         n += 1
     cap.release()
     return n
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def train_checkpoints(root: Path) -> dict[str, Path]:
+    """best.pt and last.pt written by train.py itself: yolov7-tiny-ms0, 1 epoch at 64 px on 4 generated
+    images, i.e. one optimizer step. Its BatchNorm statistics have barely moved, so activations reach
+    1e4-1e5 and float32 rounding is ~1e3 times that of the main job's model: the hardest checkpoint to export."""
+    from utils.data.shapes import NAMES as SHAPES
+
+    data = root / "data.yaml"
+    data.write_text(yaml.safe_dump({"path": str(root / "ds"), "train": "images/train", "val": "images/val",
+                                    "nc": len(SHAPES), "names": list(SHAPES)}))
+    cfg = ROOT / "cfg" / "training" / "yolov7-tiny-ms0.yaml"
+    for cmd in (["-m", "utils.data.shapes", "--out", str(root / "ds"), "--n-train", "4", "--n-val", "2", "--seed", "1",
+                 "--img-size", "64", "96"],
+                [str(ROOT / "train.py"), "--cfg", str(cfg), "--data", str(data), "--epochs", "1", "--img-size", "64",
+                 "--batch-size", "8", "--workers", "0", "--device", "cpu", "--project", str(root / "runs"),
+                 "--name", "exp"]):
+        r = subprocess.run([sys.executable, *cmd], cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    return {name: root / "runs" / "exp" / "weights" / f"{name}.pt" for name in ("best", "last")}
+
+
+def own_copy(ckpt: Path, folder: Path) -> Path:
+    """``ckpt`` copied into ``folder`` (exports are written beside the weights)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    f = folder / ckpt.name
+    f.write_bytes(ckpt.read_bytes())
+    return f

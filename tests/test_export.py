@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from deploy_utils import NAMES, make_checkpoint, make_image
+from deploy_utils import NAMES, make_checkpoint, make_image, own_copy, train_checkpoints
 
 import export
 from models.experimental import attempt_load
@@ -313,33 +311,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> dict[str, Path]:
-    """best.pt and last.pt written by train.py itself: yolov7-tiny-ms0, 1 epoch at 64 px on 4 generated
-    images, i.e. one optimizer step. Its BatchNorm statistics have barely moved, so activations reach
-    1e4-1e5 and float32 rounding is ~1e3 times that of the main job's model: the issue's checkpoint."""
-    from utils.data.shapes import NAMES as SHAPES
-
-    root = tmp_path_factory.mktemp("trained")
-    data = root / "data.yaml"
-    data.write_text(yaml.safe_dump({"path": str(root / "ds"), "train": "images/train", "val": "images/val",
-                                    "nc": len(SHAPES), "names": list(SHAPES)}))
-    cfg = ROOT / "cfg" / "training" / "yolov7-tiny-ms0.yaml"
-    for cmd in (["-m", "utils.data.shapes", "--out", str(root / "ds"), "--n-train", "4", "--n-val", "2", "--seed", "1",
-                 "--img-size", "64", "96"],
-                [str(ROOT / "train.py"), "--cfg", str(cfg), "--data", str(data), "--epochs", "1", "--img-size", "64",
-                 "--batch-size", "8", "--workers", "0", "--device", "cpu", "--project", str(root / "runs"),
-                 "--name", "exp"]):
-        r = subprocess.run([sys.executable, *cmd], cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                           capture_output=True, text=True, timeout=600)
-        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    return {name: root / "runs" / "exp" / "weights" / f"{name}.pt" for name in ("best", "last")}
-
-
-def own_copy(ckpt: Path, folder: Path) -> Path:
-    """``ckpt`` copied into ``folder`` (exports are written beside the weights)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    f = folder / ckpt.name
-    f.write_bytes(ckpt.read_bytes())
-    return f
+    """best.pt and last.pt written by train.py itself (:func:`deploy_utils.train_checkpoints`)."""
+    return train_checkpoints(tmp_path_factory.mktemp("trained"))
 
 
 def float64_reference(ckpt: Path, x: torch.Tensor) -> tuple[torch.Tensor, float]:

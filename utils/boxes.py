@@ -122,7 +122,8 @@ def decode_level(p: torch.Tensor, anchor_wh: torch.Tensor, stride: Union[float, 
     grid = torch.stack((xv, yv), 2).view(1, 1, ny, nx, 2)
     y = p.sigmoid()
     xy = (y[..., 0:2] * 2.0 - 0.5 + grid) * stride
-    wh = (y[..., 2:4] * 2) ** 2 * anchor_wh.to(p.dtype).view(1, na, 1, 1, 2)
+    s = y[..., 2:4] * 2
+    wh = s * s * anchor_wh.to(p.dtype).view(1, na, 1, 1, 2)  # s * s, not s ** 2: LiteRT has no general pow
     return torch.cat((xy, wh, y[..., 4:]), -1).view(bs, -1, no)
 
 
