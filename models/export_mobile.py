@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import warnings
 from pathlib import Path
@@ -31,7 +30,6 @@ import torch.nn as nn
 from models.backend_mobile import require, write_tflite_meta
 from models.export_graphs import DecodedHead, detect_head
 
-LOGGER = logging.getLogger("yolov7")
 HEAD_PATTERN = r".*Detect_\d+.*"  # LiteRT tensor names of the Detect module (its convs and the decode)
 
 

@@ -6,16 +6,30 @@ INFO, the others WARNING).
 from __future__ import annotations
 
 import logging
+import sys
 
 LOGGER = logging.getLogger("moyolo")
 
 
 # --------------------------------------------------------------------------- logging / misc
+class StderrHandler(logging.StreamHandler):
+    """A stream handler that writes to whatever ``sys.stderr`` is at the time of each record (not the stream
+    of the moment it was made), so a CLI called twice in one process, or under a captured stderr, still logs."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def set_logging(rank: int = -1, verbose: bool = True) -> None:
     """Configure the project logger for CLIs (rank 0 / single process logs INFO)."""
     level = logging.INFO if (verbose and rank in (-1, 0)) else logging.WARNING
     if not LOGGER.handlers:
-        handler = logging.StreamHandler()
+        handler = StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         LOGGER.addHandler(handler)
     LOGGER.setLevel(level)
