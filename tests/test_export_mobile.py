@@ -135,3 +135,18 @@ def test_int8_tflite_input_is_quantized_from_float(exported):
     q = quantize_input(x, detail)
     assert q.dtype == np.int8 and q.tolist() == [-128, 0, 127]
     assert np.allclose(dequantize_output(q, detail), [0.0, 128 / 255, 1.0])
+
+
+@pytest.mark.parametrize("key", ["tflite", "executorch"])
+def test_hubconf_loads_phone_files(exported, key):
+    """torch.hub's ``custom`` takes a .tflite / .pte like any model file: the same boxes as the .pt."""
+    import hubconf
+
+    im = (np.random.default_rng(0).random((SIZE, SIZE, 3)) * 255).astype(np.uint8)
+    models = [hubconf.custom(str(exported["ckpt"])), hubconf.custom(exported["results"]["files"][key])]
+    for m in models:
+        m.conf = 0.001  # this barely trained model scores low: keep enough boxes to compare
+    ref, out = (m(im, size=SIZE).xyxy[0] for m in models)
+    assert len(ref) >= 5 and out.shape == ref.shape
+    top = slice(0, 5)  # the highest scores are distinct; far down the list near-equal scores may swap in NMS
+    assert torch.allclose(out[top, :4], ref[top, :4], atol=0.5) and torch.equal(out[top, 5], ref[top, 5])
