@@ -124,7 +124,7 @@ def test_int8_options_are_checked(tmp_path):
     ckpt = make_checkpoint(tmp_path / "best.pt")
     with pytest.raises(export.ExportError, match="--int8 needs --data"):
         export.run(ckpt, img_size=[64], include=["onnx"], int8=True)
-    with pytest.raises(export.ExportError, match="onnx and openvino"):
+    with pytest.raises(export.ExportError, match="--int8 applies to onnx, openvino, tflite, coreml"):
         export.run(ckpt, img_size=[64], include=["ncnn"], int8=True, data="x.yaml")
     with pytest.raises(export.ExportError, match="--calib-images 0"):
         export.run(ckpt, img_size=[64], include=["onnx"], int8=True, data="x.yaml", calib_images=0)
