@@ -13,6 +13,7 @@ The packages are optional (``requirements-mobile.txt``): a missing one ends with
 from __future__ import annotations
 
 import json
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any, Optional
@@ -109,8 +110,8 @@ class TFLiteBackend(Backend):
 
 
 class ExecuTorchBackend(Backend):
-    """A ``.pte`` program written by export.py (XNNPACK delegate), run by ExecuTorch's runtime; the fixed
-    input size and batch of the exported graph, batches of other sizes run image by image."""
+    """A ``.pte`` program written by export.py (XNNPACK delegate, one image at its fixed size), run by
+    ExecuTorch's runtime."""
 
     format = "executorch"
 
@@ -128,16 +129,11 @@ class ExecuTorchBackend(Backend):
         self.method = program.load_method("forward")
         apply_meta(self, meta, None)
         h, w = (int(v) for v in meta["img_size"])
-        self.imgsz, self.batch, self._batch = (h, w), None, int(meta.get("batch_size", 1))
+        self.imgsz, self.batch = (h, w), None  # export.py writes batch-1 programs: batches run image by image
 
     def __call__(self, x: torch.Tensor, augment: bool = False) -> torch.Tensor:
         x = x.detach().cpu().float().contiguous()
-        step = self._batch
-        if len(x) % step:
-            step = 1 if self._batch == 1 else None
-        if step is None:
-            raise UserError(f"{self.path}: this program takes batches of {self._batch}, got {len(x)}")
-        outs = [self.method.execute([x[i:i + step]])[0] for i in range(0, len(x), step)]
+        outs = [self.method.execute([x[i:i + 1]])[0] for i in range(len(x))]
         return torch.cat(outs).to(self.device)
 
 
@@ -157,7 +153,7 @@ class CoreMLBackend(Backend):
         self.imgsz = tuple(int(v) for v in meta["img_size"])
         self.model = None
         ct = require("coremltools", "loading a .mlpackage")
-        if ct.utils._is_macos():  # predictions need the Core ML framework
+        if sys.platform == "darwin":  # predictions need the Core ML framework
             self.model = ct.models.MLModel(str(self.path))
 
     def __call__(self, x: torch.Tensor, augment: bool = False) -> torch.Tensor:
